@@ -1,0 +1,17 @@
+"""Exercise checks: each takes the learner's function or class and prints PASS, FAIL or "not attempted yet".
+
+See :mod:`fftd_course.checks.core` for how checks behave in notebooks and under ``make test``.
+Each chapter's checks live in ``chNN.py``; all are importable from here.
+"""
+
+from .ch00 import check_channel_mean, check_to_unit_range
+from .ch01 import check_resblock, check_swish, check_upsample
+from .ch02 import check_attention_weights, check_attn_block
+from .core import CheckResult, ExerciseFailed, lenient, run_check
+
+__all__ = [
+    "CheckResult", "ExerciseFailed", "lenient", "run_check",
+    "check_to_unit_range", "check_channel_mean",
+    "check_swish", "check_resblock", "check_upsample",
+    "check_attention_weights", "check_attn_block",
+]

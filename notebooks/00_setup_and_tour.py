@@ -1,0 +1,235 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version,-jupytext.text_representation.format_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 00 · Setup and a tour of the course
+#
+# This course builds, piece by piece, the image generator of one paper: Liu, Chen and Gao,
+# *Image Generation Based on Diffusion Model in Latent Space* (Computer Systems & Applications, 2026).
+# It has two stages:
+#
+# 1. an **improved VQ-VAE** (IVQ-VAE) that squeezes a 256×256 image into a tiny 4×4 grid of codebook
+#    vectors and back (residual blocks, self-attention, vector quantization, an L1 + LPIPS +
+#    adversarial loss);
+# 2. a **feature-fused Transformer diffusion model** (FFTD) that learns to generate those 4×4 latents
+#    from noise, sampled with DDIM and decoded by the first stage.
+#
+# Every chapter builds one piece in small cells, shows that the course package `fftd_course` holds
+# the very same piece (same weights in, same numbers out), and ends with exercises that check
+# themselves. Where the paper is wrong or silent, the chapter says so and says what we chose.
+#
+# **In this chapter you will**
+# - check your environment (PyTorch, CPU or GPU);
+# - meet the toy data set every CPU chapter trains on: procedurally drawn cat, dog and wild faces;
+# - see the map of the course: which chapter builds which equation of the paper;
+# - learn how exercises and their check cells work, and solve the first two.
+
+# %%
+import platform
+import time
+
+import matplotlib.pyplot as plt
+import torch
+
+import fftd_course
+from fftd_course import checks, data, viz
+
+device = fftd_course.default_device()
+print(f"Python {platform.python_version()}, PyTorch {torch.__version__}, fftd_course {fftd_course.__version__}")
+print(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
+                             f" ({torch.get_num_threads()} CPU threads)"))
+
+# %% [markdown]
+# Every chapter runs on a laptop CPU in about a minute. When a GPU is present, chapters that train
+# something pick a larger size automatically; the results quoted in each chapter are whatever that
+# run printed, on your machine.
+#
+# ## The pipeline in one picture
+#
+# The paper trains in three stages (its Algorithms 1-3). Stage 1 learns to compress; stage 2 learns
+# to generate in the compressed space; stage 3 samples and decodes.
+
+# %%
+def draw_pipeline() -> plt.Figure:
+    boxes = [
+        ("image x\n3×256×256", "#dde"),
+        ("encoder E\n(eq. 1-4)", "#cfc"),
+        ("quantize\nto codebook", "#ffc"),
+        ("latent z\n4×4×4", "#dde"),
+        ("FFTD ε-model\n(eq. 16-25)", "#fcc"),
+        ("DDIM sampler\n(eq. 26-30)", "#fcc"),
+        ("decoder G\n(eq. 5-7)", "#cfc"),
+    ]
+    fig, ax = plt.subplots(figsize=(12, 2.0))
+    for i, (text, colour) in enumerate(boxes):
+        ax.text(i * 1.7, 0, text, ha="center", va="center", fontsize=9,
+                bbox=dict(boxstyle="round,pad=0.5", facecolor=colour, edgecolor="#555"))
+        if i:
+            ax.annotate("", xy=(i * 1.7 - 0.72, 0), xytext=(i * 1.7 - 0.98, 0), arrowprops=dict(arrowstyle="->"))
+    ax.text(1.7 * 1.5, 0.75, "stage 1: IVQ-VAE (chapters 01-05)", ha="center", fontsize=9, color="#070")
+    ax.text(1.7 * 4.5, 0.75, "stages 2-3: FFTD + DDIM (chapters 06-09)", ha="center", fontsize=9, color="#a00")
+    ax.set_xlim(-0.9, 6 * 1.7 + 0.9), ax.set_ylim(-0.8, 1.0), ax.set_axis_off()
+    return fig
+
+
+draw_pipeline()
+plt.show()
+
+# %% [markdown]
+# ## The toy data set
+#
+# The paper trains on CelebA-HQ faces and AFHQ animal faces (cat, dog, wild) at 256×256, far beyond a
+# laptop's budget. `fftd_course.data` draws AFHQ's three classes as cartoons instead, with random fur
+# and background colours, position, scale and a small rotation. Shapes are drawn as signed distance
+# functions with one pixel of anti-aliasing, so any resolution works. Images come in `[-1, 1]`, the
+# range of the decoder's final `tanh` (eq. 7).
+
+# %%
+start = time.perf_counter()
+images, labels = data.make_toy_faces(3000, size=32, seed=0)
+elapsed = time.perf_counter() - start
+print(f"drew {len(images)} images of shape {tuple(images.shape[1:])} in {elapsed:.2f} s")
+print(f"value range [{images.min():.3f}, {images.max():.3f}], dtype {images.dtype}")
+print("images per class:", {name: int((labels == c).sum()) for c, name in enumerate(data.CLASSES)})
+
+# %%
+viz.show_class_grid(images, labels, data.CLASSES, per_class=10)
+plt.show()
+
+# %% [markdown]
+# The same faces at 64 px show the details that 32 px can only hint at (whiskers thinner than a pixel
+# come out faint). The draw is deterministic: image *i* depends only on the seed and *i*, so the first
+# images of any set drawn with seed 0 are the same faces, at any size.
+
+# %%
+big, big_labels = data.make_toy_faces(10, size=64, seed=0)
+viz.show_images(big, nrow=10, title="the first 10 faces of seed 0, at 64 px", scale=1.2)
+plt.show()
+assert torch.equal(big_labels, labels[:10]), "the same seed gives the same classes at any size"
+again, _ = data.make_toy_faces(5, size=32, seed=0)
+print("the first 5 images of a 5-image draw equal those of the 3000-image draw:", torch.equal(again, images[:5]))
+
+# %% [markdown]
+# For training, `data.ToyFaces` wraps the same draw as a PyTorch `Dataset`. Use a different seed for
+# a held-out set:
+
+# %%
+train_set = data.ToyFaces(n=512, size=32, seed=0)
+held_out = data.ToyFaces(n=128, size=32, seed=1)
+image, label = train_set[0]
+print(f"{len(train_set)} training and {len(held_out)} held-out images; item 0: image {tuple(image.shape)}, "
+      f"label {int(label)} ({data.CLASSES[label]})")
+loader = torch.utils.data.DataLoader(train_set, batch_size=64, shuffle=True)
+batch, batch_labels = next(iter(loader))
+print("one batch:", tuple(batch.shape), tuple(batch_labels.shape))
+
+# %% [markdown]
+# ## Map of the course
+#
+# | chapter | builds | paper | package module |
+# |---|---|---|---|
+# | 00 setup and tour | environment, toy data, exercises | §4.1 (data) | `data`, `checks`, `viz` |
+# | 01 residual blocks | GroupNorm, Swish, residual block, down/upsampling | eq. 1-3, 6, 7 | `blocks` |
+# | 02 attention | self-attention over pixels | eq. 8-10 | `blocks` |
+# | 03 vector quantization | codebook, straight-through gradient, collapse and its fixes | §3.1, L_vq | `quantize` |
+# | 04 hybrid loss | L1, LPIPS, PatchGAN discriminator, hinge loss, weighting | eq. 11-15 | `losses` |
+# | 05 IVQ-VAE | the stage-1 autoencoder trained end to end | §3.1, Alg. 1, Table 1 | `ivqvae`, `metrics` |
+# | 06 DDIM math | forward process, ε-loss, DDIM and DDPM samplers | eq. 26-30, Alg. 3 | `diffusion` |
+# | 07 adaptive fusion | channel and spatial gates that fuse two feature maps | eq. 18-25 | `fusion` |
+# | 08 FFTD | the multi-resolution Transformer hourglass | §3.2, eq. 16-17 | `fftd` |
+# | 09 latent diffusion | the two stages together, trained and sampled | Alg. 1-3 | `pipeline` |
+# | 10 full-scale CUDA training | the paper's 256 px configuration on GPUs | §4.2 | `train`, `cli` |
+# | 11 reproducing the paper | FID, the paper's tables, what holds up | eq. 31, Tables 1-9 | `metrics` |
+#
+# The paper has known errors (an impossible loss in eq. 14, a shape mismatch in eq. 19-20, a table
+# row that cannot come from its own model...). Each chapter that meets one explains it in a box
+# titled **What the paper says / what we chose**.
+
+# %% [markdown]
+# ## How exercises work
+#
+# Each exercise gives you a function or class with a marked gap. In your notebook (in `notebooks/`)
+# the gap is a line that raises `NotImplementedError`; the complete version is in `solutions/`.
+# Below each exercise a **check cell** calls a function from `fftd_course.checks` with your code. It
+# compares your answer with the package's reference on fresh random inputs of several shapes and
+# prints one of three verdicts:
+#
+# - `[x] ... PASS`: your code matched everywhere it was tried;
+# - `[!] ... FAIL`: with what differed (shape, values, gradient), on which input, and a hint;
+# - `[ ] ... not attempted yet`: the gap is still open. This never stops "Run All", so the rest of
+#   the chapter (which uses the package's own version) always runs.
+#
+# Here is what a wrong answer looks like. This deliberately broken version forgets to scale:
+
+# %%
+def to_unit_range_wrong(x: torch.Tensor) -> torch.Tensor:
+    return x + 1.0
+
+
+with checks.lenient():  # lenient: show the FAIL without stopping (the test run would stop otherwise)
+    checks.check_to_unit_range(to_unit_range_wrong)
+
+# %% [markdown]
+# ## Exercises
+#
+# **Exercise 1.** Images live in `[-1, 1]` inside the models, but `matplotlib` wants `[0, 1]`. Write
+# `to_unit_range(x)` that maps -1 to 0, 0 to 0.5 and 1 to 1 (any shape).
+
+# %%
+def to_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """Map images from [-1, 1] to [0, 1]."""
+    # YOUR CODE HERE
+    raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
+
+
+# %%
+checks.check_to_unit_range(to_unit_range)
+
+# %% [markdown]
+# **Exercise 2.** Diffusion works best on data with zero mean and unit variance per channel (chapter 09
+# rescales its latents this way). Write `channel_mean(images)` that returns the mean of each channel
+# over the batch and all pixels: `(B, C, H, W) -> (C,)`.
+
+# %%
+def channel_mean(images: torch.Tensor) -> torch.Tensor:
+    """Per-channel mean of a (B, C, H, W) batch, shape (C,)."""
+    # YOUR CODE HERE
+    raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
+
+
+# %%
+checks.check_channel_mean(channel_mean)
+
+# %% [markdown]
+# With the same computation, here are the toy set's channel means and the spread of its pixel values.
+
+# %%
+means = images.mean(dim=(0, 2, 3))
+print("mean per channel (R, G, B):", [round(float(m), 3) for m in means])
+fig, ax = plt.subplots(figsize=(6, 2.5))
+for c, colour in enumerate(("red", "green", "blue")):
+    ax.hist(images[:, c].flatten().numpy(), bins=60, histtype="step", color=colour, label=colour)
+ax.set_xlabel("pixel value in [-1, 1]"), ax.set_ylabel("count"), ax.legend()
+plt.show()
+
+# %% [markdown]
+# ## Summary
+#
+# - The course builds a two-stage latent diffusion model; `fftd_course` holds every piece, and each
+#   chapter shows its version is the same as the package's.
+# - The toy faces stand in for AFHQ on a CPU: three classes, any size, deterministic from a seed.
+# - Exercises check themselves: PASS, FAIL with a reason, or "not attempted yet".
+#
+# Next: chapter 01 builds the residual blocks of the IVQ-VAE's encoder and decoder.

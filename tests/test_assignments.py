@@ -1,0 +1,136 @@
+"""Solutions -> student notebooks: marker handling, staleness and pairing checks, idempotent release."""
+
+import difflib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fftd_course import assignments
+from fftd_course.assignments import BEGIN, END, AssignmentError
+
+ROOT = Path(__file__).resolve().parent.parent
+SOLUTIONS = sorted((ROOT / "solutions").glob("[0-9][0-9]_*.py"))
+
+
+def test_repository_is_in_sync():
+    problems = assignments.check(ROOT)
+    assert not problems, "run `make release`:\n" + "\n".join(problems)
+
+
+def test_chapters_exist_in_both_folders_with_notebooks():
+    assert [p.name for p in SOLUTIONS][:1] == ["00_setup_and_tour.py"]
+    for sol in SOLUTIONS:
+        for path in (sol.with_suffix(".ipynb"), ROOT / "notebooks" / sol.name, (ROOT / "notebooks" / sol.name).with_suffix(".ipynb")):
+            assert path.exists(), path
+
+
+@pytest.mark.parametrize("sol", SOLUTIONS, ids=lambda p: p.stem)
+def test_student_differs_from_solution_only_inside_marked_blocks(sol):
+    solution = sol.read_text().splitlines()
+    student = (ROOT / "notebooks" / sol.name).read_text().splitlines()
+    inside, in_block = set(), False
+    for i, line in enumerate(solution):
+        if line.strip() == BEGIN:
+            in_block = True
+        if in_block:
+            inside.add(i)
+        if line.strip() == END:
+            in_block = False
+    matcher = difflib.SequenceMatcher(a=solution, b=student, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        assert set(range(i1, i2)) <= inside and i2 > i1, f"{sol.name}: lines {i1 + 1}-{i2} changed outside a solution block"
+        assert all("NotImplementedError" in l or "YOUR CODE HERE" in l for l in student[j1:j2])
+
+
+@pytest.mark.parametrize("sol", SOLUTIONS, ids=lambda p: p.stem)
+def test_each_chapter_has_at_least_two_checked_exercises(sol):
+    text = sol.read_text()
+    blocks = text.count(BEGIN)
+    assert blocks >= 2, f"{sol.name} has {blocks} exercise(s)"
+    assert len(re.findall(r"^checks\.check_\w+\(", text, flags=re.M)) >= blocks, "every exercise needs a check cell"
+    assert "raise NotImplementedError" not in text.split(BEGIN, 1)[1], "a solution block must hold the answer"
+
+
+@pytest.mark.parametrize("sol", SOLUTIONS, ids=lambda p: p.stem)
+def test_notebooks_have_no_outputs_and_stable_ids(sol):
+    for path in (sol.with_suffix(".ipynb"), (ROOT / "notebooks" / sol.name).with_suffix(".ipynb")):
+        nb = json.loads(path.read_text())
+        ids = [c["id"] for c in nb["cells"]]
+        assert len(set(ids)) == len(ids)
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "code":
+                assert cell["outputs"] == [] and cell["execution_count"] is None, path
+
+
+def test_strip_solutions_keeps_indentation_and_everything_else():
+    text = "def f(x):\n    y = 1\n    ### BEGIN SOLUTION\n    return x + y\n    ### END SOLUTION\n\nprint(f)\n"
+    out = assignments.strip_solutions(text)
+    assert out == ("def f(x):\n    y = 1\n    # YOUR CODE HERE\n"
+                   '    raise NotImplementedError("Exercise: write your code here, then run the check cell below.")\n'
+                   "\nprint(f)\n")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("### BEGIN SOLUTION\nx = 1\n### END SOLUTION\n", "inside a function"),
+    ("def f():\n    ### BEGIN SOLUTION\n    return 1\n", "never closed"),
+    ("def f():\n    return 1\n    ### END SOLUTION\n", "without"),
+    ("def f():\n    ### BEGIN SOLUTION\n    ### BEGIN SOLUTION\n", "inside the block"),
+    ("def f():\n    ### BEGIN SOLUTION\n    return 1\n  ### END SOLUTION\n", "not indented"),
+])
+def test_strip_solutions_rejects_bad_markers(text, message):
+    with pytest.raises(AssignmentError, match=message):
+        assignments.strip_solutions(text, "x.py")
+
+
+@pytest.fixture
+def course_copy(tmp_path):
+    for name in ("solutions", "notebooks"):
+        shutil.copytree(ROOT / name, tmp_path / name)
+    shutil.copy(ROOT / "jupytext.toml", tmp_path / "jupytext.toml")
+    return tmp_path
+
+
+def test_release_twice_changes_nothing(course_copy):
+    assignments.release(course_copy)
+    before = {p: p.read_bytes() for p in course_copy.rglob("*") if p.is_file()}
+    assert assignments.release(course_copy) == []
+    assert before == {p: p.read_bytes() for p in course_copy.rglob("*") if p.is_file()}
+
+
+def test_check_detects_stale_student_and_unpaired_ipynb(course_copy):
+    assert assignments.check(course_copy) == []
+    sol = course_copy / "solutions" / "00_setup_and_tour.py"
+    sol.write_text(sol.read_text().replace("return (x + 1.0) / 2.0", "return x"))
+    problems = assignments.check(course_copy)
+    assert "solutions/00_setup_and_tour.ipynb: differs from its .py" in problems
+    assignments.release(course_copy)
+    assert assignments.check(course_copy) == []
+    # A hand edit of the student's .py outside a block makes it stale; an edited .ipynb is unpaired.
+    stu = course_copy / "notebooks" / "00_setup_and_tour.py"
+    stu.write_text(stu.read_text().replace("# # 00 · Setup", "# # 00 · Set-up"))
+    ipynb = course_copy / "solutions" / "00_setup_and_tour.ipynb"
+    ipynb.write_text(ipynb.read_text().replace("import", "import  ", 1))
+    problems = assignments.check(course_copy)
+    assert "notebooks/00_setup_and_tour.py: stale: it no longer matches its solution" in problems
+    assert "solutions/00_setup_and_tour.ipynb: differs from its .py" in problems
+
+
+def test_check_reports_orphans_and_missing(course_copy):
+    (course_copy / "notebooks" / "99_orphan.py").write_text("# %%\n")
+    (course_copy / "notebooks" / "00_setup_and_tour.ipynb").unlink()
+    problems = assignments.check(course_copy)
+    assert any("99_orphan.py: has no solution" in p for p in problems)
+    assert "notebooks/00_setup_and_tour.ipynb: missing" in problems
+
+
+def test_command_line(course_copy, capsys):
+    assert assignments.main(["check", "--root", str(course_copy)]) == 0
+    assert "in sync" in capsys.readouterr().out
+    (course_copy / "solutions" / "00_setup_and_tour.py").write_text("def f():\n    ### BEGIN SOLUTION\n")
+    assert assignments.main(["release", "--root", str(course_copy)]) == 2
+    assert "never closed" in capsys.readouterr().err
