@@ -25,8 +25,11 @@ $(VENV)/.lab-installed: $(VENV)/.dev-installed
 test: $(VENV)/.dev-installed
 	$(TEST_ENV) $(PY) -m pytest tests notebooks solutions --nbval-lax --nbval-current-env --durations=5
 
+# Containers often run as root, which JupyterLab refuses unless told.
+LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
 lab: $(VENV)/.lab-installed
-	$(VENV)/bin/jupyter lab --notebook-dir=.
+	$(VENV)/bin/jupyter lab --notebook-dir=. $(LAB_FLAGS)
 
 release: $(VENV)/.dev-installed
 	$(PY) -m fftd_course.assignments release

@@ -92,6 +92,7 @@ def course_copy(tmp_path):
     for name in ("solutions", "notebooks"):
         shutil.copytree(ROOT / name, tmp_path / name)
     shutil.copy(ROOT / "jupytext.toml", tmp_path / "jupytext.toml")
+    assignments.release(tmp_path)  # start in sync whatever the state of the repository (tested above)
     return tmp_path
 
 
