@@ -373,6 +373,30 @@ class _Sampler:
                     callback(SamplerStep(i, len(pairs), t_from, t_to, x, x0_hat, eps))
         return x
 
+    def _step(self, x: torch.Tensor, eps: torch.Tensor, t: int, t_to: int,
+              generator: torch.Generator | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sample(self, model: Model, x_T: torch.Tensor, y: torch.Tensor | None = None, *, guidance_scale: float = 1.0,
+               null_label: int | None = None, generator: torch.Generator | None = None,
+               callback: Callable[[SamplerStep], None] | None = None, progress: bool = False,
+               autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Denoise ``x_T`` (any shape ``(B, ...)``) down ``timesteps`` to clean data (Algorithm 3).
+
+        The step from ``timesteps[i]`` goes to ``timesteps[i + 1]``, the last one to clean data
+        (``alpha_bar = 1``). ``y``: labels ``(B,)`` or ``None``; ``guidance_scale`` and ``null_label``:
+        classifier-free guidance; ``generator`` drives the step noise; ``callback`` receives a
+        :class:`SamplerStep` after every step; ``progress`` shows a tqdm bar; ``autocast_dtype`` (e.g.
+        ``torch.bfloat16``) runs the model call under autocast. Returns float32 (float64 for float64 input).
+        """
+        ts = [int(t) for t in self.timesteps]
+        pairs = [(t, t_to, t) for t, t_to in zip(ts, ts[1:] + [-1])]
+
+        def update(x: torch.Tensor, eps: torch.Tensor, t: int, t_to: int) -> torch.Tensor:
+            return self._step(x, eps, t, t_to, generator)
+
+        return self._run(model, x_T, y, pairs, update, guidance_scale, null_label, callback, progress, autocast_dtype)
+
 
 class DDIMSampler(_Sampler):
     """DDIM sampling (eq. 29, Algorithm 3) over a sub-sequence of ``num_steps`` of the ``T`` timesteps.
@@ -392,26 +416,14 @@ class DDIMSampler(_Sampler):
     def __repr__(self) -> str:
         return f"DDIMSampler(T={self.diffusion.T}, num_steps={self.num_steps}, spacing={self.spacing!r}, eta={self.eta})"
 
-    def sample(self, model: Model, x_T: torch.Tensor, y: torch.Tensor | None = None, *, guidance_scale: float = 1.0,
-               null_label: int | None = None, generator: torch.Generator | None = None,
-               callback: Callable[[SamplerStep], None] | None = None, progress: bool = False,
-               autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Denoise ``x_T`` (any shape ``(B, ...)``) down the sub-sequence to clean data (Algorithm 3).
-
-        The step from ``timesteps[i]`` goes to ``timesteps[i + 1]``, the last one to clean data
-        (``alpha_bar = 1``). ``generator`` drives the step noise when ``eta > 0``.
-        """
-        ts = [int(t) for t in self.timesteps]
-        pairs = [(t, t_to, t) for t, t_to in zip(ts, ts[1:] + [-1])]
-
-        def update(x: torch.Tensor, eps: torch.Tensor, t: int, t_to: int) -> torch.Tensor:
-            ab_t, ab_to = self._alpha_bar(t), self._alpha_bar(t_to)
-            # sigma is exactly 0 on the step to clean data (alpha_bar = 1): no noise is drawn there.
-            noisy = self.eta > 0 and ab_to < 1.0
-            noise = _randn(x.shape, generator, x.device, x.dtype) if noisy else None
-            return ddim_step(x, eps, ab_t, ab_to, self.eta if noisy else 0.0, noise)
-
-        return self._run(model, x_T, y, pairs, update, guidance_scale, null_label, callback, progress, autocast_dtype)
+    def _step(self, x: torch.Tensor, eps: torch.Tensor, t: int, t_to: int,
+              generator: torch.Generator | None) -> torch.Tensor:
+        """Eq. 29 from ``t`` to ``t_to``, the next element of the sub-sequence (``-1``: clean data)."""
+        ab_t, ab_to = self._alpha_bar(t), self._alpha_bar(t_to)
+        # sigma is exactly 0 on the step to clean data (alpha_bar = 1): no noise is drawn there.
+        noisy = self.eta > 0 and ab_to < 1.0
+        noise = _randn(x.shape, generator, x.device, x.dtype) if noisy else None
+        return ddim_step(x, eps, ab_t, ab_to, self.eta if noisy else 0.0, noise)
 
     def invert(self, model: Model, x0: torch.Tensor, y: torch.Tensor | None = None, *, guidance_scale: float = 1.0,
                null_label: int | None = None, callback: Callable[[SamplerStep], None] | None = None,
@@ -449,19 +461,12 @@ class DDPMSampler(_Sampler):
     def __repr__(self) -> str:
         return f"DDPMSampler(T={self.diffusion.T})"
 
-    def sample(self, model: Model, x_T: torch.Tensor, y: torch.Tensor | None = None, *, guidance_scale: float = 1.0,
-               null_label: int | None = None, generator: torch.Generator | None = None,
-               callback: Callable[[SamplerStep], None] | None = None, progress: bool = False,
-               autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Denoise ``x_T`` through every timestep ``T-1 .. 0`` to clean data, drawing fresh noise at each step but the last."""
-        pairs = [(t, t - 1, t) for t in range(self.diffusion.T - 1, -1, -1)]
-
-        def update(x: torch.Tensor, eps: torch.Tensor, t: int, t_to: int) -> torch.Tensor:
-            beta, ab, ab_prev = float(self.diffusion.betas[t]), self._alpha_bar(t), self._alpha_bar(t_to)
-            mean = (x - beta / math.sqrt(1.0 - ab) * eps) / math.sqrt(1.0 - beta)
-            if t == 0:
-                return mean
-            variance = beta * (1.0 - ab_prev) / (1.0 - ab)
-            return mean + math.sqrt(variance) * _randn(x.shape, generator, x.device, x.dtype)
-
-        return self._run(model, x_T, y, pairs, update, guidance_scale, null_label, callback, progress, autocast_dtype)
+    def _step(self, x: torch.Tensor, eps: torch.Tensor, t: int, t_to: int,
+              generator: torch.Generator | None) -> torch.Tensor:
+        """DDPM's ancestral step from ``t`` to ``t - 1`` (``t_to``), in its own form (not eq. 29)."""
+        beta, ab, ab_prev = float(self.diffusion.betas[t]), self._alpha_bar(t), self._alpha_bar(t_to)
+        mean = (x - beta / math.sqrt(1.0 - ab) * eps) / math.sqrt(1.0 - beta)
+        if t == 0:
+            return mean
+        variance = beta * (1.0 - ab_prev) / (1.0 - ab)
+        return mean + math.sqrt(variance) * _randn(x.shape, generator, x.device, x.dtype)

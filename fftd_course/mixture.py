@@ -29,6 +29,13 @@ from .diffusion import Diffusion
 __all__ = ["GaussianMixture", "toy_mixture_2d"]
 
 
+def _softmax_over_components(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over dim 0 of ``(K, n)`` logits. Written out because ``torch.softmax`` over a short
+    leading dim can take milliseconds on a busy CPU (thread start-up for microseconds of work)."""
+    e = (logits - logits.amax(0, keepdim=True)).exp()
+    return e / e.sum(0, keepdim=True)
+
+
 class GaussianMixture:
     """``sum_k w_k N(mu_k, diag(s_k^2))`` in any event shape, with its exact noisy marginals.
 
@@ -80,7 +87,7 @@ class GaussianMixture:
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.event_shape:
             raise ValueError(f"x must have shape (B, {', '.join(map(str, self.event_shape))}), got {tuple(x.shape)}")
-        return x.detach().to("cpu", torch.float64).reshape(len(x), -1)
+        return x.to("cpu", torch.float64).reshape(len(x), -1)  # keeps autograd: log_prob can be differentiated
 
     def _per_alpha_bar(self, x: torch.Tensor, alpha_bar: float | torch.Tensor) -> list[tuple[slice | torch.Tensor, torch.Tensor, float]]:
         """Split the batch by noise level: ``[(rows, flat x (n, D) float64, alpha_bar)]``.
@@ -120,7 +127,7 @@ class GaussianMixture:
         """Posterior component probabilities ``r_k(x)`` at ``alpha_bar``, ``(B, K)`` float64."""
         out = torch.empty(len(x), self.K, dtype=torch.float64)
         for rows, xf, a in self._per_alpha_bar(x, alpha_bar):
-            out[rows] = torch.softmax(self._log_joint(xf, a)[0], dim=0).T
+            out[rows] = _softmax_over_components(self._log_joint(xf, a)[0]).T
         return out
 
     def optimal_eps(self, x_t: torch.Tensor, alpha_bar: float | torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -138,7 +145,7 @@ class GaussianMixture:
         eps = torch.empty(len(x_t), self.dim, dtype=torch.float64)
         for rows, xf, a in self._per_alpha_bar(x_t, alpha_bar):
             log_joint, inv_v, m_over_v = self._log_joint(xf, a)
-            r = torch.softmax(log_joint, dim=0).T                                   # (n, K)
+            r = _softmax_over_components(log_joint).T                               # (n, K)
             if conditional is not None:  # a label pins the component: its posterior is one-hot
                 one_hot = F.one_hot(y[rows].clamp(max=self.K - 1), self.K).double()
                 r = torch.where(conditional[rows, None], one_hot, r)
