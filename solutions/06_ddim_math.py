@@ -57,7 +57,11 @@ device = fftd_course.default_device()
 # The analytic model runs on the CPU in float64 whatever the device; a GPU machine only draws more points.
 N_POINTS = 1500 if device.type == "cpu" else 8000
 T = 500
-print(f"device: {device}, {N_POINTS} points per 2-D experiment, T = {T}")
+# Every tensor here is small (2-D points, a few 32x32 images) and each sampling step is microseconds
+# of work: splitting that over threads costs more than it saves, and on a busy machine the threads
+# wait for each other. So this chapter uses one.
+torch.set_num_threads(1)
+print(f"device: {device}, {N_POINTS} points per 2-D experiment, T = {T}, {torch.get_num_threads()} CPU thread")
 
 # %% [markdown]
 # ## Conventions: 0-based timesteps and the paper's `alpha_t`
