@@ -7,6 +7,7 @@ Each chapter's checks live in ``chNN.py``; all are importable from here.
 from .ch00 import check_channel_mean, check_to_unit_range
 from .ch01 import check_resblock, check_swish, check_upsample
 from .ch02 import check_attention_weights, check_attn_block
+from .ch03 import check_nearest_code, check_perplexity, check_vq_straight_through
 from .ch06 import check_ddim_sigma, check_ddim_step, check_q_sample
 from .core import CheckResult, ExerciseFailed, lenient, run_check
 
@@ -15,5 +16,6 @@ __all__ = [
     "check_to_unit_range", "check_channel_mean",
     "check_swish", "check_resblock", "check_upsample",
     "check_attention_weights", "check_attn_block",
+    "check_nearest_code", "check_vq_straight_through", "check_perplexity",
     "check_q_sample", "check_ddim_step", "check_ddim_sigma",
 ]

@@ -1,0 +1,145 @@
+"""Chapter 03's exercise checks: the reference answers pass, plausible wrong answers fail (and raise in strict
+mode), and stubs are reported as "not attempted"."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fftd_course import checks, quantize
+from fftd_course.checks import core
+
+
+@pytest.fixture
+def strict(monkeypatch):
+    monkeypatch.setenv(core.STRICT_ENV, "1")
+
+
+@pytest.fixture
+def lenient_env(monkeypatch):
+    monkeypatch.delenv(core.STRICT_ENV, raising=False)
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError("Exercise")
+
+
+# ---- exercise 1: nearest code -----------------------------------------------------------------------
+
+def nearest_loop(z, codebook):  # an independent answer written the slow, obvious way
+    return torch.stack([((codebook - row) ** 2).sum(1).argmin() for row in z])
+
+
+def nearest_l1(z, codebook):  # wrong distance
+    return (z[:, None] - codebook[None]).abs().sum(-1).argmin(1)
+
+
+def nearest_argmax(z, codebook):  # farthest code instead of nearest
+    return ((z[:, None] - codebook[None]) ** 2).sum(-1).argmax(1)
+
+
+def nearest_float(z, codebook):  # right indices, wrong dtype
+    return quantize.nearest_code(z, codebook).float()
+
+
+# ---- exercise 2: straight-through + L_vq -------------------------------------------------------------
+
+def _rows(z_e, codebook):
+    b, c, h, w = z_e.shape
+    flat = z_e.permute(0, 2, 3, 1).reshape(-1, c)
+    e = codebook[quantize.nearest_code(flat, codebook)]
+    return flat, e, (b, h, w, c)
+
+
+def _back(t, shape):
+    b, h, w, c = shape
+    return t.reshape(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def vq_reference(z_e, codebook, beta):
+    flat, e, shape = _rows(z_e, codebook)
+    loss = F.mse_loss(e, flat.detach()) + beta * F.mse_loss(flat, e.detach())
+    return _back(flat + (e - flat).detach(), shape), loss
+
+
+def vq_legacy_beta(z_e, codebook, beta):  # taming's legacy placement: beta on the codebook term
+    flat, e, shape = _rows(z_e, codebook)
+    loss = beta * F.mse_loss(e, flat.detach()) + F.mse_loss(flat, e.detach())
+    return _back(flat + (e - flat).detach(), shape), loss
+
+
+def vq_no_straight_through(z_e, codebook, beta):  # the decoder's gradient never reaches the encoder
+    flat, e, shape = _rows(z_e, codebook)
+    loss = F.mse_loss(e, flat.detach()) + beta * F.mse_loss(flat, e.detach())
+    return _back(e, shape), loss
+
+
+def vq_no_stop_gradient(z_e, codebook, beta):  # both terms move both sides
+    flat, e, shape = _rows(z_e, codebook)
+    loss = F.mse_loss(e, flat) + beta * F.mse_loss(flat, e)
+    return _back(flat + (e - flat).detach(), shape), loss
+
+
+def vq_wrong_layout(z_e, codebook, beta):  # flattens (B, C, H, W) without moving C last
+    b, c, h, w = z_e.shape
+    flat = z_e.reshape(-1, c)
+    e = codebook[quantize.nearest_code(flat, codebook)]
+    loss = F.mse_loss(e, flat.detach()) + beta * F.mse_loss(flat, e.detach())
+    return (flat + (e - flat).detach()).reshape(b, c, h, w), loss
+
+
+# ---- exercise 3: perplexity -------------------------------------------------------------------------
+
+def perplexity_reference(indices, num_codes):
+    counts = torch.bincount(indices.flatten(), minlength=num_codes).double()
+    p = counts[counts > 0] / counts.sum()
+    return math.exp(-(p * p.log()).sum().item())
+
+
+def perplexity_distinct(indices, num_codes):  # counts codes, ignores how unevenly they are used
+    return float(indices.unique().numel())
+
+
+def perplexity_entropy_only(indices, num_codes):  # forgot the exp
+    return math.log(perplexity_reference(indices, num_codes))
+
+
+def perplexity_nan(indices, num_codes):  # 0 * log 0 = nan when unused codes are kept
+    p = torch.bincount(indices.flatten(), minlength=num_codes).double() / indices.numel()
+    return torch.exp(-(p * p.log()).sum())
+
+
+CASES = [
+    (checks.check_nearest_code, nearest_loop, [nearest_l1, nearest_argmax, nearest_float]),
+    (checks.check_vq_straight_through, vq_reference,
+     [vq_legacy_beta, vq_no_straight_through, vq_no_stop_gradient, vq_wrong_layout]),
+    (checks.check_perplexity, perplexity_reference, [perplexity_distinct, perplexity_entropy_only, perplexity_nan]),
+]
+
+
+@pytest.mark.parametrize("check, answer, wrong", CASES, ids=[c[0].__name__ for c in CASES])
+def test_reference_passes_wrong_fails_stub_not_attempted(check, answer, wrong, lenient_env, capsys):
+    assert check(answer).status == "pass"
+    for bad in wrong:
+        result = check(bad)
+        assert result.status == "fail", bad.__name__
+        assert "hint" in result.message
+    assert check(stub).status == "not attempted"
+    out = capsys.readouterr().out
+    assert "PASS" in out and "FAIL" in out and "not attempted yet" in out
+
+
+@pytest.mark.parametrize("check, answer, wrong", CASES, ids=[c[0].__name__ for c in CASES])
+def test_strict_mode_raises_on_fail_only(check, answer, wrong, strict):
+    assert check(answer)
+    with pytest.raises(checks.ExerciseFailed):
+        check(wrong[0])
+    assert check(stub).status == "not attempted"
+
+
+def test_failure_messages_say_what_differs(lenient_env):
+    assert "gradient reaching z_e" in checks.check_vq_straight_through(vq_legacy_beta).message
+    assert "z_q" in checks.check_vq_straight_through(vq_no_straight_through).message
+    assert "int64" in checks.check_nearest_code(nearest_float).message
+    assert "NaN" in checks.check_perplexity(perplexity_nan).message
