@@ -7,6 +7,7 @@ Each chapter's checks live in ``chNN.py``; all are importable from here.
 from .ch00 import check_channel_mean, check_to_unit_range
 from .ch01 import check_resblock, check_swish, check_upsample
 from .ch02 import check_attention_weights, check_attn_block
+from .ch04 import check_adaptive_weight, check_generator_loss, check_hinge_d_loss
 from .core import CheckResult, ExerciseFailed, lenient, run_check
 
 __all__ = [
@@ -14,4 +15,5 @@ __all__ = [
     "check_to_unit_range", "check_channel_mean",
     "check_swish", "check_resblock", "check_upsample",
     "check_attention_weights", "check_attn_block",
+    "check_hinge_d_loss", "check_generator_loss", "check_adaptive_weight",
 ]
