@@ -8,6 +8,7 @@ from .ch00 import check_channel_mean, check_to_unit_range
 from .ch01 import check_resblock, check_swish, check_upsample
 from .ch02 import check_attention_weights, check_attn_block
 from .ch03 import check_nearest_code, check_perplexity, check_vq_straight_through
+from .ch04 import check_adaptive_weight, check_generator_loss, check_hinge_d_loss
 from .ch06 import check_ddim_sigma, check_ddim_step, check_q_sample
 from .core import CheckResult, ExerciseFailed, lenient, run_check
 
@@ -17,5 +18,6 @@ __all__ = [
     "check_swish", "check_resblock", "check_upsample",
     "check_attention_weights", "check_attn_block",
     "check_nearest_code", "check_vq_straight_through", "check_perplexity",
+    "check_hinge_d_loss", "check_generator_loss", "check_adaptive_weight",
     "check_q_sample", "check_ddim_step", "check_ddim_sigma",
 ]
