@@ -8,7 +8,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Failed exercise checks raise during tests (stubs still only print "not attempted yet");
 # sliders draw static pictures, since nobody can move them during a test run.
-TEST_ENV := FFTD_STRICT_CHECKS=1 FFTD_STATIC_PLOTS=1 MPLBACKEND=Agg PYTHONUNBUFFERED=1
+# OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning. On a CPU shared with other
+# busy processes, PyTorch's spinning threads made small-tensor training up to 50x slower (chapter 03:
+# 318 s instead of 33 s on a loaded 2-core machine). Passive waiting costs a thread wake-up per parallel region.
+TEST_ENV := FFTD_STRICT_CHECKS=1 FFTD_STATIC_PLOTS=1 MPLBACKEND=Agg PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE
 
 .PHONY: test lab release check-sync clean
 
