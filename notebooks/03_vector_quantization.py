@@ -263,7 +263,7 @@ print("same z_q, loss, indices and gradients as quantize.VectorQuantizer;", f"in
 # %%
 on_gpu = device.type == "cuda"
 if on_gpu:  # the paper's codebook size: 16384 codes, FSQ levels (16, 16, 8, 8)
-    num_codes, fsq_levels, steps, n_train, n_held, batch = 16384, (16, 16, 8, 8), 2000, 16384, 4096, 256
+    num_codes, fsq_levels, steps, n_train, n_held, batch = 16384, (16, 16, 8, 8), 1000, 16384, 4096, 256
 else:  # CPU: 1024 codes, FSQ levels (8, 8, 4, 4) = 1024 codes in the same 4 channels
     num_codes, fsq_levels, steps, n_train, n_held, batch = 1024, (8, 8, 4, 4), 300, 2048, 256, 32
 assert math.prod(fsq_levels) == num_codes
