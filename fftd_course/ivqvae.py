@@ -26,8 +26,9 @@ Choices the paper leaves open (``shared/paper/DIGEST.md`` section 7), named wher
 * The paper is silent on codebook collapse. Every named configuration uses l2-normalised codes, k-means
   initialisation and dead-code replacement from a buffer of recent encoder outputs (chapter 03 measures
   why); ``quantizer="fsq"`` swaps in FSQ with levels (16, 16, 8, 8), the same 16384 codes in 4 channels.
-* The CPU toys (32 px) keep the structure but not the size: widths 16-64, 256 codes, and one residual
-  block per level instead of two (see ``_toy``); ``get_config("toy-f8", num_res_blocks=2)`` restores two.
+* The CPU toys (32 px) keep the structure but not the size: widths 16-64, 256 codes, one residual block
+  per level instead of two and attention only in the middle block (see ``_toy``);
+  ``get_config("toy-f8", num_res_blocks=2, attn_resolutions=(16,))`` restores both.
 """
 
 from __future__ import annotations

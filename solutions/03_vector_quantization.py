@@ -45,7 +45,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import fftd_course
-from fftd_course import checks, data, quantize, viz
+from fftd_course import checks, data, quantize
 from fftd_course.ivqvae import CONFIGS
 
 device = fftd_course.default_device()
