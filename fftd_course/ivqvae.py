@@ -26,8 +26,9 @@ Choices the paper leaves open (``shared/paper/DIGEST.md`` section 7), named wher
 * The paper is silent on codebook collapse. Every named configuration uses l2-normalised codes, k-means
   initialisation and dead-code replacement from a buffer of recent encoder outputs (chapter 03 measures
   why); ``quantizer="fsq"`` swaps in FSQ with levels (16, 16, 8, 8), the same 16384 codes in 4 channels.
-* The CPU toys (32 px) keep the structure but not the size: widths 16-64, 256 codes, and one residual
-  block per level instead of two (see ``_toy``); ``get_config("toy-f8", num_res_blocks=2)`` restores two.
+* The CPU toys (32 px) keep the structure but not the size: widths 16-64, 256 codes, one residual block
+  per level instead of two and attention only in the middle block (see ``_toy``);
+  ``get_config("toy-f8", num_res_blocks=2, attn_resolutions=(16,))`` restores both.
 """
 
 from __future__ import annotations
@@ -127,10 +128,10 @@ def _toy(ch_mult: tuple[int, ...]) -> IVQVAEConfig:
     # Sized for chapter 05 on a 2-core CPU (measured in this issue's report): widths 16-64, one residual
     # block per level (two cost 1.7x the time and learned no faster per second), attention only in the
     # middle block (at 32 px the 16x16 level sits right below the input, where the 256 px model has none),
-    # 256 codes (at 16 tokens per image a few hundred held-out images make thousands of assignments,
-    # enough to see every code in use) and a usage window of 4096 assignments (16 per code).
+    # and 256 codes: at 16 tokens per image a few hundred held-out images make thousands of assignments,
+    # enough to see every code in use.
     return IVQVAEConfig(resolution=32, ch=16, ch_mult=ch_mult, num_res_blocks=1, attn_resolutions=(), num_groups=8,
-                        num_codes=256, usage_window=4096)
+                        num_codes=256)
 
 
 CONFIGS: dict[str, IVQVAEConfig] = {

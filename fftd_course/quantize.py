@@ -293,10 +293,13 @@ class VectorQuantizer(Quantizer):
     * ``l2_normalize``: encoder outputs and codes are projected onto the unit sphere before the distance,
       and ``z_q`` is the normalised code (cosine similarity; ViT-VQGAN). Then ``z_q`` has unit norm.
     * ``kmeans_init``: on the first training ``forward`` the codebook is set by k-means on that batch's
-      encoder outputs (:meth:`init_codebook` does the same on any vectors you pass, e.g. several batches).
+      encoder outputs (:meth:`init_codebook` does the same on any vectors you pass). A batch with fewer
+      vectors than codes (batch size 1 at f = 64 gives 16 for 16384 codes) leaves near-duplicate codes;
+      dead-code replacement spreads them later, or call :meth:`init_codebook` on several batches first.
 
     Under ``torch.distributed`` the counts are summed over ranks and rank 0's replacement is broadcast,
-    so that every rank keeps the same codebook.
+    so that every rank keeps the same codebook. Both are collective calls: every rank must reach the check
+    on the same step, which holds when all ranks use the same batch size.
     """
 
     def __init__(self, num_codes: int, dim: int, beta: float = 0.25, *, l2_normalize: bool = False,
@@ -350,7 +353,7 @@ class VectorQuantizer(Quantizer):
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         _check_latent(z, self.dim, "VectorQuantizer")
         b, _, h, w = z.shape
-        z_e = _flatten(z)  # (B, C, H, W) -> (BHW, C)
+        z_e = _flatten(z).float()  # (B, C, H, W) -> (BHW, C); quantize in float32 even under bf16 autocast
         if self.l2_normalize:
             z_e = F.normalize(z_e, dim=1)
         if self.training and not bool(self.initialized):

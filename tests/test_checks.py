@@ -7,17 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fftd_course import blocks, checks, viz
-from fftd_course.checks import core
 
 
-@pytest.fixture
-def strict(monkeypatch):
-    monkeypatch.setenv(core.STRICT_ENV, "1")
-
-
-@pytest.fixture
-def lenient_env(monkeypatch):
-    monkeypatch.delenv(core.STRICT_ENV, raising=False)
+# The fixtures `strict` and `lenient_env` come from tests/conftest.py.
 
 
 def stub(*args, **kwargs):

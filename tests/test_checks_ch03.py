@@ -8,17 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from fftd_course import checks, quantize
-from fftd_course.checks import core
 
-
-@pytest.fixture
-def strict(monkeypatch):
-    monkeypatch.setenv(core.STRICT_ENV, "1")
-
-
-@pytest.fixture
-def lenient_env(monkeypatch):
-    monkeypatch.delenv(core.STRICT_ENV, raising=False)
+# The fixtures `strict` and `lenient_env` come from tests/conftest.py.
 
 
 def stub(*args, **kwargs):
