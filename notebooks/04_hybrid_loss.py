@@ -302,8 +302,8 @@ def train_discriminator(loss_fn) -> tuple[nn.Module, dict[str, list[float]]]:
         loss.backward()
         opt.step()
         history["loss"].append(loss.item())
-        history["real"].append(float(logits_real.mean()))
-        history["fake"].append(float(logits_fake.mean()))
+        history["real"].append(logits_real.mean().item())
+        history["fake"].append(logits_fake.mean().item())
     return disc, history
 
 
