@@ -386,7 +386,7 @@ class HybridLoss(nn.Module):
     * ``weighting="paper"``: fixed ``lambda_d`` and ``lambda_vq = 1 - lambda_d`` (eq. 15's constraint;
       the paper gives no values, ``lambda_d=0.1`` is our default).
       ``weighting="adaptive"`` (default): ``lambda_d = disc_weight * ||grad L_rec|| / ||grad L_G||`` on
-      ``last_layer`` (:func:`adaptive_weight`; ``disc_weight=0.75`` as in latent-diffusion's VQ configs)
+      ``last_layer`` (:func:`adaptive_weight`; ``disc_weight=0.75`` as in latent-diffusion's VQ-f16 config)
       and ``lambda_vq = codebook_weight`` (1.0, as in taming).
     * ``disc_start``: the first step at which the discriminator trains AND the generator's adversarial
       term counts (errata 11; Algorithm 1 uses 250k of 4M steps). Before it ``lambda_d = 0`` and the
