@@ -5,6 +5,7 @@ themselves: they prove the wiring, loading and offline behaviour, not perceptual
 """
 
 import math
+import socket
 import urllib.request
 import warnings
 
@@ -31,11 +32,13 @@ def torch_home(tmp_path, monkeypatch):
 
 @pytest.fixture
 def no_network(monkeypatch):
+    """Any attempt to open a connection (whoever imported urlopen) fails the test."""
     def refuse(*args, **kwargs):
         raise AssertionError("a download was attempted")
 
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
 
 
