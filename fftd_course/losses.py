@@ -84,15 +84,17 @@ class RandomTrunkWarning(UserWarning):
     """LPIPS runs on a randomly initialised VGG16: distances prove wiring, they are not perceptual."""
 
 
+def _how_to_get(path: Path) -> str:
+    return ("To get the file (about 528 MB), on a machine with internet run\n"
+            "    python -c \"import torchvision; torchvision.models.vgg16(weights='IMAGENET1K_V1')\"\n"
+            f"(or download {VGG16_URL}) and copy {VGG16_FILE} to {path.parent}/ here. "
+            "To test the wiring without it, use LPIPS(random_trunk=True): its numbers are NOT perceptual distances.")
+
+
 def _missing_message(path: Path) -> str:
-    return (
-        f"LPIPS needs torchvision's VGG16 ImageNet weights, and {path} does not exist "
-        "(the folder is torch.hub.get_dir()/checkpoints; set TORCH_HOME to use another one). "
-        "Nothing was downloaded. To get the file (about 528 MB), on a machine with internet run\n"
-        "    python -c \"import torchvision; torchvision.models.vgg16(weights='IMAGENET1K_V1')\"\n"
-        f"(or download {VGG16_URL}) and copy {VGG16_FILE} to {path.parent}/ here. "
-        "To test the wiring without it, use LPIPS(random_trunk=True): its numbers are NOT perceptual distances."
-    )
+    return (f"LPIPS needs torchvision's VGG16 ImageNet weights, and {path} does not exist "
+            "(the folder is torch.hub.get_dir()/checkpoints; set TORCH_HOME to use another one). "
+            "Nothing was downloaded. " + _how_to_get(path))
 
 
 class LPIPS(nn.Module):
@@ -150,11 +152,12 @@ class LPIPS(nn.Module):
                 if not isinstance(layer, nn.Conv2d):
                     continue
                 try:
-                    layer.weight.data.copy_(state[f"features.{index}.weight"])
-                    layer.bias.data.copy_(state[f"features.{index}.bias"])
+                    with torch.no_grad():
+                        layer.weight.copy_(state[f"features.{index}.weight"])
+                        layer.bias.copy_(state[f"features.{index}.bias"])
                 except (KeyError, RuntimeError) as e:
-                    raise LPIPSWeightsMissing(f"{path} does not hold torchvision's VGG16 weights (layer features.{index}: {e}). "
-                                              "Replace it: " + _missing_message(path)) from None
+                    raise LPIPSWeightsMissing(f"{path} does not hold torchvision's VGG16 weights (layer features.{index}: "
+                                              f"{type(e).__name__} {e}). Replace it. " + _how_to_get(path)) from None
 
     def train(self, mode: bool = True) -> "LPIPS":
         # Never leave eval mode: the heads' dropout would make the loss random.
@@ -181,7 +184,7 @@ def _read_vgg16(path: Path) -> Mapping[str, torch.Tensor]:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated download or another file under the right name
         raise LPIPSWeightsMissing(f"{path} exists but could not be read as VGG16 weights ({type(e).__name__}: {e}). "
-                                  "Delete it and fetch it again: " + _missing_message(path)) from None
+                                  "Delete it and fetch it again. " + _how_to_get(path)) from None
 
 
 def _drop_own_keys(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
@@ -383,7 +386,7 @@ class HybridLoss(nn.Module):
     * ``weighting="paper"``: fixed ``lambda_d`` and ``lambda_vq = 1 - lambda_d`` (eq. 15's constraint;
       the paper gives no values, ``lambda_d=0.1`` is our default).
       ``weighting="adaptive"`` (default): ``lambda_d = disc_weight * ||grad L_rec|| / ||grad L_G||`` on
-      ``last_layer`` (:func:`adaptive_weight`; ``disc_weight=0.75`` as in latent-diffusion's VQ configs)
+      ``last_layer`` (:func:`adaptive_weight`; ``disc_weight=0.75`` as in latent-diffusion's VQ-f16 config)
       and ``lambda_vq = codebook_weight`` (1.0, as in taming).
     * ``disc_start``: the first step at which the discriminator trains AND the generator's adversarial
       term counts (errata 11; Algorithm 1 uses 250k of 4M steps). Before it ``lambda_d = 0`` and the

