@@ -6,17 +6,6 @@ import torch
 import torch.nn.functional as F
 
 from fftd_course import checks, losses
-from fftd_course.checks import core
-
-
-@pytest.fixture
-def lenient_env(monkeypatch):
-    monkeypatch.delenv(core.STRICT_ENV, raising=False)
-
-
-@pytest.fixture
-def strict(monkeypatch):
-    monkeypatch.setenv(core.STRICT_ENV, "1")
 
 
 def stub(*args, **kwargs):

@@ -2,21 +2,9 @@
 stubs are "not attempted"."""
 
 import pytest
-import torch
 
 from fftd_course import checks
 from fftd_course import diffusion as D
-from fftd_course.checks import core
-
-
-@pytest.fixture
-def lenient_env(monkeypatch):
-    monkeypatch.delenv(core.STRICT_ENV, raising=False)
-
-
-@pytest.fixture
-def strict(monkeypatch):
-    monkeypatch.setenv(core.STRICT_ENV, "1")
 
 
 def stub(*args, **kwargs):

@@ -9,6 +9,7 @@ from .ch01 import check_resblock, check_swish, check_upsample
 from .ch02 import check_attention_weights, check_attn_block
 from .ch03 import check_nearest_code, check_perplexity, check_vq_straight_through
 from .ch04 import check_adaptive_weight, check_generator_loss, check_hinge_d_loss
+from .ch05 import check_reconstruct, check_training_step
 from .ch06 import check_ddim_sigma, check_ddim_step, check_q_sample
 from .core import CheckResult, ExerciseFailed, lenient, run_check
 
@@ -19,5 +20,6 @@ __all__ = [
     "check_attention_weights", "check_attn_block",
     "check_nearest_code", "check_vq_straight_through", "check_perplexity",
     "check_hinge_d_loss", "check_generator_loss", "check_adaptive_weight",
+    "check_reconstruct", "check_training_step",
     "check_q_sample", "check_ddim_step", "check_ddim_sigma",
 ]
