@@ -1,8 +1,12 @@
 """fftd_course: the package the FFTD course builds, one module per idea.
 
-Stage 1 (IVQ-VAE): :mod:`.blocks` (eq. 1-10). Data: :mod:`.data` (toy animal faces).
-Course machinery: :mod:`.checks` (exercise checks), :mod:`.assignments` (solutions -> student
-notebooks), :mod:`.viz` (pictures).
+Stage 1 (IVQ-VAE, section 3.1): :mod:`.blocks` (eq. 1-10), :mod:`.quantize` (L_vq, codebook usage),
+:mod:`.losses` (eq. 11-15), :mod:`.ivqvae` (the autoencoder and its configurations).
+Stages 2-3 (section 3.3): :mod:`.diffusion` (eq. 26-30: schedules, DDIM and DDPM samplers),
+:mod:`.mixture` (a Gaussian mixture whose optimal noise predictor is known in closed form).
+Training: :mod:`.pipeline` (Algorithm 1). Evaluation: :mod:`.metrics` (L1, LPIPS, FID, eq. 31).
+Data: :mod:`.data` (toy animal faces). Course machinery: :mod:`.checks` (exercise checks),
+:mod:`.assignments` (solutions -> student notebooks), :mod:`.viz` (pictures).
 """
 
 from __future__ import annotations
