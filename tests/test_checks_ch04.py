@@ -1,15 +1,12 @@
 """Chapter 04's checks: the reference passes, plausible wrong answers fail (and raise in strict mode), stubs
 are "not attempted"."""
 
-import pytest
 import torch
 import torch.nn.functional as F
 
 from fftd_course import checks, losses
 
-
-def stub(*args, **kwargs):
-    raise NotImplementedError("Exercise")
+from check_contract import contract_tests
 
 
 def _grads(rec, g, last):
@@ -58,26 +55,8 @@ CASES = [
     ]),
 ]
 
-
-@pytest.mark.parametrize("check, answer, wrong", CASES, ids=[c[0].__name__ for c in CASES])
-def test_reference_passes_wrong_fails_stub_not_attempted(check, answer, wrong, lenient_env, capsys):
-    assert check(answer).status == "pass"
-    for bad in wrong:
-        result = check(bad)
-        assert result.status == "fail", bad
-        assert "hint" in result.message
-    assert check(stub).status == "not attempted"
-    out = capsys.readouterr().out
-    assert "PASS" in out and "FAIL" in out and "not attempted yet" in out
-
-
-@pytest.mark.parametrize("check, answer, wrong", CASES, ids=[c[0].__name__ for c in CASES])
-def test_strict_mode_raises_on_fail_only(check, answer, wrong, strict):
-    assert check(answer)
-    for bad in wrong:
-        with pytest.raises(checks.ExerciseFailed):
-            check(bad)
-    assert check(stub).status == "not attempted"
+test_reference_passes_wrong_fails_stub_not_attempted, test_strict_mode_raises_on_every_wrong_answer = contract_tests(
+    CASES)
 
 
 def test_failure_messages_point_at_the_mistake(lenient_env):

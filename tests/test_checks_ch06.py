@@ -1,14 +1,11 @@
 """Chapter 06 checks: the reference answers pass, plausible wrong answers fail (and raise in strict mode),
 stubs are "not attempted"."""
 
-import pytest
 
 from fftd_course import checks
 from fftd_course import diffusion as D
 
-
-def stub(*args, **kwargs):
-    raise NotImplementedError("Exercise")
+from check_contract import contract_tests
 
 
 def _gather(alpha_bar, t, x0):
@@ -75,25 +72,8 @@ CASES = [
     (checks.check_ddim_sigma, sigma, [sigma_no_ratio, sigma_squared]),
 ]
 
-
-@pytest.mark.parametrize("check, answer, wrong", CASES, ids=[c[0].__name__ for c in CASES])
-def test_reference_passes_wrong_fails_stub_not_attempted(check, answer, wrong, lenient_env, capsys):
-    assert check(answer).status == "pass"
-    for bad in wrong:
-        result = check(bad)
-        assert result.status == "fail", bad.__name__
-        assert "hint" in result.message
-    assert check(stub).status == "not attempted"
-    out = capsys.readouterr().out
-    assert "PASS" in out and "FAIL" in out and "not attempted yet" in out
-
-
-@pytest.mark.parametrize("check, answer, wrong", CASES, ids=[c[0].__name__ for c in CASES])
-def test_strict_mode_raises_on_fail_only(check, answer, wrong, strict):
-    assert check(answer)
-    with pytest.raises(checks.ExerciseFailed):
-        check(wrong[0])
-    assert check(stub).status == "not attempted"
+test_reference_passes_wrong_fails_stub_not_attempted, test_strict_mode_raises_on_every_wrong_answer = contract_tests(
+    CASES)
 
 
 def test_package_versions_pass_their_own_checks(lenient_env):

@@ -1,0 +1,43 @@
+"""The contract every exercise check keeps, as two parametrised tests each tests/test_checks*.py module adopts.
+
+For every case ``(check, reference answer, wrong answers)``: the reference passes; every wrong answer is
+reported as a failure with a hint (and raises ``ExerciseFailed`` in strict mode, as under ``make test``);
+a stub that raises ``NotImplementedError`` is "not attempted" in both modes and never raises.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fftd_course import checks
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError("Exercise")
+
+
+def contract_tests(cases: list, stubs: dict | None = None):
+    """Return the two test functions for ``cases``; ``stubs`` maps a check to a stub other than :func:`stub`."""
+    stubs = stubs or {}
+    parametrize = pytest.mark.parametrize("check, answer, wrong", cases, ids=[c[0].__name__ for c in cases])
+
+    @parametrize
+    def test_reference_passes_wrong_fails_stub_not_attempted(check, answer, wrong, lenient_env, capsys):
+        assert check(answer).status == "pass"
+        for bad in wrong:
+            result = check(bad)
+            assert result.status == "fail", getattr(bad, "__name__", bad)
+            assert "hint" in result.message
+        assert check(stubs.get(check, stub)).status == "not attempted"
+        out = capsys.readouterr().out
+        assert "PASS" in out and "FAIL" in out and "not attempted yet" in out
+
+    @parametrize
+    def test_strict_mode_raises_on_every_wrong_answer(check, answer, wrong, strict):
+        assert check(answer)
+        for bad in wrong:
+            with pytest.raises(checks.ExerciseFailed):
+                check(bad)
+        assert check(stubs.get(check, stub)).status == "not attempted"
+
+    return test_reference_passes_wrong_fails_stub_not_attempted, test_strict_mode_raises_on_every_wrong_answer
