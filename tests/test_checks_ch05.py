@@ -1,7 +1,6 @@
 """Chapter 05's checks: the reference passes, plausible wrong answers fail (and raise in strict mode), stubs are
 "not attempted"."""
 
-
 from fftd_course import checks, pipeline
 
 from check_contract import contract_tests

@@ -1,7 +1,6 @@
 """Chapter 06 checks: the reference answers pass, plausible wrong answers fail (and raise in strict mode),
 stubs are "not attempted"."""
 
-
 from fftd_course import checks
 from fftd_course import diffusion as D
 
