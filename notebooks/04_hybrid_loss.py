@@ -30,7 +30,8 @@
 # - build LPIPS from its parts, and learn what happens on a machine without its VGG16 weights;
 # - build the PatchGAN discriminator, and see why eq. 14 as printed cannot be trained (the hinge loss can);
 # - compare taming's adaptive weight with the paper's fixed `λ_d + λ_vq = 1`;
-# - switch a discriminator on in a small training run and measure what it does to the reconstructions;
+# - switch a discriminator on while training the package's smallest IVQ-VAE, and measure what it does to the
+#   reconstructions;
 # - write the hinge loss, the generator loss and the adaptive weight yourself.
 
 # %%
@@ -43,26 +44,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
-from tqdm.auto import tqdm
 
 import fftd_course
-from fftd_course import blocks, checks, data, losses, metrics, viz
+from fftd_course import checks, data, ivqvae, losses, metrics, pipeline, viz
 
 chapter_start = time.perf_counter()
 device = fftd_course.default_device()
 ON_GPU = device.type == "cuda"
 # The training runs below are small on a CPU and larger on a GPU.
 PRE_STEPS, POST_STEPS, BATCH = (600, 400, 32) if ON_GPU else (120, 60, 8)
+LR = 1e-3  # Adam for the IVQ-VAE and its discriminator (chapter 05 uses 5e-4 for a longer run)
 D_DEMO_STEPS = 300 if ON_GPU else 100
 torch.manual_seed(0)
-print(f"device: {device}; autoencoder: {PRE_STEPS} steps, then {POST_STEPS} per branch, batch {BATCH}")
+print(f"device: {device}; IVQ-VAE: {PRE_STEPS} steps, then {POST_STEPS} per branch, batch {BATCH}, lr {LR:g}")
 
 # %% [markdown]
 # ## Reconstruction-like degradations
 #
-# There is no IVQ-VAE yet (chapter 05 trains it), so we make "reconstructions" by degrading toy faces
-# in the ways an autoencoder typically fails: it blurs, it adds noise, it gets colours slightly wrong,
-# it misplaces edges by a pixel, and a coarse latent grid gives blocky output.
+# No autoencoder is trained yet (a small one is, later in this chapter), so we make "reconstructions" by
+# degrading toy faces in the ways an autoencoder typically fails: it blurs, it adds noise, it gets colours
+# slightly wrong, it misplaces edges by a pixel, and a coarse latent grid gives blocky output.
 
 # %%
 faces, _ = data.make_toy_faces(8, size=32, seed=3)
@@ -362,77 +363,49 @@ plt.show()
 # that; `weighting="adaptive"` (the default) implements taming's weight with `disc_weight = 0.75`
 # (as in latent-diffusion's VQ-f16 configuration) and the codebook term at weight 1.
 #
-# To see both at work we need an autoencoder. Here is a tiny one made of chapter 01's blocks
-# (32 px -> 8x8x4 -> 32 px, no quantizer yet), and a training loop that logs every term `HybridLoss`
-# returns. The perceptual term is left out of the gradient here: on a CPU, VGG16's backward pass would
-# multiply the cost of each step several times (chapter 05 trains with the full loss); LPIPS is measured
-# on the results instead.
+# To see both at work we need an autoencoder and a training loop, and the package has both. Chapter 05
+# assembles the IVQ-VAE (encoder, vector quantizer, decoder) and explains it; here we only use it, in its
+# smallest CPU configuration `toy-f4`, which turns a face into a grid of codes 4 times smaller on each
+# side (the cell prints the sizes). `model(x)` returns the reconstruction and the quantizer's output,
+# whose `.loss` is $L_{vq}$, the term that $\lambda_{vq}$ weighs; `model.last_layer` is the decoder's
+# final convolution, where the adaptive weight compares gradients. `pipeline.train_ivqvae` runs
+# Algorithm 1 (`pipeline.ivqvae_step` at every step): the hybrid loss for the autoencoder and, from
+# `disc_start` on, the hinge loss for the discriminator, logging every term at every step.
+#
+# The perceptual term is left out of the gradient here (`perceptual_weight=0`): on a CPU, VGG16's backward
+# pass would multiply the cost of each step several times (chapter 05 trains with it when the VGG16 file
+# is present); LPIPS is measured on the results instead. First, `PRE_STEPS` steps with a discriminator
+# that never starts, so that the loss is $L_{rec} + \lambda_{vq} L_{vq}$:
 
 # %%
-class TinyAutoencoder(nn.Module):
-    """Conv-ResBlock-Downsample x2 -> 4 channels at H/4 -> mirror -> tanh (eq. 1-7 in miniature)."""
-
-    def __init__(self, ch: int = 32, z: int = 4):
-        super().__init__()
-        self.encoder = nn.Sequential(
-            nn.Conv2d(3, ch, 3, padding=1), blocks.ResBlock(ch, num_groups=8), blocks.Downsample(ch),
-            blocks.ResBlock(ch, num_groups=8), blocks.Downsample(ch), nn.Conv2d(ch, z, 1))
-        self.decoder = nn.Sequential(
-            nn.Conv2d(z, ch, 1), blocks.ResBlock(ch, num_groups=8), blocks.Upsample(ch),
-            blocks.ResBlock(ch, num_groups=8), blocks.Upsample(ch), blocks.group_norm(ch, 8), blocks.Swish(),
-            nn.Conv2d(ch, 3, 3, padding=1), nn.Tanh())
-
-    @property
-    def last_layer(self) -> torch.Tensor:
-        return self.decoder[-2].weight  # the adaptive weight compares gradients here
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
-
-
 train_images, _ = data.make_toy_faces(2048, size=32, seed=0)
 held_out, _ = data.make_toy_faces(64, size=32, seed=1)
-batches = torch.randint(0, len(train_images), (PRE_STEPS + POST_STEPS, BATCH), generator=torch.Generator().manual_seed(0))
-
-
-def train(model, opt, loss_fn, steps, opt_d=None, desc="") -> dict[str, list[float]]:
-    """Steps of eq. 15 for the autoencoder and, once the discriminator is on, eq. 14 for it."""
-    history = defaultdict(list)
-    model.train()
-    for step in tqdm(steps, desc=desc, leave=False):
-        x = train_images[batches[step]].to(device)
-        x_hat = model(x)
-        loss, logs = loss_fn(x, x_hat, step, last_layer=model.last_layer)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        d_loss, d_logs = loss_fn.discriminator_loss(x, x_hat, step)  # None before disc_start
-        if d_loss is not None:
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-        for key, value in {**logs, **d_logs}.items():
-            history[key].append(float(value))
-    return history
-
-
+config = ivqvae.get_config("toy-f4")
 torch.manual_seed(0)
-model = TinyAutoencoder().to(device)
-opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.5, 0.9))
+model = ivqvae.IVQVAE(config).to(device)
+side = config.latent_size
+print(f"IVQ-VAE toy-f4: {config.resolution} px images -> {side}x{side}x{config.z_channels} latents, "
+      f"{config.num_codes} codes, {ivqvae.count_parameters(model):,} parameters")
+
 SWITCH = PRE_STEPS
-l1_only = losses.HybridLoss(perceptual_weight=0.0, disc_start=10**9).to(device)  # a discriminator that never starts
+no_disc = losses.HybridLoss(losses.NLayerDiscriminator(ndf=16, n_layers=2), perceptual_weight=0.0,
+                            disc_start=10**9).to(device)  # a discriminator that never starts
+opts = pipeline.stage1_optimizers(model, no_disc, lr=LR)  # Adam for the autoencoder and for the discriminator
 start = time.perf_counter()
-pre_run = train(model, opt, l1_only, range(PRE_STEPS), desc="L1 only")
-print(f"{PRE_STEPS} steps with L1 only in {time.perf_counter() - start:.1f} s; "
-      f"training L1 over the last 10 steps: {sum(pre_run['l1'][-10:]) / 10:.4f}")
+pre_run = pipeline.train_ivqvae(model, no_disc, train_images, PRE_STEPS, batch_size=BATCH, seed=0, optimizers=opts)
+print(f"{PRE_STEPS} steps without a discriminator in {time.perf_counter() - start:.1f} s; over the last 10 steps: "
+      f"training L1 {sum(pre_run['l1'][-10:]) / 10:.4f}, L_vq {sum(pre_run['vq'][-10:]) / 10:.4f}, "
+      f"codebook perplexity per batch {sum(pre_run['perplexity'][-10:]) / 10:.0f} of {config.num_codes} codes")
 
 # %% [markdown]
 # At this point, what would the adaptive weight be? Take the hinge-trained discriminator from above
-# as "some discriminator" and compare the two gradients at the decoder's last layer:
+# as "some discriminator" and compare the two gradients at the decoder's last layer. (The model runs in
+# evaluation mode here, so that the quantizer's usage statistics stay as training left them.)
 
 # %%
-x = train_images[batches[SWITCH]].to(device)
-x_hat = model(x)
+model.eval()
+x = train_images[:BATCH].to(device)
+x_hat, _ = model(x)
 rec = losses.l1_loss(x_hat, x)
 g_loss = losses.generator_loss(hinge_disc(x_hat))
 grad_rec = torch.autograd.grad(rec, model.last_layer, retain_graph=True)[0]
@@ -450,30 +423,29 @@ torch.testing.assert_close(weight, 0.75 * grad_rec.norm() / (grad_g.norm() + 1e-
 # generator's adversarial term off until then (`disc_start`). `HybridLoss(disc_start=...)` gates both:
 # before it the discriminator is not even run and `discriminator_loss` returns `None`.
 #
-# From the model above (trained for `SWITCH` steps with L1 only) the run splits into three branches that
-# see the same batches: **L1 only** (no discriminator), **adaptive** (a fresh discriminator switched on
-# at `SWITCH`, taming's weight) and **paper** (the same, with the fixed `λ_d = 0.1`, so `λ_vq = 0.9`).
+# From the model above (trained for `SWITCH` steps without a discriminator) the run splits into three
+# branches. Each starts from one `copy.deepcopy` of the model, the loss (with its discriminator, never
+# run so far) and both optimizers: copied together, each optimizer copy keeps its Adam state and updates
+# its own copy of the parameters. Each continues at step `SWITCH` (`start_step=SWITCH`) on the same
+# batches (the same `seed`): **no discriminator** (L1 + L_vq, as before), **adaptive** (the discriminator
+# switches on at `SWITCH`, taming's weight, `λ_vq = 1`) and **paper** (the same, with the fixed
+# `λ_d = 0.1`, so `λ_vq = 0.9`).
 
 # %%
-branch_point = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
-branches = {"L1 only": None, "adaptive": dict(weighting="adaptive"), "paper, λ_d=0.1": dict(weighting="paper", lambda_d=0.1)}
+branches = {"no discriminator": None, "adaptive": dict(weighting="adaptive"),
+            "paper, λ_d=0.1": dict(weighting="paper", lambda_d=0.1)}
 runs, models = {}, {}
 for name, options in branches.items():
-    torch.manual_seed(1)
-    m = TinyAutoencoder().to(device)
-    m.load_state_dict(branch_point[0])
-    o = torch.optim.Adam(m.parameters(), lr=1e-3, betas=(0.5, 0.9))
-    o.load_state_dict(branch_point[1])
-    if options is None:
-        loss_fn, opt_d = l1_only, None
-    else:
-        loss_fn = losses.HybridLoss(losses.NLayerDiscriminator(ndf=16, n_layers=2), perceptual_weight=0.0,
-                                    disc_start=SWITCH, **options).to(device)
-        opt_d = torch.optim.Adam(loss_fn.discriminator.parameters(), lr=2e-4, betas=(0.5, 0.9))
+    m, loss_fn, opt_ae, opt_d = copy.deepcopy((model, no_disc, *opts))
+    assert all(p is q for p, q in zip(opt_ae.param_groups[0]["params"], m.parameters()))  # the copy trains the copy
+    if options is not None:  # the copied discriminator (and opt_d, which holds its parameters), on from SWITCH
+        loss_fn = losses.HybridLoss(loss_fn.discriminator, perceptual_weight=0.0, disc_start=SWITCH, **options)
+    torch.manual_seed(1)  # the quantizer's dead-code replacement draws random numbers: the same in every branch
     start = time.perf_counter()
-    runs[name] = train(m, o, loss_fn, range(SWITCH, SWITCH + POST_STEPS), opt_d, desc=name)
+    runs[name] = pipeline.train_ivqvae(m, loss_fn, train_images, POST_STEPS, batch_size=BATCH, seed=1,
+                                       optimizers=(opt_ae, opt_d), start_step=SWITCH)
     models[name] = m.eval()
-    print(f"{name:>15}: {POST_STEPS} steps in {time.perf_counter() - start:.1f} s")
+    print(f"{name:>16}: {POST_STEPS} steps in {time.perf_counter() - start:.1f} s (λ_vq = {loss_fn.lambda_vq:g})")
 
 
 # %%
@@ -488,7 +460,7 @@ fig, axes = plt.subplots(1, 3, figsize=(14, 3.4))
 axes[0].plot(range(PRE_STEPS), smooth(pre_run["l1"]), color="black", label="before the switch")
 for name, run in runs.items():
     axes[0].plot(after, smooth(run["l1"]), color=colours[name], label=name)
-    if name != "L1 only":
+    if name != "no discriminator":
         axes[1].plot(after, smooth(run["d_loss"]), color=colours[name], label=name)
         axes[2].plot(after, run["weight_g"], color=colours[name], label=name)
 axes[0].axvline(SWITCH, color="grey", ls=":"), axes[0].set_ylim(0, 2 * max(pre_run["l1"][-20:]))
@@ -500,28 +472,31 @@ fig.tight_layout()
 plt.show()
 
 window = slice(0, min(10, POST_STEPS))
+first = {name: sum(run["l1"][window]) / len(run["l1"][window]) for name, run in runs.items()}
 for name, run in runs.items():
     extra = ""
-    if name != "L1 only":
-        extra = (f"; discriminator loss {sum(run['d_loss'][-10:]) / 10:.3f} over the last 10 steps (1.0 = cannot tell), "
-                 f"mean λ_d {sum(run['weight_g']) / POST_STEPS:.3f}")
-    print(f"{name:>15}: training L1 {sum(pre_run['l1'][-10:]) / 10:.4f} before the switch, "
-          f"{sum(run['l1'][window]) / len(run['l1'][window]):.4f} in the first 10 steps after, "
-          f"{sum(run['l1'][-10:]) / 10:.4f} at the end{extra}")
+    if name != "no discriminator":
+        extra = (f"; {first[name] / first['no discriminator']:.2f}x the no-discriminator L1 on the same batches "
+                 f"right after the switch; discriminator loss {sum(run['d_loss'][-10:]) / 10:.3f} over the last 10 "
+                 f"steps (1.0 = cannot tell), mean λ_d {sum(run['weight_g']) / POST_STEPS:.3f}")
+    print(f"{name:>16}: training L1 {sum(pre_run['l1'][-10:]) / 10:.4f} before the switch, "
+          f"{first[name]:.4f} in the first 10 steps after, {sum(run['l1'][-10:]) / 10:.4f} at the end{extra}")
 
 # %% [markdown]
 # How do the three end points compare on held-out faces? L1, and LPIPS with this chapter's trunk:
 
 # %%
-scores = {name: metrics.evaluate_reconstructions(m, held_out, lpips=lpips_net, device=device) for name, m in models.items()}
+scores = {name: metrics.evaluate_reconstructions(lambda x, m=m: m(x)[0], held_out, lpips=lpips_net, device=device)
+          for name, m in models.items()}
 for name, s in scores.items():
-    print(f"{name:>15}: {s}")
+    print(f"{name:>16}: {s}")
 best = min(scores, key=lambda n: scores[n].l1)
-print(f"lowest held-out L1: {best}; adaptive vs L1 only: {scores['adaptive'].l1 / scores['L1 only'].l1:.2f}x the L1")
+print(f"lowest held-out L1: {best}; adaptive vs no discriminator: "
+      f"{scores['adaptive'].l1 / scores['no discriminator'].l1:.2f}x the L1")
 
 with torch.no_grad():
     show = held_out[:8].to(device)
-    rows = [show] + [models[name](show) for name in branches]
+    rows = [show] + [models[name](show)[0] for name in branches]
 fig, axes = plt.subplots(len(rows), 1, figsize=(8, 1.3 * len(rows)))
 for ax, imgs, title in zip(axes, rows, ["held-out originals", *branches]):
     viz.show_images(imgs, nrow=8, ax=ax, title=title)
@@ -531,9 +506,9 @@ plt.show()
 # %% [markdown]
 # What the run shows depends on the numbers it printed; what to look for:
 #
-# - **Right after the switch** the adversarial branches' training L1 is compared with the L1-only
-#   branch over the same batches. A jump there is the effect users of taming report (issues #44, #93):
-#   reconstructions get worse when the discriminator comes on, and usually recover later.
+# - **Right after the switch** the adversarial branches' training L1 is compared with the branch
+#   without a discriminator, over the same batches. A jump there is the effect users of taming report
+#   (issues #44, #93): reconstructions get worse when the discriminator comes on, and usually recover later.
 # - A **discriminator loss near 1.0** means the discriminator cannot yet tell reconstructions from real
 #   images, so the "adversarial" gradient the autoencoder follows is mostly noise. A run of this size
 #   is far too short for the adversarial term to pay off; its benefit (sharper textures) shows at the
@@ -560,7 +535,7 @@ plt.show()
 broken = held_out[:2].clone()
 broken[0, 0, 5, 5] = float("nan")
 try:
-    l1_only(held_out[:2], broken, step=1234)
+    no_disc(held_out[:2], broken, step=1234)
 except losses.NonFiniteLossError as err:
     print(f"NonFiniteLossError (step={err.step}, term='{err.term}'):\n  {err}")
 
