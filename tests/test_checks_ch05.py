@@ -21,50 +21,37 @@ def reconstruct_unquantized(model, x):  # skips the quantizer's snapping
     return model.decode(z), model.quantize(z).loss
 
 
-def step_without_zero_grad(model, loss, opt_ae, opt_d, x, step):
-    x_hat, q = model(x)
-    total, _ = loss(x, x_hat, step, vq_loss=q.loss, last_layer=model.last_layer)
-    total.backward()
-    opt_ae.step()
-    d_loss, _ = loss.discriminator_loss(x, x_hat, step)
-    if d_loss is not None:
-        opt_d.zero_grad()
-        d_loss.backward()
-        opt_d.step()
-    return {}
+def flawed_step(zero_grad_ae: bool = True, pass_vq_loss: bool = True, discriminator_first: bool = False):
+    """A training step with one classic mistake switched on (the defaults give the correct step)."""
 
+    def step_fn(model, loss, opt_ae, opt_d, x, step):
+        x_hat, q = model(x)
 
-def step_without_vq_loss(model, loss, opt_ae, opt_d, x, step):
-    x_hat, q = model(x)
-    total, _ = loss(x, x_hat, step, last_layer=model.last_layer)
-    opt_ae.zero_grad()
-    total.backward()
-    opt_ae.step()
-    d_loss, _ = loss.discriminator_loss(x, x_hat, step)
-    if d_loss is not None:
-        opt_d.zero_grad()
-        d_loss.backward()
-        opt_d.step()
-    return {}
+        def autoencoder_update():
+            total, _ = loss(x, x_hat, step, vq_loss=q.loss if pass_vq_loss else None, last_layer=model.last_layer)
+            if zero_grad_ae:
+                opt_ae.zero_grad()
+            total.backward()
+            opt_ae.step()
 
+        def discriminator_update():
+            d_loss, _ = loss.discriminator_loss(x, x_hat, step)
+            if d_loss is not None:
+                opt_d.zero_grad()
+                d_loss.backward()
+                opt_d.step()
 
-def step_discriminator_first(model, loss, opt_ae, opt_d, x, step):
-    x_hat, q = model(x)
-    d_loss, _ = loss.discriminator_loss(x, x_hat, step)
-    if d_loss is not None:
-        opt_d.zero_grad()
-        d_loss.backward()
-        opt_d.step()
-    total, _ = loss(x, x_hat, step, vq_loss=q.loss, last_layer=model.last_layer)
-    opt_ae.zero_grad()
-    total.backward()
-    opt_ae.step()
-    return {}
+        for update in ((discriminator_update, autoencoder_update) if discriminator_first else (autoencoder_update, discriminator_update)):
+            update()
+        return {}
+
+    return step_fn
 
 
 CASES = [
     (checks.check_reconstruct, reconstruct_reference, [reconstruct_detached_codes, reconstruct_unquantized]),
-    (checks.check_training_step, pipeline.ivqvae_step, [step_without_zero_grad, step_without_vq_loss, step_discriminator_first]),
+    (checks.check_training_step, pipeline.ivqvae_step,
+     [flawed_step(zero_grad_ae=False), flawed_step(pass_vq_loss=False), flawed_step(discriminator_first=True)]),
 ]
 
 test_reference_passes_wrong_fails_stub_not_attempted, test_strict_mode_raises_on_every_wrong_answer = contract_tests(
