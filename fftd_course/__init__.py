@@ -3,7 +3,9 @@
 Stage 1 (IVQ-VAE, section 3.1): :mod:`.blocks` (eq. 1-10), :mod:`.quantize` (L_vq, codebook usage),
 :mod:`.losses` (eq. 11-15), :mod:`.ivqvae` (the autoencoder and its configurations).
 Stages 2-3 (section 3.3): :mod:`.diffusion` (eq. 26-30: schedules, DDIM and DDPM samplers),
-:mod:`.mixture` (a Gaussian mixture whose optimal noise predictor is known in closed form).
+:mod:`.mixture` (a Gaussian mixture whose optimal noise predictor is known in closed form),
+:mod:`.fusion` (AdaptiveFusion, eq. 18-25, and the plain fusions of Table 9), :mod:`.fftd` (the FFTD
+hourglass, section 3.2, eq. 16-17).
 Training: :mod:`.pipeline` (Algorithm 1). Evaluation: :mod:`.metrics` (L1, LPIPS, FID, eq. 31).
 Data: :mod:`.data` (toy animal faces). Course machinery: :mod:`.checks` (exercise checks),
 :mod:`.assignments` (solutions -> student notebooks), :mod:`.viz` (pictures).
