@@ -1,8 +1,8 @@
 """Everything a learner reads resolves inside the repository (or to a public URL).
 
 The scanner reads the chapters (``solutions/*.py``, ``notebooks/*.py``; the ``.ipynb`` files are generated
-from them and checked for sync elsewhere), the package, the tests, the README, the Makefile and
-``docs/*.md``, and reports
+from them and checked for sync elsewhere), the package, the tests, ``docs/``, ``data_scripts/``, the README,
+the Makefile and the project files, and reports
 
 (a) a reference to something a learner does not have: a path outside the repository (``../shared``,
     ``shared/...``), the authors' private notes (``DIGEST``, ``REFERENCES.md``), or the project's issue
@@ -41,8 +41,9 @@ ANCHOR_ID = re.compile(r"<a\s+id=\"([^\"]+)\"")
 def scanned_files(root: Path = ROOT) -> list[Path]:
     """Every file a learner reads, except this one."""
     files = [*root.glob("solutions/*.py"), *root.glob("notebooks/*.py"), *root.glob("fftd_course/**/*.py"),
-             *root.glob("tests/**/*.py"), *root.glob("docs/*.md"), *root.glob("data_scripts/*.md"),
-             root / "README.md", root / "Makefile"]
+             *root.glob("tests/**/*.py"), *root.glob("docs/*.md"), *root.glob("docs/*.py"), *root.glob("*.py"),
+             *root.glob("data_scripts/*"), root / "README.md", root / "Makefile", root / "pyproject.toml",
+             root / "environment.yml", root / ".ci" / "run"]
     me = Path(__file__).resolve()
     return sorted(p for p in files if p.is_file() and p.resolve() != me)
 
