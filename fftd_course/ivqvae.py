@@ -5,10 +5,10 @@
 number of levels, so the compression factor is ``f = 2 ** (len(ch_mult) - 1)`` (f = 64 needs 7 levels).
 :class:`IVQVAE` puts a quantizer from :mod:`fftd_course.quantize` between them.
 
-Choices the paper leaves open (``shared/paper/DIGEST.md`` section 7), named where the code makes them:
+Choices the paper leaves open (numbered in ``docs/ERRATA.md``), named where the code makes them:
 
-* errata 4: every residual block is the two-unit VQGAN form of :class:`~fftd_course.blocks.ResBlock`.
-* Two residual blocks per level in the encoder **and** the decoder, as the paper says. taming's decoder
+* E4: every residual block is the two-unit VQGAN form of :class:`~fftd_course.blocks.ResBlock`.
+* E20: two residual blocks per level in the encoder **and** the decoder, as the paper says. taming's decoder
   has ``num_res_blocks + 1`` blocks per level (3 with its usual ``num_res_blocks=2``), one more than its
   encoder; ours has ``num_res_blocks`` in both, so it matches taming's decoder with ``num_res_blocks=1``.
 * The paper gives no base width ``ch`` and no ``ch_mult``. The 256 px configurations use ``ch=128`` and
@@ -21,9 +21,9 @@ Choices the paper leaves open (``shared/paper/DIGEST.md`` section 7), named wher
   ``attn_resolutions`` (16x16 as the paper says, for the configured ``resolution``) and in a middle block
   (res, attn, res) at the lowest resolution. At f = 8 and 256 px no level is 16x16 (the lowest is 32x32),
   so only the middle block attends.
-* "Latent space set to 4" (errata 6) is read as ``z_channels = 4`` with a 16384-entry codebook; at f = 64
+* "Latent space set to 4" (E6) is read as ``z_channels = 4`` with a 16384-entry codebook; at f = 64
   the 256 px image becomes a 4x4x4 latent: 16 tokens of 14 bits, 224 bits per image.
-* The paper is silent on codebook collapse. Every named configuration uses l2-normalised codes, k-means
+* E19: the paper is silent on codebook collapse. Every named configuration uses l2-normalised codes, k-means
   initialisation and dead-code replacement from a buffer of recent encoder outputs (chapter 03 measures
   why); ``quantizer="fsq"`` swaps in FSQ with levels (16, 16, 8, 8), the same 16384 codes in 4 channels.
 * The CPU toys (32 px) keep the structure but not the size: widths 16-64, 256 codes, one residual block
@@ -134,7 +134,7 @@ def _paper(ch_mult: tuple[int, ...]) -> IVQVAEConfig:
 
 
 def _toy(ch_mult: tuple[int, ...]) -> IVQVAEConfig:
-    # Sized for chapter 05 on a 2-core CPU (measured in this report): widths 16-64, one residual
+    # Sized for chapter 05 on a 2-core CPU (measured there when the chapter was written): widths 16-64, one residual
     # block per level (two cost 1.7x the time and learned no faster per second), attention only in the
     # middle block (at 32 px the 16x16 level sits right below the input, where the 256 px model has none),
     # and 256 codes: at 16 tokens per image a few hundred held-out images make thousands of assignments,

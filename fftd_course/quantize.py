@@ -9,13 +9,13 @@ replaced by its nearest codebook vector. Two things make that trainable:
   codes ``e`` towards the encoder outputs (codebook term) and keeps the encoder close to its codes
   (commitment term, weighted by ``beta``).
 
-Choices the paper leaves open, named where the code makes them (``shared/paper/DIGEST.md``):
+Choices the paper leaves open, named where the code makes them (numbered in ``docs/ERRATA.md``):
 
-* The paper names ``L_vq`` but prints no formula and no ``beta``. We use VQ-VAE's form with
+* E18: the paper names ``L_vq`` but prints no formula and no ``beta``. We use VQ-VAE's form with
   ``beta = 0.25`` on the **commitment** term. taming-transformers' ``VectorQuantizer2`` defaults to
   ``legacy=True``, which puts ``beta`` on the codebook term instead (taming issues #46, #57, PR #58); we do
   not follow that placement.
-* The paper is silent on codebook collapse, the main risk of 16384 codes of dimension 4 (errata 6).
+* E19: the paper is silent on codebook collapse, the main risk of 16384 codes of dimension 4 (E6).
   :class:`VectorQuantizer` offers the standard fixes as options: dead-code replacement from a buffer of
   recent encoder outputs, l2-normalised codes, k-means initialisation. :class:`FiniteScalarQuantizer`
   (FSQ, levels (16, 16, 8, 8) = 16384 codes in exactly 4 channels) has no codebook to collapse.
