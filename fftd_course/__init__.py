@@ -8,7 +8,7 @@ Stages 2-3 (section 3.3): :mod:`.diffusion` (eq. 26-30: schedules, DDIM and DDPM
 hourglass, section 3.2, eq. 16-17).
 Training: :mod:`.pipeline` (Algorithm 1). Evaluation: :mod:`.metrics` (L1, LPIPS, FID, eq. 31).
 Data: :mod:`.data` (toy animal faces). Course machinery: :mod:`.checks` (exercise checks),
-:mod:`.assignments` (solutions -> student notebooks), :mod:`.viz` (pictures).
+:mod:`.assignments` (solutions -> student notebooks), :mod:`.viz` (pictures), :mod:`.timing` (measurement clocks).
 """
 
 from __future__ import annotations

@@ -16,27 +16,29 @@
 # %% [markdown]
 # # 03 · Vector quantization
 #
-# The "VQ" in IVQ-VAE: between the encoder and the decoder sits a **codebook**, a table of `K` vectors.
+# The "VQ" in IVQ-VAE: between the encoder and the decoder sits a **codebook**, a table of $K$ vectors.
 # Every vector of the encoder's output is replaced by the nearest entry of that table, so an image
-# becomes a small grid of integers (code indices). The paper uses `K = 16384` codes of 4 channels and,
-# at its chosen compression f = 64, a 4×4 grid: 16 integers per 256×256 image. Stage 2 (FFTD) then
-# learns to generate those latents.
+# becomes a small grid of integers (code indices). The paper uses $K = 16384$ codes of 4 channels and,
+# at its chosen compression $f = 64$, a $4\times4$ grid: 16 integers per $256\times256$ image. Stage 2
+# (FFTD) then learns to generate those latents.
 #
-# The paper names the quantization loss `L_vq` in eq. 15 and says nothing more about it. This chapter
-# fills that gap with the standard construction (VQ-VAE, VQGAN) and measures its best-known failure.
+# The paper names the quantization loss $\mathcal{L}_{vq}$ in eq. 15 and says nothing more about it
+# (E18 in [`docs/ERRATA.md`](../docs/ERRATA.md)). This chapter fills that gap with the standard
+# construction (VQ-VAE, VQGAN) and measures its best-known failure.
 #
 # **In this chapter you will**
 # - snap vectors to their nearest code and see the codebook as a partition of space;
 # - pass gradients through that snap with the **straight-through estimator**, and check that the
 #   gradient is copied unchanged;
-# - write the two terms of `L_vq`, see which parameters each one moves, and where `beta` belongs;
+# - see which parameters each of the two terms of $\mathcal{L}_{vq}$ moves, and where $\beta$ belongs;
 # - **measure codebook collapse** on toy faces and compare the fixes: dead-code replacement,
 #   l2-normalised codes with k-means initialisation, and finite scalar quantization (FSQ);
-# - count the bits a 4×4 grid of codes can hold, and what that means for the paper's f = 64.
+# - count the bits a $4\times4$ grid of codes can hold, and what that means for the paper's $f = 64$;
+# - predict which codes win under taming's initialisation, write an EMA codebook update and relate it to
+#   the codebook term's gradient, and find two bugs in a quantizer.
 
 # %%
 import math
-import time
 
 import matplotlib.pyplot as plt
 import torch
@@ -48,17 +50,17 @@ import fftd_course
 from fftd_course import checks, data, quantize
 from fftd_course.ivqvae import CONFIGS
 
-device = fftd_course.default_device()
-chapter_start = time.perf_counter()
-print(f"device: {device}")
+device = fftd_course.setup_chapter(seed=0)
 
 # %% [markdown]
 # ## 1. The nearest code
 #
-# A codebook is a `(K, D)` tensor: `K` codes of dimension `D` (the latent channels). A latent
-# `(B, D, H, W)` holds `B·H·W` vectors; each one is replaced by the code at the smallest Euclidean
-# distance. In two dimensions we can look at it: every code owns the region of points closer to it than
-# to any other code (a Voronoi cell), and quantization maps the whole cell onto the code.
+# A codebook is a $(K, D)$ tensor: $K$ codes $e_1, \dots, e_K$ of dimension $D$ (the latent channels).
+# A latent $(B, D, H, W)$ holds $B \cdot H \cdot W$ vectors; each one is replaced by the code at the
+# smallest Euclidean distance,
+# $$z_q = e_{k^*}, \qquad k^* = \arg\min_k \lVert z_e - e_k \rVert^2 .$$
+# In two dimensions we can look at it: every code owns the region of points closer to it than to any
+# other code (a Voronoi cell), and quantization maps the whole cell onto the code.
 
 # %%
 g = torch.Generator().manual_seed(0)
@@ -85,21 +87,16 @@ plt.show()
 print("points per code:", torch.bincount(assign, minlength=8).tolist())
 
 # %% [markdown]
-# Broadcasting builds an `(N, K, D)` difference tensor, which is wasteful at the paper's size. Expanding
-# the square, `||z - e||² = ||z||² - 2 z·e + ||e||²`, needs only an `(N, K)` matrix product.
-# `quantize.nearest_code` uses that form and works through the rows in blocks, so that not even the
-# whole `(N, K)` matrix has to exist at once. Same answers:
+# Broadcasting builds an $(N, K, D)$ difference tensor, which is wasteful at the paper's size.
+# Expanding the square,
+# $$\lVert z - e_k \rVert^2 = \lVert z \rVert^2 - 2\, z \cdot e_k + \lVert e_k \rVert^2 ,$$
+# needs only an $(N, K)$ matrix product. `quantize.nearest_code` uses that form and works through the
+# rows in blocks, so that not even the whole $(N, K)$ matrix has to exist at once. Same answers:
 
 # %%
-def nearest_by_expansion(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    distances = (z**2).sum(1, keepdim=True) - 2 * z @ codebook.T + (codebook**2).sum(1)  # (N, K)
-    return distances.argmin(dim=1)
-
-
 z_test, codes_test = torch.randn(2000, 4, generator=g), torch.randn(512, 4, generator=g)
-same = [torch.equal(nearest_by_broadcasting(z_test, codes_test), f(z_test, codes_test))
-        for f in (nearest_by_expansion, quantize.nearest_code)]
-print(f"broadcasting == expansion: {same[0]}, broadcasting == quantize.nearest_code: {same[1]}")
+same = torch.equal(nearest_by_broadcasting(z_test, codes_test), quantize.nearest_code(z_test, codes_test))
+print(f"broadcasting == quantize.nearest_code on 2000 vectors and 512 codes: {same}")
 
 paper = CONFIGS["paper-f8"]
 n_vectors = 16 * paper.latent_size**2  # a batch of 16 images at f = 8, 256 px
@@ -111,14 +108,15 @@ print(f"paper f = 8, batch 16: {n_vectors} vectors x {paper.num_codes} codes x {
 # %% [markdown]
 # ## 2. The straight-through estimator
 #
-# `argmin` is piecewise constant: moving `z_e` a little does not change which code wins, so its
+# $\arg\min$ is piecewise constant: moving $z_e$ a little does not change which code wins, so its
 # derivative is zero almost everywhere (and PyTorch gives it none). Without a trick, the decoder's
 # gradient stops at the codebook and the encoder never learns.
 #
 # The straight-through estimator (VQ-VAE, after Bengio et al.) pretends that quantization is the
-# identity on the way back: `z_q = z_e + sg[e - z_e]`, where `sg` (stop-gradient, `.detach()`) makes
-# the bracket a constant. Forward, `z_q` equals the code `e`; backward, the gradient that arrives at
-# `z_q` is copied onto `z_e`.
+# identity on the way back:
+# $$z_q = z_e + \mathrm{sg}[e - z_e],$$
+# where $\mathrm{sg}$ (stop-gradient, `.detach()`) makes the bracket a constant. Forward, $z_q$ equals
+# the code $e$; backward, the gradient that arrives at $z_q$ is copied onto $z_e$.
 
 # %%
 z_e = torch.randn(5, 2, generator=g, requires_grad=True)
@@ -137,9 +135,9 @@ print("loss gradient at z_q (= e) :", (2 * w * e)[0].tolist())
 print("max |difference| over all vectors:", (z_e.grad - 2 * w * e).abs().max().item())
 
 # %% [markdown]
-# The gradient that reaches `z_e` is the loss gradient **evaluated at the code `e`**, copied
+# The gradient that reaches $z_e$ is the loss gradient **evaluated at the code $e$**, copied
 # unchanged. In one dimension: the forward pass is a staircase, the backward pass pretends it is the
-# line `y = x`.
+# line $y = x$.
 
 # %%
 line = torch.linspace(-2, 2, 401, requires_grad=True)
@@ -158,18 +156,18 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# ## 3. The two terms of `L_vq`
+# ## 3. The two terms of $\mathcal{L}_{vq}$
 #
 # The straight-through gradient trains the encoder and decoder, but nothing yet moves the codes. VQ-VAE
 # adds two squared distances between each encoder output and its code, with the stop-gradient on
 # opposite sides:
-#
-# `L_vq = ||sg[z_e] - e||²  +  beta · ||z_e - sg[e]||²`
+# $$\mathcal{L}_{vq} = \underbrace{\lVert \mathrm{sg}[z_e] - e \rVert^2}_{\text{codebook term}}
+#   + \beta\, \underbrace{\lVert z_e - \mathrm{sg}[e] \rVert^2}_{\text{commitment term}} .$$
 #
 # - the **codebook term** pulls each *chosen code* towards the encoder outputs assigned to it (a
-#   k-means step done by gradient descent);
+#   k-means step done by gradient descent; exercise 3 makes that precise);
 # - the **commitment term** pulls the *encoder* towards its codes, so that its outputs do not drift
-#   away from the codebook; `beta = 0.25` (VQ-VAE) keeps it weaker.
+#   away from the codebook; $\beta = 0.25$ (VQ-VAE) keeps it weaker.
 #
 # Autograd confirms which side each term moves:
 
@@ -184,10 +182,10 @@ for name, term in [("codebook term", codebook_term), ("commitment term", commitm
     print(f"{name:16s}: |grad| on the codebook {g_code.norm():.4f}, on the encoder output {g_enc.norm():.4f}")
 
 # %% [markdown]
-# **Where `beta` goes.** taming-transformers' `VectorQuantizer2` defaults to `legacy=True`, which
-# computes `beta · ||sg[z_e] - e||² + ||z_e - sg[e]||²`: `beta` on the codebook term (taming issues
-# #46, #57). Both terms measure the same distance, so **the loss value is identical either way**; only
-# the gradients differ, which is why the swap went unnoticed:
+# **Where $\beta$ goes.** taming-transformers' `VectorQuantizer2` defaults to `legacy=True`, which
+# computes $\beta \lVert \mathrm{sg}[z_e] - e \rVert^2 + \lVert z_e - \mathrm{sg}[e] \rVert^2$: $\beta$ on
+# the codebook term (taming issues #46, #57). Both terms measure the same distance, so **the loss value
+# is identical either way**; only the gradients differ, which is why the swap went unnoticed:
 
 # %%
 beta = 0.25
@@ -199,42 +197,26 @@ for name, loss in [("ours (beta on commitment)", ours), ("taming legacy (beta on
     print(f"{name:34s}: |grad| codebook {g_code.norm():.4f}, encoder {g_enc.norm():.4f}")
 
 # %% [markdown]
-# ### The package's version is the same computation
+# ### The package's quantizer
 #
-# `quantize.VectorQuantizer` does all of the above on `(B, C, H, W)` latents: it flattens to
-# `(B·H·W, C)` rows, finds the nearest codes, applies the straight-through estimator and returns a
-# `QuantizerOutput` with `z_q`, `loss`, the two terms, `indices` `(B, H, W)` and the batch perplexity.
-# Here is the step-by-step version on a latent, compared with the package on the same codebook:
+# `quantize.VectorQuantizer` does all of the above on $(B, C, H, W)$ latents: it moves the channels
+# last and flattens to $(B \cdot H \cdot W, C)$ rows, finds the nearest codes, applies the
+# straight-through estimator, puts the rows back in place and returns a `QuantizerOutput` with `z_q`,
+# `loss`, the two terms, `indices` $(B, H, W)$ and the batch perplexity. `lookup` turns indices back
+# into latents. (Exercise 4 gives you a hand-written quantizer with two bugs to find.)
 
 # %%
-def vq_step_by_step(z: torch.Tensor, codebook: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    b, c, h, w = z.shape
-    flat = z.permute(0, 2, 3, 1).reshape(-1, c)  # (B, C, H, W) -> (BHW, C)
-    indices = nearest_by_expansion(flat.detach(), codebook.detach())
-    e = codebook[indices]
-    loss = F.mse_loss(e, flat.detach()) + beta * F.mse_loss(flat, e.detach())
-    z_q = (flat + (e - flat).detach()).reshape(b, h, w, c).permute(0, 3, 1, 2)  # back to (B, C, H, W)
-    return z_q, loss, indices.reshape(b, h, w)
-
-
 vq = quantize.VectorQuantizer(num_codes=64, dim=4, beta=0.25)
 with torch.no_grad():
     vq.codebook.normal_()
-z = torch.randn(2, 4, 4, 4, generator=g)
-mine_z, theirs_z = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
-codes_copy = vq.codebook.detach().clone().requires_grad_(True)
-z_q, loss, indices = vq_step_by_step(mine_z, codes_copy, 0.25)
-out = vq(theirs_z)
-weight = torch.randn(2, 4, 4, 4, generator=g)
-((z_q * weight).sum() + loss).backward()
-((out.z_q * weight).sum() + out.loss).backward()
-torch.testing.assert_close(z_q, out.z_q)
-torch.testing.assert_close(loss, out.loss)
-torch.testing.assert_close(mine_z.grad, theirs_z.grad)
-torch.testing.assert_close(codes_copy.grad, vq.codebook.grad)
-assert torch.equal(indices, out.indices)
+z = torch.randn(2, 4, 4, 4, generator=g, requires_grad=True)
+out = vq(z)
+print(f"z_q {tuple(out.z_q.shape)}, indices {tuple(out.indices.shape)}, loss {out.loss.item():.4f} = "
+      f"codebook {out.codebook_loss.item():.4f} + 0.25 x commitment {out.commitment_loss.item():.4f}")
+torch.testing.assert_close(out.loss, out.codebook_loss + 0.25 * out.commitment_loss)
 torch.testing.assert_close(vq.lookup(out.indices), out.z_q.detach())  # indices in, latents out
-print("same z_q, loss, indices and gradients as quantize.VectorQuantizer;", f"indices shape {tuple(out.indices.shape)}")
+(out.z_q * torch.randn_like(out.z_q)).sum().backward()
+print("z_q carries a straight-through gradient back to z:", z.grad is not None and bool(z.grad.abs().sum() > 0))
 
 # %% [markdown]
 # ## 4. Codebook collapse, measured
@@ -243,10 +225,10 @@ print("same z_q, loss, indices and gradients as quantize.VectorQuantizer;", f"in
 # argmin, nothing else. A code that no encoder output is close to never wins, never moves, and stays
 # useless: a **dead code**. If the encoder's outputs all land near a handful of codes early in training,
 # the rest of the codebook dies. taming's initialisation makes this likely: codes start uniform in
-# `±1/K`, tiny next to the encoder's outputs (the run prints both), so the few outermost codes win
-# everything.
+# $[-1/K, 1/K]$, tiny next to the encoder's outputs (the run prints both). *Which* codes win then is
+# exercise 2: predict it before you look at the plots below.
 #
-# The known fixes (E19 in `docs/ERRATA.md`; the README of
+# The known fixes (E19 in [`docs/ERRATA.md`](../docs/ERRATA.md); the README of
 # [vector-quantize-pytorch](https://github.com/lucidrains/vector-quantize-pytorch) collects more):
 # - **dead-code replacement**: every so often, move codes that were not chosen onto recent encoder
 #   outputs. With a 4×4 latent an image makes only 16 assignments, so the candidates come from a
@@ -256,8 +238,8 @@ print("same z_q, loss, indices and gradients as quantize.VectorQuantizer;", f"in
 # - **FSQ** (finite scalar quantization): round each of the 4 channels to a few fixed levels; the
 #   codebook is the grid of all combinations and has nothing to learn, so nothing can die.
 #
-# **The experiment.** To compare them in seconds, we shrink the autoencoder to its core: an f = 8
-# encoder that looks at each 8×8 patch of a 32 px toy face (one strided convolution and a 1×1
+# **The experiment.** To compare them in seconds, we shrink the autoencoder to its core: an $f = 8$
+# encoder that looks at each $8\times8$ patch of a 32 px toy face (one strided convolution and a 1×1
 # convolution) gives the paper's 4×4 grid of 4-channel vectors; the decoder mirrors it. Only the
 # quantizer changes between runs. Usage is counted over a sliding window of the last assignments
 # (`quantizer.usage()`), and at the end on held-out faces.
@@ -285,24 +267,30 @@ print(f"{num_codes} codes of 4 channels, {steps} steps of {batch} images "
       f"({batch * 16} assignments per step), {n_held} held-out images ({n_held * 16} assignments)")
 
 
+# %%
 def patch_autoencoder() -> tuple[nn.Module, nn.Module]:
     encoder = nn.Sequential(nn.Conv2d(3, 128, 8, stride=8), nn.SiLU(), nn.Conv2d(128, 4, 1))  # (B,3,32,32) -> (B,4,4,4)
     decoder = nn.Sequential(nn.Conv2d(4, 128, 1), nn.SiLU(), nn.ConvTranspose2d(128, 3, 8, stride=8))  # and back
     return encoder.to(device), decoder.to(device)
 
 
-results = {}
-progress = tqdm(total=steps * len(variants), desc="training 5 quantizers")
-for name, make in variants.items():
+torch.manual_seed(0)
+encoder, _ = patch_autoencoder()
+with torch.no_grad():  # what plain VQ starts from: taming's codes against a fresh encoder's outputs
+    start_norms = (quantize.VectorQuantizer(num_codes, 4).codebook.norm(dim=1).mean().item(),
+                   encoder(train_images[:batch]).norm(dim=1).mean().item())
+print(f"at the start of training (plain VQ): mean code norm {start_norms[0]:.4f}, mean encoder-output norm "
+      f"{start_norms[1]:.3f} ({start_norms[1] / start_norms[0]:.0f} times larger)")
+
+
+# %%
+def train_with(make_quantizer, progress) -> dict:
     torch.manual_seed(0)  # the same encoder, decoder and batches for every quantizer
     encoder, decoder = patch_autoencoder()
-    quantizer = make().to(device)
+    quantizer = make_quantizer().to(device)
     params = [*encoder.parameters(), *decoder.parameters(), *quantizer.parameters()]
     optimizer = torch.optim.Adam(params, lr=2e-3)
     curve = []
-    if name == "plain VQ":
-        with torch.no_grad():
-            start_norms = (quantizer.codebook.norm(dim=1).mean().item(), encoder(train_images[:batch]).norm(dim=1).mean().item())
     for step in range(1, steps + 1):
         x = train_images[torch.randint(len(train_images), (batch,), device=device)]
         out = quantizer(encoder(x))
@@ -317,11 +305,14 @@ for name, make in variants.items():
     with torch.no_grad():
         out = quantizer(encoder(held_images))
         l1 = (decoder(out.z_q) - held_images).abs().mean().item()
-    results[name] = dict(curve=curve, usage=quantize.codebook_usage(out.indices, num_codes), l1=l1,
-                         quantizer=quantizer, encoder=encoder)
+    return dict(curve=curve, usage=quantize.codebook_usage(out.indices, num_codes), l1=l1,
+                quantizer=quantizer, encoder=encoder)
+
+
+# %%
+progress = tqdm(total=steps * len(variants), desc="training 5 quantizers")
+results = {name: train_with(make, progress) for name, make in variants.items()}
 progress.close()
-print(f"at the start of training (plain VQ): mean code norm {start_norms[0]:.4f}, mean encoder-output norm "
-      f"{start_norms[1]:.3f} ({start_norms[1] / start_norms[0]:.0f} times larger)")
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
@@ -341,6 +332,7 @@ axes[2].set_xlabel("distinct codes on held-out faces"), axes[2].invert_yaxis()
 plt.tight_layout()
 plt.show()
 
+# %%
 print(f"{'quantizer':26s} {'held-out codes':>15s} {'perplexity':>11s} {'bits/token':>11s} {'held-out L1':>12s}")
 for name, r in results.items():
     u = r["usage"]
@@ -389,12 +381,13 @@ plt.show()
 #
 # > **What the paper says / what we chose** (E18, E6, E19)
 # >
-# > - *Paper:* eq. 15 adds `lambda_vq · L_vq` and calls `L_vq` "the quantization loss"; no formula, no
-# >   `beta`, no word on codebook initialisation or collapse. *We:* use VQ-VAE's
-# >   `||sg[z_e] - e||² + beta ||z_e - sg[e]||²` with `beta = 0.25` on the **commitment** term, not
-# >   taming's legacy placement (identical loss values, different gradients, as measured above).
+# > - *Paper:* eq. 15 adds $\lambda_{vq} \mathcal{L}_{vq}$ and calls $\mathcal{L}_{vq}$ "the quantization
+# >   loss"; no formula, no $\beta$, no word on codebook initialisation or collapse. *We:* use VQ-VAE's
+# >   $\lVert \mathrm{sg}[z_e] - e \rVert^2 + \beta \lVert z_e - \mathrm{sg}[e] \rVert^2$ with
+# >   $\beta = 0.25$ on the **commitment** term, not taming's legacy placement (identical loss values,
+# >   different gradients, as measured above).
 # > - *Paper:* 16384 codes, "latent space 4" (E6). *We:* read it as 4 channels; at f = 64 that is a
-# >   4×4×4 latent, and collapse is the main risk of so many codes in so few dimensions. Every named
+# >   $4\times4\times4$ latent, and collapse is the main risk of so many codes in so few dimensions. Every named
 # >   IVQ-VAE configuration turns on l2-normalised codes, k-means initialisation and dead-code
 # >   replacement from a buffer of recent encoder outputs; FSQ with levels (16, 16, 8, 8), exactly
 # >   16384 codes in 4 channels, is the collapse-free alternative behind the same interface.
@@ -404,8 +397,8 @@ plt.show()
 #
 # ## 5. Bits per image
 #
-# A code index out of `K` carries at most `log2 K` bits. The whole image is then at most
-# `(H/f)·(W/f)·log2 K` bits, whatever the decoder does with it:
+# A code index out of $K$ carries at most $\log_2 K$ bits. The whole image is then at most
+# $\frac{H}{f} \cdot \frac{W}{f} \cdot \log_2 K$ bits, whatever the decoder does with it:
 
 # %%
 raw_bits = 256 * 256 * 3 * 8
@@ -445,8 +438,8 @@ for name, r in results.items():
 #
 # | name | what it is |
 # |---|---|
-# | `nearest_code(z, codes)` | `(N, D), (K, D) -> (N,)` indices, blocked `‖z‖² - 2z·e + ‖e‖²` |
-# | `straight_through(z_e, z_q)` | `z_e + sg[z_q - z_e]` |
+# | `nearest_code(z, codes)` | `(N, D), (K, D) -> (N,)` indices, blocked $\lVert z \rVert^2 - 2 z \cdot e + \lVert e \rVert^2$ |
+# | `straight_through(z_e, z_q)` | $z_e + \mathrm{sg}[z_q - z_e]$ |
 # | `vq_losses(z_e, z_q)` | `(codebook_loss, commitment_loss)` |
 # | `codebook_usage(indices, K)` | distinct codes, perplexity, per-code counts |
 # | `kmeans(x, k)` | Lloyd's k-means (used for codebook initialisation) |
@@ -468,40 +461,11 @@ print("lookup(indices) gives back z_q, and snap(z_q) gives back the indices")
 # %% [markdown]
 # ## Exercises
 #
-# **Exercise 1.** Write `nearest_code_indices(z, codebook)`: for `z` of shape `(N, D)` and a codebook
-# `(K, D)`, return the index (int64) of the nearest code for every row, shape `(N,)`.
-
-# %%
-def nearest_code_indices(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest code (squared Euclidean distance) for each row of z."""
-    # YOUR CODE HERE
-    raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
-
-
-# %%
-checks.check_nearest_code(nearest_code_indices)
-
-# %% [markdown]
-# **Exercise 2.** Write the forward pass of a vector quantizer on a latent `z_e` `(B, C, H, W)` with a
-# codebook `(K, C)`: return `(z_q, loss)` where `z_q` `(B, C, H, W)` holds the nearest codes with the
-# straight-through gradient and `loss = ||sg[z_e] - e||² + beta ||z_e - sg[e]||²` (means over all
-# elements). You may use `quantize.nearest_code` for the indices. The check compares values **and** the
-# gradients that reach `z_e` and the codebook.
-
-# %%
-def vq_straight_through(z_e: torch.Tensor, codebook: torch.Tensor, beta: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quantize z_e (B, C, H, W) with codebook (K, C): (z_q with straight-through gradient, L_vq)."""
-    # YOUR CODE HERE
-    raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
-
-
-# %%
-checks.check_vq_straight_through(vq_straight_through)
-
-# %% [markdown]
-# **Exercise 3.** Write `perplexity(indices, num_codes)`: `exp` of the entropy of the code histogram,
-# `exp(-Σ p_k log p_k)` over the codes with `p_k > 0`. It is 1 when one code takes everything and
-# `num_codes` when all are used equally. Return a float or a 0-d tensor.
+# **Exercise 1 (warm-up).** Write `perplexity(indices, num_codes)`: the exponential of the entropy of
+# the code histogram,
+# $$\mathrm{PPL} = \exp\Big(-\sum_{k:\, p_k > 0} p_k \log p_k\Big), \qquad p_k = \frac{n_k}{N},$$
+# where $n_k$ counts how often code $k$ occurs among the $N$ indices. It is 1 when one code takes
+# everything and `num_codes` when all are used equally. Return a float or a 0-d tensor.
 
 # %%
 def perplexity(indices: torch.Tensor, num_codes: int) -> float:
@@ -514,20 +478,168 @@ def perplexity(indices: torch.Tensor, num_codes: int) -> float:
 checks.check_perplexity(perplexity)
 
 # %% [markdown]
+# **Exercise 2 (predict, then measure).** Plain VQ starts from taming's codebook, uniform in
+# $[-1/K, 1/K]^D$, while a fresh encoder's outputs have norms of order 1 (section 4 printed both).
+# *Before running anything, write down your prediction:* which codes win the $\arg\min$? All of them
+# about equally, a random few, the ones nearest the origin, or some other set?
+#
+# Then turn the prediction into a rule. `winner_when_codes_are_tiny(z, codebook)` returns, for each row
+# of `z`, the index of the code that wins **in the limit where every code is much shorter than `z`**,
+# computed without any distance. The check tries codebooks of every scale and wants your limit rule
+# there too (at the data's scale it is *not* the nearest code). The cell after the check measures how
+# often the rule picks the true nearest code, and how many codes can win at all.
+
+# %%
+def winner_when_codes_are_tiny(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """(N, D), (K, D) -> (N,) int64: the winning code when ||e_k|| << ||z|| for every code."""
+    # YOUR CODE HERE
+    raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
+
+
+# %%
+checks.check_tiny_code_winner(winner_when_codes_are_tiny)
+
+# %%
+K = num_codes
+books = {"taming's ±1/K": torch.empty(K, 4).uniform_(-1 / K, 1 / K, generator=g),
+         "data scale": torch.randn(K, 4, generator=g)}
+z_fresh = torch.randn(20000, 4, generator=g)  # stand-ins for a fresh encoder's outputs
+try:
+    winners = {}
+    for name, book in books.items():
+        rule, nearest = winner_when_codes_are_tiny(z_fresh, book), quantize.nearest_code(z_fresh, book)
+        winners[name] = nearest.unique()
+        print(f"{name:>14}: your rule picks the nearest code for {(rule == nearest).float().mean():6.1%} of "
+              f"{len(z_fresh)} vectors; {len(winners[name])} of {K} codes are ever nearest")
+except NotImplementedError:
+    winners = None
+    print("finish exercise 2 to see this measurement")
+
+# %% [markdown]
+# Compare with what you wrote down. Where do the winners of taming's codebook sit inside its cube?
+# Below, all codes in grey and the winners in red, in the first two channels (scaled by $K$):
+
+# %%
+if winners is not None:
+    tiny = books["taming's ±1/K"] * K
+    won = tiny[winners["taming's ±1/K"]]
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(tiny[:, 0], tiny[:, 1], s=4, color="grey", label="all codes")
+    ax.scatter(won[:, 0], won[:, 1], s=10, color="red", label="ever nearest")
+    ax.set_xlabel("channel 0 × K"), ax.set_ylabel("channel 1 × K"), ax.legend(loc="lower right", fontsize=8)
+    plt.show()
+else:
+    print("finish exercise 2 to see this picture")
+
+# %% [markdown]
+# **Exercise 3 (a variant: the EMA codebook).** The VQ-VAE paper's appendix, and taming's
+# `EMAVectorQuantizer`, drop the codebook term and move the codes by an exponential moving average
+# instead. Every code $e_k$ chosen by $n_k > 0$ of the $N$ vectors $z_i$ of a batch moves a fraction
+# $1 - \gamma$ of the way towards their mean:
+# $$e_k \leftarrow \gamma\, e_k + (1 - \gamma)\, m_k, \qquad m_k = \frac{1}{n_k} \sum_{i:\, k_i = k} z_i ,$$
+# and a code that nobody chose stays where it is. Write `ema_codebook_step(codebook, z, indices, decay)`
+# returning the new $(K, D)$ codebook (leave the input untouched, and avoid a Python loop over the
+# codes). taming's version keeps running sums and counts with Laplace smoothing; this is the simplest form.
+
+# %%
+def ema_codebook_step(codebook: torch.Tensor, z: torch.Tensor, indices: torch.Tensor, decay: float) -> torch.Tensor:
+    """codebook (K, D), z (N, D), indices (N,) of the chosen codes, decay gamma -> the updated codebook (K, D)."""
+    # YOUR CODE HERE
+    raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
+
+
+# %%
+checks.check_ema_codebook_step(ema_codebook_step)
+
+# %% [markdown]
+# **How the EMA relates to the codebook term.** With `F.mse_loss`, the codebook term is
+# $\frac{1}{ND} \sum_i \lVert \mathrm{sg}[z_i] - e_{k_i} \rVert^2$, and its gradient with respect to
+# $e_k$ is $\frac{2 n_k}{ND} (e_k - m_k)$ (derive it on paper). One step of gradient descent with the
+# **per-code** learning rate $\eta_k = (1 - \gamma) \frac{ND}{2 n_k}$ therefore lands exactly where your
+# EMA step does. Autograd agrees:
+
+# %%
+codes_now = torch.randn(16, 4, generator=g)
+z_batch = torch.randn(40, 4, generator=g)
+chosen = quantize.nearest_code(z_batch, codes_now)
+leaf = codes_now.clone().requires_grad_(True)
+(grad,) = torch.autograd.grad(F.mse_loss(leaf[chosen], z_batch), leaf)  # the codebook term's gradient
+n_k = torch.bincount(chosen, minlength=16).float().clamp_min(1)
+gamma = 0.9
+sgd = codes_now - ((1 - gamma) * z_batch.numel() / (2 * n_k)).unsqueeze(1) * grad
+try:
+    torch.testing.assert_close(ema_codebook_step(codes_now, z_batch, chosen, gamma), sgd)
+    print("EMA step == one gradient step on the codebook term with a per-code learning rate")
+except NotImplementedError:
+    print("finish exercise 3 to see this comparison")
+
+# %% [markdown]
+# So the EMA is the codebook term with a learning rate that grows as $1/n_k$: a rarely chosen code
+# jumps as far as a busy one. Look at what it does to a code with $n_k = 0$, and compare with
+# section 4's dead codes (the "Going further" list comes back to it).
+#
+# **Exercise 4 (find the bug).** A colleague wrote the quantizer of section 3 by hand. It runs, every
+# shape is right, the loss has the right value, and yet it has **two bugs**. Find them with the check's
+# report, then write the corrected `vq_fixed(z_e, codebook, beta)`: `(z_q, loss)` as
+# `quantize.VectorQuantizer` computes them (values *and* the gradients that reach `z_e` and the codebook).
+
+# %%
+def buggy_vq(z_e: torch.Tensor, codebook: torch.Tensor, beta: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
+    b, c, h, w = z_e.shape
+    flat = z_e.reshape(-1, c)  # (B, C, H, W) -> (BHW, C)
+    e = codebook[quantize.nearest_code(flat, codebook)]
+    loss = beta * F.mse_loss(e, flat.detach()) + F.mse_loss(flat, e.detach())
+    z_q = flat + (e - flat).detach()
+    return z_q.reshape(b, c, h, w), loss
+
+
+z_q, loss = buggy_vq(torch.randn(2, 4, 4, 4, generator=g), torch.randn(64, 4, generator=g))
+print(f"z_q {tuple(z_q.shape)}, loss {loss.item():.4f}: it runs")
+with checks.lenient():  # show the FAIL without stopping the test run
+    checks.check_vq_straight_through(buggy_vq)
+
+
+# %%
+def vq_fixed(z_e: torch.Tensor, codebook: torch.Tensor, beta: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize z_e (B, C, H, W) with codebook (K, C): (z_q with straight-through gradient, L_vq)."""
+    # YOUR CODE HERE
+    raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
+
+
+# %%
+checks.check_vq_straight_through(vq_fixed)
+
+# %% [markdown]
+# ## Going further
+#
+# No checks here: questions to explore with the code above.
+#
+# - **EMA and dead codes.** Train section 4's patch autoencoder with your `ema_codebook_step` in place
+#   of the codebook term (call it under `torch.no_grad()` after each step, and keep only the commitment
+#   term in the loss). Does the EMA alone keep more codes alive than plain VQ? What would you add?
+# - **The legacy $\beta$.** Swap $\beta$ onto the codebook term in section 4's plain VQ run. The loss
+#   values are the same; are the usage curves?
+# - **Tiny codes on the sphere.** With `l2_normalize=True` every code has norm 1. What becomes of
+#   exercise 2's argument, and why does k-means initialisation matter more there?
+# - **FSQ levels.** $(8, 8, 4, 4)$ and $(4, 4, 8, 8)$ give the same 1024 codes. Does the order matter
+#   for usage or held-out L1? Try $(32, 32)$ on 2 channels against $(4, 4, 4, 4, 4)$ on 5.
+#
 # ## Summary
 #
 # - Quantization replaces each latent vector by its nearest code: an image becomes a grid of integers.
-# - The straight-through estimator `z_e + sg[e - z_e]` copies the decoder's gradient, evaluated at the
-#   code, onto the encoder output.
-# - `L_vq` has a codebook term (moves codes) and a commitment term (moves the encoder, weighted by
-#   `beta`); taming's legacy default swaps `beta` without changing the loss value.
-# - Codes that are never chosen never move: plain VQ collapses. Dead-code replacement from a buffer of
-#   recent outputs, l2 + k-means and FSQ each keep many more codes alive, measured above.
-# - At f = 64 a 256 px image is 16 tokens of `log2 16384` bits (section 5 counts them): the decoder
-#   must invent the rest, and usage (perplexity) decides how many of those bits are real.
+# - The straight-through estimator $z_e + \mathrm{sg}[e - z_e]$ copies the decoder's gradient, evaluated
+#   at the code, onto the encoder output.
+# - $\mathcal{L}_{vq}$ has a codebook term (moves codes) and a commitment term (moves the encoder,
+#   weighted by $\beta$); taming's legacy default swaps $\beta$ without changing the loss value. An EMA
+#   codebook is the codebook term with a per-code learning rate.
+# - Codes that are never chosen never move: plain VQ collapses, and taming's tiny initial codes decide
+#   which few win (exercise 2). Dead-code replacement from a buffer of recent outputs, l2 + k-means and
+#   FSQ each keep many more codes alive, measured above.
+# - At $f = 64$ a 256 px image is 16 tokens of $\log_2 16384 = 14$ bits: the decoder must invent the
+#   rest, and usage (perplexity) decides how many of those bits are real.
 #
 # Next: chapter 04 builds the rest of the hybrid loss (L1, LPIPS, the PatchGAN discriminator), and
 # chapter 05 trains the whole IVQ-VAE.
 
 # %%
-print(f"chapter ran in {time.perf_counter() - chapter_start:.1f} s on {device}")
+print(f"chapter ran in {fftd_course.chapter_seconds():.1f} s on {device}")

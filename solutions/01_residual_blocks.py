@@ -21,18 +21,19 @@
 #
 # | brick | paper | what it does |
 # |---|---|---|
-# | input convolution | eq. 1 | `h0 = Conv3x3(x; C -> C_h)` |
-# | residual block | eq. 2 | `h + F(h)`, with `F` made of GroupNorm, Swish and 3×3 convolutions |
-# | downsample | eq. 3 | `Conv3x3, stride 2`: halves height and width |
-# | upsample | eq. 6 | nearest-neighbour ×2, then `Conv3x3` |
-# | output convolution | eq. 7 | `x_hat = tanh(Conv3x3(h; C_h -> C))` |
+# | input convolution | eq. 1 | $h_0 = \mathrm{Conv}_{3\times3}(x)$, $C \to C_h$ channels |
+# | residual block | eq. 2 | $h + F(h)$, with $F$ made of GroupNorm, Swish and $3\times3$ convolutions |
+# | downsample | eq. 3 | $3\times3$ convolution of stride 2: halves height and width |
+# | upsample | eq. 6 | nearest-neighbour $\times 2$, then a $3\times3$ convolution |
+# | output convolution | eq. 7 | $\hat{x} = \tanh(\mathrm{Conv}_{3\times3}(h))$, $C_h \to C$ channels |
 #
 # **In this chapter you will**
 # - see why the paper's models normalise with GroupNorm, not BatchNorm, at its batch size of 1;
-# - build Swish and the residual block, and choose between the paper's printed form and the reference one;
+# - build the residual block and compare the paper's printed form (eq. 2) with the reference one;
 # - build downsampling and upsampling and follow the shapes through an encoder;
 # - measure why the skip connection matters: gradient norms through deep stacks with and without it;
-# - write Swish, the residual block's forward pass and the upsampler yourself.
+# - derive Swish's gradient, build eq. 2 as printed and predict how it trains, and find two bugs in a
+#   hand-written GroupNorm.
 
 # %%
 import matplotlib.pyplot as plt
@@ -43,16 +44,16 @@ from torch import nn
 import fftd_course
 from fftd_course import blocks, checks, data, viz
 
-torch.manual_seed(0)
-device = fftd_course.default_device()
+device = fftd_course.setup_chapter(seed=0)
 images, labels = data.make_toy_faces(8, size=32, seed=0)
-print("device:", device, "| a batch of toy faces:", tuple(images.shape))
+print("a batch of toy faces:", tuple(images.shape))
 
 # %% [markdown]
 # ## Eq. 1: the input convolution
 #
-# The encoder starts by lifting the 3 colour channels to `C_h` feature channels with a 3×3 convolution of
-# stride 1 and padding 1, so height and width stay the same. Untrained, its filters are random; each
+# The encoder starts by lifting the 3 colour channels to $C_h$ feature channels with a $3\times3$
+# convolution of stride 1 and padding 1, so height and width stay the same,
+# $$h_0 = \mathrm{Conv}_{3\times3}(x). \tag{1}$$ Untrained, its filters are random; each
 # output channel is some local mixture of colours and edges.
 
 # %%
@@ -77,22 +78,17 @@ plt.show()
 # cannot even compute a variance. GroupNorm normalises each sample on its own, over groups of channels,
 # so it computes the same thing whatever the batch size, in training and in evaluation.
 #
-# Here is GroupNorm written out: split the C channels into G groups, then standardise each (sample, group).
+# GroupNorm splits the $C$ channels into $G$ groups of $C/G$ neighbouring channels and standardises
+# each (sample, group) with the mean $\mu_{b,g}$ and variance $\sigma^2_{b,g}$ of its $\frac{C}{G} H W$
+# values, then scales and shifts every channel with learned $\gamma_c, \beta_c$:
+# $$\mathrm{GN}(x)_{b,c,h,w} = \gamma_c \, \frac{x_{b,c,h,w} - \mu_{b,g(c)}}{\sqrt{\sigma^2_{b,g(c)} + \epsilon}} + \beta_c .$$
+# No statistic crosses the batch, so one sample's output cannot depend on the others (exercise 3 has you
+# find two bugs in a hand-written version):
 
 # %%
-def group_norm_from_scratch(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor,
-                            eps: float = 1e-6) -> torch.Tensor:
-    b, c, h, w = x.shape
-    g = x.reshape(b, groups, c // groups, h, w)                # (B, G, C/G, H, W)
-    mean = g.mean(dim=(2, 3, 4), keepdim=True)
-    var = g.var(dim=(2, 3, 4), keepdim=True, unbiased=False)
-    g = (g - mean) / torch.sqrt(var + eps)
-    return g.reshape(b, c, h, w) * weight.view(1, c, 1, 1) + bias.view(1, c, 1, 1)
-
-
 gn = blocks.group_norm(32, num_groups=8)  # the package's helper: GroupNorm(8 groups, eps=1e-6)
-torch.testing.assert_close(group_norm_from_scratch(h0, 8, gn.weight, gn.bias), gn(h0))
-print("our GroupNorm equals the package's blocks.group_norm")
+torch.testing.assert_close(gn(h0)[:1], gn(h0[:1]))
+print("GroupNorm of image 0 alone equals its output inside the batch of", len(h0))
 
 # %% [markdown]
 # Now the measurement. We train-mode both norms on 200 single images (as a batch-1 training loop would),
@@ -133,9 +129,11 @@ except ValueError as e:
 # %% [markdown]
 # ## Swish
 #
-# The paper's non-linearity is Swish, `Swish(x) = x · sigmoid(x)` (under eq. 2; PyTorch calls it SiLU).
-# Unlike ReLU it is smooth, lets small negative values through, and is not monotonic: it dips to about
-# -0.28 near x = -1.28 before rising. Its gradient never becomes exactly zero, so no unit "dies".
+# The paper's non-linearity is Swish, $\mathrm{Swish}(x) = x \, \sigma(x)$ with the logistic sigmoid
+# $\sigma$ (under eq. 2; PyTorch calls it SiLU). Unlike ReLU it is smooth, lets small negative values
+# through, and is not monotonic: it dips below zero before rising (the run below finds where). Its
+# gradient, computed here by autograd, is zero only at that one point, so no unit "dies"
+# as ReLU units can.
 
 # %%
 x = torch.linspace(-5, 5, 401, requires_grad=True)
@@ -155,23 +153,9 @@ print("x * sigmoid(x) equals the package's blocks.swish")
 # %% [markdown]
 # ## The residual block (eq. 2)
 #
-# Eq. 2 of the paper reads `h_{i+1} = h_i + Conv3x3(Swish(GroupNorm(h_i)))`: one normalise-activate-convolve
-# unit, added back to its input. Here it is, as printed:
-
-# %%
-class PaperResBlock(nn.Module):
-    """Eq. 2 exactly as printed: a single (GroupNorm, Swish, Conv3x3) unit and the identity skip."""
-
-    def __init__(self, channels: int, num_groups: int = 32):
-        super().__init__()
-        self.norm = blocks.group_norm(channels, num_groups)
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv(blocks.swish(self.norm(x)))
-
-
-# %% [markdown]
+# Eq. 2 of the paper reads
+# $$h_{i+1} = h_i + \mathrm{Conv}_{3\times3}\big(\mathrm{Swish}(\mathrm{GroupNorm}(h_i))\big): \tag{2}$$
+# one normalise-activate-convolve unit, added back to its input (exercise 2 builds it as printed).
 # The reference implementation the paper builds on (VQGAN, in `taming-transformers`) uses **two** such
 # units per block, with dropout before the second convolution, and when a block changes the channel
 # count (at the start of a wider level) the skip becomes a 1×1 convolution, because `h + F(h)` needs both
@@ -201,12 +185,16 @@ for c_in, c_out in [(32, 32), (32, 64)]:
     print(f"ResBlock {c_in}->{c_out}: ours equals blocks.ResBlock; output {tuple(package(h0).shape)}, "
           f"skip is {type(package.shortcut).__name__}")
 
+# %% [markdown]
+# How much bigger is the reference block than the single unit that eq. 2 prints?
+
+# %%
 count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-print(f"parameters at 128 channels: paper's printed block {count(PaperResBlock(128)):,}, "
-      f"reference block {count(blocks.ResBlock(128)):,}")
+one_unit = count(blocks.group_norm(128)) + count(nn.Conv2d(128, 128, 3, padding=1))  # what eq. 2 prints
+print(f"parameters at 128 channels: eq. 2's single unit {one_unit:,}, reference block {count(blocks.ResBlock(128)):,}")
 
 # %% [markdown]
-# > **What the paper says / what we chose** (E4). Eq. 2 prints one
+# > **What the paper says / what we chose** (E4 in [`docs/ERRATA.md`](../docs/ERRATA.md)). Eq. 2 prints one
 # > (GroupNorm, Swish, Conv3×3) unit per residual block and says nothing about blocks that change the
 # > channel count. `fftd_course.blocks.ResBlock` uses the reference VQGAN form: two units, dropout
 # > before the second convolution, and a 1×1 convolution on the skip path when the channel count
@@ -216,8 +204,8 @@ print(f"parameters at 128 channels: paper's printed block {count(PaperResBlock(1
 # %% [markdown]
 # ## Downsample (eq. 3) and Upsample (eq. 6)
 #
-# Between levels the encoder halves the resolution with a 3×3 convolution of stride 2, and the decoder
-# doubles it with nearest-neighbour interpolation followed by a 3×3 convolution (interpolating first
+# Between levels the encoder halves the resolution with a $3\times3$ convolution of stride 2 (eq. 3), and
+# the decoder doubles it with nearest-neighbour interpolation followed by a $3\times3$ convolution (eq. 6) (interpolating first
 # avoids the checkerboard artefacts of transposed convolutions). The FFTD hourglass reuses both
 # (eq. 16 and 17 are the same operations).
 
@@ -247,8 +235,8 @@ for ours, package in [(DownsampleFromScratch(32), blocks.Downsample(32)), (Upsam
 
 # %% [markdown]
 # Follow the shapes through a small encoder of three levels, as chapter 05 will build it: every level but
-# the last ends with a downsample, so a 32×32 image becomes a 4×4 grid after three halvings (f = 8; the
-# paper's f = 64 needs six halvings of a 256×256 image to reach the same 4×4 grid).
+# the last ends with a downsample, so a $32\times32$ image becomes a $4\times4$ grid after three halvings
+# ($f = 8$; the paper's $f = 64$ needs six halvings of a $256\times256$ image to reach the same grid).
 
 # %%
 levels = [32, 64, 64, 128]
@@ -278,7 +266,9 @@ except ValueError as e:
 # %% [markdown]
 # ## Eq. 7: the output convolution and tanh
 #
-# The decoder ends with `x_hat = tanh(Conv3x3(h; C_h -> 3))`. The tanh bounds every pixel to `(-1, 1)`,
+# The decoder ends with
+# $$\hat{x} = \tanh\big(\mathrm{Conv}_{3\times3}(h)\big), \quad C_h \to 3 \text{ channels}. \tag{7}$$
+# The tanh bounds every pixel to $(-1, 1)$,
 # exactly the range the images were scaled to, so the reconstruction can never leave the data range.
 
 # %%
@@ -289,8 +279,8 @@ print(f"x_hat {tuple(x_hat.shape)}, range [{x_hat.min():.3f}, {x_hat.max():.3f}]
 # %% [markdown]
 # ## Why the skip connection: gradient norms through a deep stack
 #
-# A residual block adds its input back: `h + F(h)`. The gradient of the output with respect to the input is
-# then `I + dF/dh`, so it always has a direct path back. Without the skip, the gradient that reaches a
+# A residual block adds its input back: $h + F(h)$. The Jacobian of the output with respect to the input
+# is then $I + \partial F / \partial h$, so the gradient always has a direct path back. Without the skip, the gradient that reaches a
 # block is a product of one Jacobian per block above it, and its size can drift geometrically with depth.
 # We measure it: a stack of 32 blocks (32 channels, 16×16 maps, PyTorch's default initialisation), a loss
 # that projects the output on a fixed random direction, and the gradient norm of each block's first
@@ -316,92 +306,159 @@ def grad_norm_per_block(block_cls: type[nn.Module], depth: int = 32, seeds: int 
     return torch.stack(runs).mean(0)
 
 
+# %%
+def plot_grad_norms(norms: dict[str, torch.Tensor]) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, values in norms.items():
+        ax.plot(range(1, len(values) + 1), values, "o-", ms=3, label=name)
+    ax.set_yscale("log"), ax.set_xlabel("block (1 = nearest the input)"), ax.set_ylabel("‖gradient of conv1 weights‖")
+    ax.legend(), ax.grid(alpha=0.3)
+    plt.show()
+    for name, values in norms.items():
+        print(f"{name:>22}: largest / smallest gradient norm across the {len(values)} blocks = {values.max() / values.min():.1f}")
+
+
+# %%
 norms = {"with skip (ResBlock)": grad_norm_per_block(blocks.ResBlock), "without skip": grad_norm_per_block(NoSkipBlock)}
-fig, ax = plt.subplots(figsize=(6, 3.5))
-for name, values in norms.items():
-    ax.plot(range(1, len(values) + 1), values, "o-", ms=3, label=name)
-ax.set_yscale("log"), ax.set_xlabel("block (1 = nearest the input)"), ax.set_ylabel("‖gradient of conv1 weights‖")
-ax.legend(), ax.grid(alpha=0.3)
-plt.show()
-for name, values in norms.items():
-    print(f"{name:>22}: largest / smallest gradient norm across the 32 blocks = {values.max() / values.min():.1f}")
+plot_grad_norms(norms)
 
 # %% [markdown]
 # Read the ratios printed above: they say how differently sized the gradients of the 32 blocks are. A
 # single learning rate has to suit every block at once, which is easy when the ratio is a small number
-# and hopeless when it spans orders of magnitude. The paper's f = 64 encoder has seven levels of two
+# and hopeless when it spans orders of magnitude. The paper's $f = 64$ encoder has seven levels of two
 # blocks each plus a middle block, and the decoder as many again: the skip is what makes that depth
 # trainable.
+
 
 # %% [markdown]
 # ## Exercises
 #
-# **Exercise 1.** Write Swish, `x · sigmoid(x)`, without calling `F.silu` or `blocks.swish`.
+# **Exercise 1 (warm-up).** The Swish section let autograd draw $\mathrm{Swish}'(x)$. Derive it by hand
+# (product rule, and $\sigma'(x) = \sigma(x)\,(1 - \sigma(x))$) and write `swish_derivative(x)` in
+# closed form, without autograd. Where is it zero, and what is its value for large negative $x$?
 
 # %%
-def swish(x: torch.Tensor) -> torch.Tensor:
-    """Swish(x) = x * sigmoid(x) (eq. 2)."""
+def swish_derivative(x: torch.Tensor) -> torch.Tensor:
+    """d/dx [x * sigmoid(x)], elementwise, in closed form."""
     ### BEGIN SOLUTION
-    return x * torch.sigmoid(x)
+    s = torch.sigmoid(x)
+    return s * (1 + x * (1 - s))
     ### END SOLUTION
 
 
 # %%
-checks.check_swish(swish)
+checks.check_swish_derivative(swish_derivative)
 
 # %% [markdown]
-# **Exercise 2.** Write the forward pass of the reference residual block: two (GroupNorm, Swish, Conv3×3)
-# units with dropout before the second convolution, plus the skip connection. `MyResBlock` inherits its
-# layers from `blocks.ResBlock` (`norm1`, `conv1`, `norm2`, `dropout`, `conv2`, and `shortcut`, which is the
-# identity or a 1×1 convolution), and replaces only `forward` (calling `super().forward` would hand in the
-# package's answer).
+# **Exercise 2 (a variant, then predict and measure).** Build eq. 2 *as printed*: one
+# (GroupNorm, Swish, $3\times3$ convolution) unit added to the input, $h + \mathrm{Conv}(\mathrm{Swish}(\mathrm{GN}(h)))$.
+# The layers are given; when the block changes the channel count, `shortcut` is a $1\times1$ convolution,
+# otherwise the identity. Write `forward`.
 
 # %%
-class MyResBlock(blocks.ResBlock):
-    """The package's layers (norm1, conv1, norm2, dropout, conv2, shortcut), with your forward pass."""
+class SingleUnitResBlock(nn.Module):
+    """Eq. 2 as printed: a single (GroupNorm, Swish, Conv3x3) unit and the skip connection."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ### BEGIN SOLUTION
-        h = self.conv1(swish(self.norm1(x)))
-        h = self.conv2(self.dropout(swish(self.norm2(h))))
-        return self.shortcut(x) + h
-        ### END SOLUTION
-
-
-# %%
-checks.check_resblock(MyResBlock)
-
-# %% [markdown]
-# **Exercise 3.** Write the forward pass of the upsampler (eq. 6): nearest-neighbour interpolation by a
-# factor of 2, then the 3×3 convolution.
-
-# %%
-class MyUpsample(nn.Module):
-    def __init__(self, channels: int):
+    def __init__(self, in_channels: int, out_channels: int, num_groups: int = 32):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm1 = blocks.group_norm(in_channels, num_groups)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.shortcut = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ### BEGIN SOLUTION
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.shortcut(x) + self.conv1(blocks.swish(self.norm1(x)))
         ### END SOLUTION
 
 
 # %%
-checks.check_upsample(MyUpsample)
+checks.check_single_unit_resblock(SingleUnitResBlock)
 
 # %% [markdown]
-# **Going further (no check).** Replace `NoSkipBlock` in the gradient experiment by the paper's
-# `PaperResBlock` (one unit per block). Does one unit per block change the picture? And what happens to
-# the "without skip" curve if you zero-initialise each block's last convolution?
+# **Now predict, then measure.** A stack of 32 single-unit blocks has half the convolutions of 32
+# reference blocks. *Before running the next cell, write down* whether the spread of gradient norms
+# across the 32 blocks (the ratio printed in the skip-connection section) will be larger, smaller or
+# about the same, and why. Then run it.
+
+# %%
+try:
+    plot_grad_norms({"two units (ResBlock)": norms["with skip (ResBlock)"],
+                     "one unit (eq. 2 as printed)": grad_norm_per_block(SingleUnitResBlock)})
+except NotImplementedError:
+    print("finish exercise 2 to see this measurement")
+
+# %% [markdown]
+# **Exercise 3 (find the bug).** Here is GroupNorm written out by hand. It runs, the output has the right
+# shape, and every sample comes out with mean 0 and standard deviation close to 1. It still has **two
+# bugs**: the check's report shows how far it is from `F.group_norm`.
+
+# %%
+def buggy_group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor,
+                     eps: float = 1e-6) -> torch.Tensor:
+    b, c, h, w = x.shape
+    g = x.reshape(b, c // groups, groups, h, w)
+    mean = g.mean(dim=(1, 3, 4), keepdim=True)
+    var = g.var(dim=(1, 3, 4), keepdim=True)
+    g = (g - mean) / torch.sqrt(var + eps)
+    return g.reshape(b, c, h, w) * weight.view(1, c, 1, 1) + bias.view(1, c, 1, 1)
+
+
+out = buggy_group_norm(h0, 8, torch.ones(32), torch.zeros(32))
+print(f"shape {tuple(out.shape)}, per-sample mean {out.mean(dim=(1, 2, 3)).abs().max():.1e}, "
+      f"per-sample std {out.std(dim=(1, 2, 3)).min():.4f} to {out.std(dim=(1, 2, 3)).max():.4f}")
+with checks.lenient():  # show the FAIL without stopping the test run
+    checks.check_group_norm(buggy_group_norm)
+
+# %% [markdown]
+# Write the corrected version. The check compares it with `F.group_norm` on small maps, where both bugs
+# show.
+
+# %%
+def group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor,
+               eps: float = 1e-6) -> torch.Tensor:
+    """GroupNorm of x (B, C, H, W) with `groups` groups of neighbouring channels and a per-channel affine."""
+    ### BEGIN SOLUTION
+    b, c, h, w = x.shape
+    g = x.reshape(b, groups, c // groups, h, w)
+    mean = g.mean(dim=(2, 3, 4), keepdim=True)
+    var = g.var(dim=(2, 3, 4), keepdim=True, unbiased=False)
+    g = (g - mean) / torch.sqrt(var + eps)
+    return g.reshape(b, c, h, w) * weight.view(1, c, 1, 1) + bias.view(1, c, 1, 1)
+    ### END SOLUTION
+
+
+# %%
+checks.check_group_norm(group_norm)
+
+# %% [markdown]
+# ## Going further
+#
+# No checks here: questions to explore with the code above.
+#
+# - **Zero-initialised residual branches.** Zero the last convolution of every block (`conv2` of
+#   `blocks.ResBlock`, `conv1` of your single-unit block) before the gradient experiment. What does each
+#   block compute at initialisation, and what happens to the "without skip" curve? DiT and FFTD use the
+#   same idea (chapter 08's adaLN-Zero).
+# - **Which of exercise 3's two bugs matters in training?** Once your version passes, put each bug back
+#   on its own and measure the largest output difference from `F.group_norm` on a $256\times256$ map
+#   with 32 groups, and on a $4\times4$ map with 128 channels. Which bug could a network learn to
+#   undo, and which not?
+# - **BatchNorm at larger batches.** Repeat the train/eval comparison of the GroupNorm section with
+#   batches of 8 and 64. From what batch size on would you trust BatchNorm here?
+# - **Depth of the paper's encoder.** Count the residual blocks of the paper's $f = 64$ encoder and
+#   decoder (`fftd_course.ivqvae.CONFIGS["paper-f64"]`), and their parameters with one unit and with two.
 #
 # ## Summary
 #
 # - GroupNorm computes the same thing at any batch size and in training and evaluation; BatchNorm at batch
-#   size 1 does not (and fails on 1×1 maps).
-# - The residual block is `h + F(h)`; we use the reference form (two units, 1×1 skip when channels change)
-#   rather than eq. 2's single unit, and say so.
-# - Downsample and Upsample halve and double the resolution; f = 2^(number of downsamples).
-# - The skip connection keeps gradients alive through deep stacks: measured above.
+#   size 1 does not (and fails on $1\times1$ maps).
+# - The residual block is $h + F(h)$; we use the reference form (two units, $1\times1$ skip when channels
+#   change) rather than eq. 2's single unit, and say so (E4).
+# - Downsample and Upsample halve and double the resolution; $f = 2^{\text{number of downsamples}}$.
+# - The skip connection keeps gradients alive through deep stacks: measured above, for one unit per
+#   block and for two.
 #
 # Next: chapter 02 adds self-attention, the IVQ-VAE's one global operation.
+
+# %%
+print(f"chapter ran in {fftd_course.chapter_seconds():.1f} s on {device}")

@@ -13,25 +13,61 @@ from check_contract import contract_tests
 # The fixtures `strict` and `lenient_env` come from tests/conftest.py.
 
 
-# ---- exercise 1: nearest code -----------------------------------------------------------------------
+# ---- exercise 2: the winner under tiny codes ---------------------------------------------------------
 
-def nearest_loop(z, codebook):  # an independent answer written the slow, obvious way
-    return torch.stack([((codebook - row) ** 2).sum(1).argmin() for row in z])
-
-
-def nearest_l1(z, codebook):  # wrong distance
-    return (z[:, None] - codebook[None]).abs().sum(-1).argmin(1)
+def winner_loop(z, codebook):  # an independent answer written the slow, obvious way
+    return torch.tensor([max(range(len(codebook)), key=lambda k: float(row @ codebook[k])) for row in z])
 
 
-def nearest_argmax(z, codebook):  # farthest code instead of nearest
-    return ((z[:, None] - codebook[None]) ** 2).sum(-1).argmax(1)
+def winner_nearest(z, codebook):  # the true nearest code: equal for tiny codes, not for large ones
+    return quantize.nearest_code(z, codebook)
 
 
-def nearest_float(z, codebook):  # right indices, wrong dtype
-    return quantize.nearest_code(z, codebook).float()
+def winner_smallest_dot(z, codebook):  # the sign turned around
+    return (z @ codebook.T).argmin(dim=1)
 
 
-# ---- exercise 2: straight-through + L_vq -------------------------------------------------------------
+def winner_longest_code(z, codebook):  # "the outermost code" without looking at z
+    return codebook.norm(dim=1).argmax().repeat(len(z))
+
+
+def winner_float(z, codebook):  # right indices, wrong dtype
+    return (z @ codebook.T).argmax(dim=1).float()
+
+
+# ---- exercise 3: EMA codebook step ------------------------------------------------------------------
+
+def ema_loop(codebook, z, indices, decay):
+    new = codebook.clone()
+    for k in range(len(codebook)):
+        mine = z[indices == k]
+        if len(mine):
+            new[k] = decay * codebook[k] + (1 - decay) * mine.mean(0)
+    return new
+
+
+def ema_moves_unused(codebook, z, indices, decay):  # unused codes are pulled towards 0
+    n = torch.bincount(indices, minlength=len(codebook)).float().clamp_min(1)
+    means = torch.zeros_like(codebook).index_add_(0, indices, z) / n[:, None]
+    return decay * codebook + (1 - decay) * means
+
+
+def ema_sum_not_mean(codebook, z, indices, decay):
+    sums = torch.zeros_like(codebook).index_add_(0, indices, z)
+    used = torch.bincount(indices, minlength=len(codebook))[:, None] > 0
+    return torch.where(used, decay * codebook + (1 - decay) * sums, codebook)
+
+
+def ema_decay_swapped(codebook, z, indices, decay):
+    return ema_loop(codebook, z, indices, 1 - decay)
+
+
+def ema_in_place(codebook, z, indices, decay):  # right values, but the caller's codebook is overwritten
+    codebook.copy_(ema_loop(codebook, z, indices, decay))
+    return codebook
+
+
+# ---- exercise 4: straight-through + L_vq (the fixed quantizer) -------------------------------------------------------------
 
 def _rows(z_e, codebook):
     b, c, h, w = z_e.shape
@@ -77,7 +113,7 @@ def vq_wrong_layout(z_e, codebook, beta):  # flattens (B, C, H, W) without movin
     return (flat + (e - flat).detach()).reshape(b, c, h, w), loss
 
 
-# ---- exercise 3: perplexity -------------------------------------------------------------------------
+# ---- exercise 1: perplexity -------------------------------------------------------------------------
 
 def perplexity_reference(indices, num_codes):
     counts = torch.bincount(indices.flatten(), minlength=num_codes).double()
@@ -99,7 +135,9 @@ def perplexity_nan(indices, num_codes):  # 0 * log 0 = nan when unused codes are
 
 
 CASES = [
-    (checks.check_nearest_code, nearest_loop, [nearest_l1, nearest_argmax, nearest_float]),
+    (checks.check_tiny_code_winner, winner_loop,
+     [winner_nearest, winner_smallest_dot, winner_longest_code, winner_float]),
+    (checks.check_ema_codebook_step, ema_loop, [ema_moves_unused, ema_sum_not_mean, ema_decay_swapped, ema_in_place]),
     (checks.check_vq_straight_through, vq_reference,
      [vq_legacy_beta, vq_no_straight_through, vq_no_stop_gradient, vq_wrong_layout]),
     (checks.check_perplexity, perplexity_reference, [perplexity_distinct, perplexity_entropy_only, perplexity_nan]),
@@ -111,6 +149,8 @@ test_reference_passes_wrong_fails_stub_not_attempted, test_strict_mode_raises_on
 
 def test_failure_messages_say_what_differs(lenient_env):
     assert "gradient reaching z_e" in checks.check_vq_straight_through(vq_legacy_beta).message
-    assert "z_q" in checks.check_vq_straight_through(vq_no_straight_through).message
-    assert "int64" in checks.check_nearest_code(nearest_float).message
+    assert "straight-through" in checks.check_vq_straight_through(vq_no_straight_through).message
+    assert "int64" in checks.check_tiny_code_winner(winner_float).message
+    assert "nearest codes" in checks.check_tiny_code_winner(winner_nearest).message
+    assert "modified" in checks.check_ema_codebook_step(ema_in_place).message
     assert "NaN" in checks.check_perplexity(perplexity_nan).message

@@ -5,9 +5,9 @@ Each chapter's checks live in ``chNN.py``; all are importable from here.
 """
 
 from .ch00 import check_channel_mean, check_to_unit_range
-from .ch01 import check_resblock, check_swish, check_upsample
+from .ch01 import check_group_norm, check_single_unit_resblock, check_swish_derivative
 from .ch02 import check_attention_weights, check_attn_block
-from .ch03 import check_nearest_code, check_perplexity, check_vq_straight_through
+from .ch03 import check_ema_codebook_step, check_perplexity, check_tiny_code_winner, check_vq_straight_through
 from .ch04 import check_adaptive_weight, check_generator_loss, check_hinge_d_loss
 from .ch05 import check_reconstruct, check_training_step
 from .ch06 import check_ddim_sigma, check_ddim_step, check_q_sample
@@ -16,9 +16,9 @@ from .core import CheckResult, ExerciseFailed, lenient, run_check
 __all__ = [
     "CheckResult", "ExerciseFailed", "lenient", "run_check",
     "check_to_unit_range", "check_channel_mean",
-    "check_swish", "check_resblock", "check_upsample",
+    "check_swish_derivative", "check_single_unit_resblock", "check_group_norm",
     "check_attention_weights", "check_attn_block",
-    "check_nearest_code", "check_vq_straight_through", "check_perplexity",
+    "check_perplexity", "check_tiny_code_winner", "check_ema_codebook_step", "check_vq_straight_through",
     "check_hinge_d_loss", "check_generator_loss", "check_adaptive_weight",
     "check_reconstruct", "check_training_step",
     "check_q_sample", "check_ddim_step", "check_ddim_sigma",

@@ -1,13 +1,14 @@
-"""Checks for chapter 01 (residual blocks, eq. 1-3, 6, 7)."""
+"""Checks for chapter 01 (residual blocks, eq. 1-3, 6, 7): Swish's derivative, eq. 2 as printed, GroupNorm."""
 
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..blocks import ResBlock, Upsample, swish
+from ..blocks import group_norm, swish
 from .core import CheckFailure, CheckResult, compare, fresh_seed, load_reference_weights, run_check
 
 
@@ -25,46 +26,66 @@ def _compare_module(learner: nn.Module, reference: nn.Module, x: torch.Tensor, w
     compare(x_l.grad, x_r.grad, f"{what}: gradient with respect to the input")
 
 
-def check_swish(fn: Callable[[torch.Tensor], torch.Tensor]) -> CheckResult:
-    """``fn`` is Swish, ``x * sigmoid(x)`` (eq. 2), with the right gradient."""
+def check_swish_derivative(fn: Callable[[torch.Tensor], torch.Tensor]) -> CheckResult:
+    """``fn(x)`` is the derivative of Swish (eq. 2's non-linearity), elementwise, without autograd."""
 
     def trial() -> None:
         g = torch.Generator().manual_seed(fresh_seed())
         for shape in [(7,), (2, 3, 4, 4), (1, 8, 5, 3)]:
-            x = (torch.randn(shape, generator=g) * 4).requires_grad_(True)
-            x_ref = x.detach().clone().requires_grad_(True)
-            y = fn(x)
-            compare(y, swish(x_ref), f"swish on a {shape} input")
-            y.sum().backward()
-            swish(x_ref).sum().backward()
-            compare(x.grad, x_ref.grad, f"gradient of swish on a {shape} input")
+            x = torch.randn(shape, generator=g) * 4
+            x_ref = x.clone().requires_grad_(True)
+            (want,) = torch.autograd.grad(swish(x_ref).sum(), x_ref)
+            got = fn(x.clone())
+            if isinstance(got, torch.Tensor) and got.requires_grad:
+                raise CheckFailure("the result requires grad: write the derivative as a formula, without autograd")
+            compare(got, want, f"Swish'(x) on a {shape} input")
 
-    return run_check("swish", trial, hint="Swish(x) = x * sigmoid(x); torch.sigmoid is allowed.")
-
-
-def check_resblock(cls: type[nn.Module]) -> CheckResult:
-    """``cls(in_channels, out_channels, num_groups=...)`` behaves like :class:`fftd_course.blocks.ResBlock`."""
-
-    def trial() -> None:
-        seed = fresh_seed()
-        torch.manual_seed(seed)
-        for c_in, c_out, size in [(16, 16, (8, 8)), (16, 32, (6, 10)), (32, 16, (4, 4))]:
-            x = torch.randn(2, c_in, *size)
-            learner, reference = cls(c_in, c_out, num_groups=8), ResBlock(c_in, c_out, num_groups=8)
-            _compare_module(learner, reference, x, f"ResBlock({c_in} -> {c_out}) on a {tuple(x.shape)} input")
-
-    return run_check("ResBlock.forward", trial,
-                     hint="two (norm, swish, conv) units, dropout before conv2, then add self.shortcut(x): the skip.")
+    return run_check("swish_derivative", trial,
+                     hint="Swish is a product of two functions of x: differentiate both factors. What is Swish' at "
+                          "x = 0 (it must be 1/2), and does your formula tend to 0 for large negative x?")
 
 
-def check_upsample(cls: type[nn.Module]) -> CheckResult:
-    """``cls(channels)`` behaves like :class:`fftd_course.blocks.Upsample` (eq. 6)."""
+class _SingleUnitResBlock(nn.Module):
+    # Hidden reference of exercise 2 (eq. 2 as printed, with a 1x1 skip when the channel count changes).
+    def __init__(self, in_channels: int, out_channels: int, num_groups: int = 32):
+        super().__init__()
+        self.norm1 = group_norm(in_channels, num_groups)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.shortcut = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shortcut(x) + self.conv1(swish(self.norm1(x)))
+
+
+def check_single_unit_resblock(cls: type[nn.Module]) -> CheckResult:
+    """``cls(in_channels, out_channels, num_groups=...)`` computes eq. 2 as printed, with a 1x1 skip for new widths."""
 
     def trial() -> None:
         torch.manual_seed(fresh_seed())
-        for c, size in [(4, (3, 3)), (8, (4, 6)), (16, (1, 1))]:
-            x = torch.randn(2, c, *size)
-            _compare_module(cls(c), Upsample(c), x, f"Upsample({c}) on a {tuple(x.shape)} input")
+        for c_in, c_out, size in [(16, 16, (8, 8)), (16, 32, (6, 10)), (32, 16, (4, 4))]:
+            x = torch.randn(2, c_in, *size) * 2 + 0.5
+            learner, reference = cls(c_in, c_out, num_groups=8), _SingleUnitResBlock(c_in, c_out, num_groups=8)
+            _compare_module(learner, reference, x, f"SingleUnitResBlock({c_in} -> {c_out}) on a {tuple(x.shape)} input")
 
-    return run_check("Upsample.forward", trial,
-                     hint="F.interpolate(x, scale_factor=2, mode='nearest') first, then self.conv.")
+    return run_check("SingleUnitResBlock.forward", trial,
+                     hint="read eq. 2 from the inside out: which operation meets h first? And what is added to the "
+                          "unit's output when the block changes the channel count?")
+
+
+def check_group_norm(fn: Callable[..., torch.Tensor]) -> CheckResult:
+    """``fn(x, groups, weight, bias, eps)`` equals ``F.group_norm`` (groups of neighbouring channels, biased variance)."""
+
+    def trial() -> None:
+        g = torch.Generator().manual_seed(fresh_seed())
+        for b, c, groups, size in [(2, 8, 2, (2, 2)), (3, 12, 3, (1, 3)), (1, 32, 8, (4, 4)), (2, 6, 6, (3, 2))]:
+            # channels with very different means and scales, so that the grouping shows
+            x = torch.randn(b, c, *size, generator=g) * torch.linspace(0.5, 3, c).view(1, c, 1, 1) \
+                + torch.linspace(-2, 2, c).view(1, c, 1, 1)
+            weight, bias = torch.randn(c, generator=g), torch.randn(c, generator=g)
+            compare(fn(x.clone(), groups, weight, bias, 1e-6), F.group_norm(x, groups, weight, bias, 1e-6),
+                    f"GroupNorm of a {tuple(x.shape)} input with {groups} groups")
+
+    return run_check("group_norm", trial,
+                     hint="two questions: after your reshape, which channels end up in group 0 (print it for C = 8, "
+                          "G = 2)? And which variance does a normalisation layer use: the sample estimate or the "
+                          "plain mean of squared deviations?")

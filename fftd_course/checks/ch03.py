@@ -1,4 +1,5 @@
-"""Checks for chapter 03 (vector quantization: nearest code, straight-through estimator, L_vq, perplexity)."""
+"""Checks for chapter 03 (vector quantization: perplexity, the winner under tiny codes, an EMA codebook step, a
+quantizer with the straight-through estimator and L_vq)."""
 
 from __future__ import annotations
 
@@ -10,22 +11,59 @@ from ..quantize import VectorQuantizer, codebook_usage, nearest_code
 from .core import CheckFailure, CheckResult, compare, fresh_seed, run_check
 
 
-def check_nearest_code(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> CheckResult:
-    """``fn(z, codebook)`` returns the index of the nearest code (Euclidean) for every row: ``(N, D), (K, D) -> (N,)``."""
+def _tiny_code_winner(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    # Hidden reference of exercise 2: as every ||e_k|| -> 0, ||z - e_k||^2 = ||z||^2 - 2 z.e_k + ||e_k||^2 is
+    # decided by the middle term alone.
+    return (z @ codebook.T).argmax(dim=1)
+
+
+def check_tiny_code_winner(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> CheckResult:
+    """``fn(z, codebook)``: for each row of ``z`` the code that wins the argmin when all codes are tiny, ``(N,)`` int64."""
 
     def trial() -> None:
         g = torch.Generator().manual_seed(fresh_seed())
-        for n, k, d in [(10, 4, 2), (64, 16, 4), (33, 256, 3)]:
-            z, codes = torch.randn(n, d, generator=g), torch.randn(k, d, generator=g)
+        for n, k, d, scale in [(200, 64, 4, 1e-3), (50, 16, 2, 1.0), (100, 256, 4, 3.0), (30, 8, 3, 1e-6)]:
+            z, codes = torch.randn(n, d, generator=g), torch.randn(k, d, generator=g) * scale
             got = fn(z, codes)
             if not isinstance(got, torch.Tensor):
                 raise CheckFailure(f"expected a tensor of indices, got {type(got).__name__}")
             if got.dtype != torch.long:
                 raise CheckFailure(f"indices must be int64 (torch.long) so that they can index the codebook, got {got.dtype}")
-            compare(got, nearest_code(z, codes), f"nearest codes for z {tuple(z.shape)} and a codebook {tuple(codes.shape)}", atol=0, rtol=0)
+            what = f"winners for z {tuple(z.shape)} and {k} codes of scale {scale:g}"
+            if scale >= 1.0 and torch.equal(got, nearest_code(z, codes)) and not torch.equal(got, _tiny_code_winner(z, codes)):
+                raise CheckFailure(f"{what}: these are the nearest codes; the exercise wants the rule that the nearest "
+                                   "code follows only when the codes are tiny, applied to any codebook")
+            compare(got, _tiny_code_winner(z, codes), what, atol=0, rtol=0)
 
-    return run_check("nearest_code_indices", trial,
-                     hint="distances (N, K) = ((z[:, None, :] - codebook[None]) ** 2).sum(-1), then argmin over the codes (dim 1).")
+    return run_check("winner_when_codes_are_tiny", trial,
+                     hint="expand the squared distance of section 1: which of its three terms is the same for every "
+                          "code, and which one vanishes as the codes shrink? The winner is decided by what is left.")
+
+
+def _ema_reference(codebook: torch.Tensor, z: torch.Tensor, indices: torch.Tensor, decay: float) -> torch.Tensor:
+    k = codebook.shape[0]
+    counts = torch.bincount(indices, minlength=k).to(z.dtype)
+    means = torch.zeros_like(codebook).index_add_(0, indices, z) / counts.clamp_min(1)[:, None]
+    return torch.where(counts[:, None] > 0, decay * codebook + (1 - decay) * means, codebook)
+
+
+def check_ema_codebook_step(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]) -> CheckResult:
+    """``fn(codebook, z, indices, decay)`` moves each chosen code a fraction ``1 - decay`` towards the mean of its vectors."""
+
+    def trial() -> None:
+        g = torch.Generator().manual_seed(fresh_seed())
+        for k, n, d, decay in [(8, 20, 2, 0.9), (32, 10, 4, 0.5), (5, 50, 3, 0.0), (64, 200, 4, 0.99)]:
+            codebook, z = torch.randn(k, d, generator=g), torch.randn(n, d, generator=g)
+            indices = torch.randint(0, max(1, k // 2), (n,), generator=g)  # the upper half of the codes is never chosen
+            before = codebook.clone()
+            got = fn(codebook, z.clone(), indices.clone(), decay)
+            if not torch.equal(codebook, before):
+                raise CheckFailure("the codebook passed in was modified: return a new tensor and leave the input as it was")
+            compare(got, _ema_reference(before, z, indices, decay), f"{k} codes, {n} vectors, decay {decay}")
+
+    return run_check("ema_codebook_step", trial,
+                     hint="a code that no vector chose must not move; a chosen code moves towards the MEAN (not the sum) "
+                          "of its vectors, and decay weighs the OLD code. Which of the three does the report contradict?")
 
 
 def check_vq_straight_through(fn: Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]) -> CheckResult:
@@ -65,8 +103,9 @@ def check_vq_straight_through(fn: Callable[[torch.Tensor, torch.Tensor, float], 
             compare(codes_l.grad, reference.codebook.grad, f"{what}: gradient reaching the codebook (codebook term only)")
 
     return run_check("vq_straight_through", trial,
-                     hint="e = codebook[indices]; loss = mse(e, z_e.detach()) + beta * mse(z_e, e.detach()); "
-                          "z_q = z_e + (e - z_e).detach(). Work on (B*H*W, C) rows and reshape back to (B, C, H, W).")
+                     hint="is each row of C numbers one latent position's channels (try a latent whose channels differ a "
+                          "lot), and is it put back where it came from? Which of the two terms of L_vq carries beta "
+                          "(section 3), and which gradient, the codebook's or the encoder's, does that change?")
 
 
 def check_perplexity(fn: Callable[[torch.Tensor, int], object]) -> CheckResult:
@@ -90,5 +129,5 @@ def check_perplexity(fn: Callable[[torch.Tensor, int], object]) -> CheckResult:
             compare(got, want, f"perplexity of indices {tuple(indices.shape)} over {num_codes} codes", atol=1e-4, rtol=1e-4)
 
     return run_check("perplexity", trial,
-                     hint="p = bincount(indices.flatten(), minlength=num_codes) / indices.numel(); "
-                          "entropy = -(p * log p) over the codes with p > 0; perplexity = exp(entropy).")
+                     hint="p_k is a fraction of ALL indices (every dimension), codes with p_k = 0 contribute nothing "
+                          "(0 log 0 is taken as 0), and the answer is exp of the entropy, not the entropy itself.")
