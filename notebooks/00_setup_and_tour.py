@@ -34,11 +34,11 @@
 # - check your environment (PyTorch, CPU or GPU);
 # - meet the toy data set every CPU chapter trains on: procedurally drawn cat, dog and wild faces;
 # - see the map of the course: which chapter builds which equation of the paper;
-# - learn how exercises and their check cells work, and solve the first two.
+# - learn how exercises and their check cells work, and solve the first three (the last one is a bug
+#   hunt).
 
 # %%
 import platform
-import time
 
 import matplotlib.pyplot as plt
 import torch
@@ -46,10 +46,8 @@ import torch
 import fftd_course
 from fftd_course import checks, data, viz
 
-device = fftd_course.default_device()
-print(f"Python {platform.python_version()}, PyTorch {torch.__version__}, fftd_course {fftd_course.__version__}")
-print(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
-                             f" ({torch.get_num_threads()} CPU threads)"))
+device = fftd_course.setup_chapter(seed=0)
+print(f"Python {platform.python_version()}")
 
 # %% [markdown]
 # Every chapter runs on a laptop CPU in about a minute. When a GPU is present, chapters that train
@@ -93,14 +91,12 @@ plt.show()
 # The paper trains on CelebA-HQ faces and AFHQ animal faces (cat, dog, wild) at 256×256, far beyond a
 # laptop's budget. `fftd_course.data` draws AFHQ's three classes as cartoons instead, with random fur
 # and background colours, position, scale and a small rotation. Shapes are drawn as signed distance
-# functions with one pixel of anti-aliasing, so any resolution works. Images come in `[-1, 1]`, the
-# range of the decoder's final `tanh` (eq. 7).
+# functions with one pixel of anti-aliasing, so any resolution works. Images come in $[-1, 1]$, the
+# range of the decoder's final $\tanh$ (eq. 7).
 
 # %%
-start = time.perf_counter()
 images, labels = data.make_toy_faces(3000, size=32, seed=0)
-elapsed = time.perf_counter() - start
-print(f"drew {len(images)} images of shape {tuple(images.shape[1:])} in {elapsed:.2f} s")
+print(f"drew {len(images)} images of shape {tuple(images.shape[1:])}")
 print(f"value range [{images.min():.3f}, {images.max():.3f}], dtype {images.dtype}")
 print("images per class:", {name: int((labels == c).sum()) for c, name in enumerate(data.CLASSES)})
 
@@ -186,8 +182,9 @@ with checks.lenient():  # lenient: show the FAIL without stopping (the test run 
 # %% [markdown]
 # ## Exercises
 #
-# **Exercise 1.** Images live in `[-1, 1]` inside the models, but `matplotlib` wants `[0, 1]`. Write
-# `to_unit_range(x)` that maps -1 to 0, 0 to 0.5 and 1 to 1 (any shape).
+# **Exercise 1 (warm-up).** Images live in $[-1, 1]$ inside the models, but `matplotlib` wants $[0, 1]$.
+# Write `to_unit_range(x)`, the affine map that sends $-1 \mapsto 0$, $0 \mapsto 0.5$ and $1 \mapsto 1$
+# (any shape).
 
 # %%
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
@@ -200,38 +197,98 @@ def to_unit_range(x: torch.Tensor) -> torch.Tensor:
 checks.check_to_unit_range(to_unit_range)
 
 # %% [markdown]
-# **Exercise 2.** Diffusion works best on data with zero mean and unit variance per channel (chapter 09
-# rescales its latents this way). Write `channel_mean(images)` that returns the mean of each channel
-# over the batch and all pixels: `(B, C, H, W) -> (C,)`.
+# **Exercise 2.** Diffusion works best on data with zero mean and unit variance per channel: chapter 09
+# scales its latents this way (E16 in [`docs/ERRATA.md`](../docs/ERRATA.md)). Write
+# `standardize_channels(images)` for a $(B, C, H, W)$ batch: each channel $c$ loses its mean $\mu_c$ and is
+# divided by its standard deviation $s_c$, both taken over the batch and all pixels,
+# $$\tilde{x}_{b,c,h,w} = \frac{x_{b,c,h,w} - \mu_c}{s_c}, \qquad
+#   s_c^2 = \frac{1}{BHW} \sum_{b,h,w} (x_{b,c,h,w} - \mu_c)^2 .$$
 
 # %%
-def channel_mean(images: torch.Tensor) -> torch.Tensor:
-    """Per-channel mean of a (B, C, H, W) batch, shape (C,)."""
+def standardize_channels(images: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H, W) with every channel at mean 0 and standard deviation 1 over (B, H, W)."""
     # YOUR CODE HERE
     raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
 
 
 # %%
-checks.check_channel_mean(channel_mean)
+checks.check_standardize_channels(standardize_channels)
 
 # %% [markdown]
-# With the same computation, here are the toy set's channel means and the spread of its pixel values.
+# The toy set's raw channel means and the spread of its pixel values, before and after your
+# standardisation:
 
 # %%
-means = images.mean(dim=(0, 2, 3))
-print("mean per channel (R, G, B):", [round(float(m), 3) for m in means])
-fig, ax = plt.subplots(figsize=(6, 2.5))
-for c, colour in enumerate(("red", "green", "blue")):
-    ax.hist(images[:, c].flatten().numpy(), bins=60, histtype="step", color=colour, label=colour)
-ax.set_xlabel("pixel value in [-1, 1]"), ax.set_ylabel("count"), ax.legend()
+print("raw mean per channel (R, G, B):", [round(float(images[:, c].mean()), 3) for c in range(3)])
+try:
+    versions = {"raw": images, "standardised": standardize_channels(images)}
+except NotImplementedError:
+    versions = {"raw": images}
+    print("finish exercise 2 to see the standardised histogram")
+fig, axes = plt.subplots(1, len(versions), figsize=(6 * len(versions), 2.5), squeeze=False)
+for ax, (name, batch_) in zip(axes[0], versions.items()):
+    for c, colour in enumerate(("red", "green", "blue")):
+        ax.hist(batch_[:, c].flatten().numpy(), bins=60, histtype="step", color=colour, label=colour)
+    ax.set_title(name), ax.set_xlabel("pixel value"), ax.set_ylabel("count"), ax.legend()
 plt.show()
 
 # %% [markdown]
+# **Exercise 3 (find the bug).** To save a picture with an image library you need a $(H, W, C)$ array of
+# bytes, $0 \dots 255$, with $-1 \mapsto 0$ and $1 \mapsto 255$, every value **rounded** to the nearest
+# integer. Here is a version that runs and returns the right shape and dtype. Look at what it draws:
+
+# %%
+def buggy_to_pixels(x: torch.Tensor) -> torch.Tensor:
+    c, h, w = x.shape
+    pixels = (x + 1) * 127.5
+    return pixels.view(h, w, c).to(torch.uint8)
+
+
+pixels = buggy_to_pixels(images[0])
+print("shape", tuple(pixels.shape), "dtype", pixels.dtype)
+fig, axes = plt.subplots(1, 2, figsize=(4, 2))
+axes[0].imshow(viz.to_unit_range(images[0]).permute(1, 2, 0)), axes[0].set_title("the image", fontsize=9)
+axes[1].imshow(pixels.numpy()), axes[1].set_title("buggy_to_pixels", fontsize=9)
+for ax in axes:
+    ax.set_axis_off()
+plt.show()
+
+# %% [markdown]
+# It has **two bugs**; one you can see above, the other only shows in the numbers (the check finds it).
+# Write the corrected `to_pixels(x)`.
+
+# %%
+def to_pixels(x: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) in [-1, 1] -> (H, W, C) uint8, -1 -> 0 and 1 -> 255, rounded."""
+    # YOUR CODE HERE
+    raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
+
+
+# %%
+checks.check_to_pixels(to_pixels)
+
+# %% [markdown]
+# ## Going further
+#
+# No checks here: questions to explore with the code above.
+#
+# - **How many faces are different?** Two toy faces of the same class differ in colours, position, scale
+#   and rotation. Draw 3000 faces at 8 px: how many distinct images are there? At 32 px?
+# - **Held-out means held out.** `ToyFaces(seed=1)` gives the held-out set. How would you convince
+#   yourself that no held-out image equals a training image, and why does it matter for chapter 05?
+# - **Standardise what, with which statistics?** In exercise 2 the statistics come from the batch
+#   itself. Which statistics should a model use at test time, and where would you store them?
+#   (Chapter 09 answers it for the latents.)
+#
 # ## Summary
 #
 # - The course builds a two-stage latent diffusion model; `fftd_course` holds every piece, and each
 #   chapter shows its version is the same as the package's.
 # - The toy faces stand in for AFHQ on a CPU: three classes, any size, deterministic from a seed.
-# - Exercises check themselves: PASS, FAIL with a reason, or "not attempted yet".
+# - Exercises check themselves: PASS, FAIL with a reason, or "not attempted yet". Some ask you to
+#   write a piece, some to predict and measure, some to find the bug in given code.
 #
 # Next: chapter 01 builds the residual blocks of the IVQ-VAE's encoder and decoder.
+
+# %%
+print(f"chapter ran in {fftd_course.chapter_seconds():.1f} s on {device}")

@@ -18,24 +18,27 @@
 #
 # A 3×3 convolution sees a pixel's immediate neighbours; it takes many layers before one position can
 # react to another far away (say, one eye to the other). Self-attention lets every pixel look at every
-# other pixel in one step. The IVQ-VAE puts one attention block in the encoder and decoder at the 16×16
-# resolution, and one in the middle block at the lowest resolution (paper section 3.1.2):
-#
-# - eq. 8: `Q, K, V = Conv1x1(h)`, three separate 1×1 convolutions;
-# - eq. 9: `W = Softmax(Q Kᵀ / sqrt(C_h))`, an (HW × HW) matrix of weights;
-# - eq. 10: `h_attn = h + Conv1x1(W V)`, a residual connection like chapter 01's.
+# other pixel in one step. The IVQ-VAE puts one attention block in the encoder and decoder at the
+# $16\times16$ resolution, and one in the middle block at the lowest resolution (paper section 3.1.2):
+# $$Q = \mathrm{Conv}_{1\times1}(h), \quad K = \mathrm{Conv}_{1\times1}(h), \quad V = \mathrm{Conv}_{1\times1}(h), \tag{8}$$
+# $$W = \mathrm{Softmax}\Big(\frac{Q K^\top}{\sqrt{C_h}}\Big), \tag{9}$$
+# $$h_{attn} = h + \mathrm{Conv}_{1\times1}(W V), \tag{10}$$
+# three separate $1\times1$ convolutions, an $(HW \times HW)$ matrix of weights, and a residual
+# connection like chapter 01's.
 #
 # **In this chapter you will**
 # - build attention from scratch and show it equals PyTorch's `scaled_dot_product_attention` and the
 #   package's `AttnBlock`;
-# - see why the scores are divided by `sqrt(C)`;
+# - see why the scores are divided by $\sqrt{C}$;
 # - look at attention maps on toy faces;
-# - measure the time and memory of attention at 8×8 to 64×64 maps, and see why the paper uses it at 16×16;
-# - settle what the paper's "multi-head" sentence means for its single-head equations.
+# - measure the time and memory of attention at $8\times8$ to $64\times64$ maps, and see why the paper
+#   uses it at $16\times16$;
+# - settle what the paper's "multi-head" sentence means for its single-head equations, and build the
+#   multi-head reading yourself;
+# - predict, then measure, what attention does when the pixels are shuffled.
 
 # %%
 import math
-import time
 
 import matplotlib.pyplot as plt
 import torch
@@ -44,19 +47,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import fftd_course
-from fftd_course import blocks, checks, data, viz
+from fftd_course import blocks, checks, data, timing, viz
 
-torch.manual_seed(0)
-device = fftd_course.default_device()
+device = fftd_course.setup_chapter(seed=0)
 images, labels = data.make_toy_faces(8, size=32, seed=0)
-print("device:", device)
 
 # %% [markdown]
 # ## Attention, step by step
 #
-# Start from a feature map `h` of shape (B, C, H, W). Eq. 8 makes queries, keys and values with 1×1
-# convolutions (a per-pixel linear map). Attention treats the H·W pixels as a set of tokens, so we
-# flatten them: (B, C, H, W) -> (B, HW, C).
+# Start from a feature map $h$ of shape $(B, C, H, W)$. Eq. 8 makes queries, keys and values with
+# $1\times1$ convolutions (a per-pixel linear map). Attention treats the $H \cdot W$ pixels as a set of
+# tokens, so we flatten them: $(B, C, H, W) \to (B, HW, C)$.
 
 # %%
 C = 32
@@ -71,8 +72,8 @@ v = to_v(hn).flatten(2).transpose(1, 2)
 print("h:", tuple(h.shape), "-> q, k, v:", tuple(q.shape))
 
 # %% [markdown]
-# Eq. 9: the score of query pixel *i* for key pixel *j* is the dot product of their vectors, divided by
-# `sqrt(C)`; a softmax over *j* turns each row into weights that sum to 1.
+# Eq. 9: the score of query pixel $i$ for key pixel $j$ is the dot product of their vectors, divided by
+# $\sqrt{C}$; a softmax over $j$ turns each row into weights that sum to 1.
 
 # %%
 scores = q @ k.transpose(1, 2) / math.sqrt(C)  # (B, HW, HW)
@@ -91,7 +92,7 @@ print("h_attn:", tuple(h_attn.shape))
 
 # %% [markdown]
 # PyTorch has this computation built in: `F.scaled_dot_product_attention(q, k, v)` uses the same
-# `1/sqrt(C)` scaling and, where a fused kernel exists, never stores the (HW × HW) matrix. The package's
+# $1/\sqrt{C}$ scaling and, where a fused kernel exists, never stores the $(HW \times HW)$ matrix. The package's
 # `AttnBlock` uses it. Same weights in, same numbers out:
 
 # %%
@@ -107,12 +108,13 @@ torch.testing.assert_close(package.attention_map(h)[:, 0], W)  # (B, heads=1, HW
 print("our attention block equals blocks.AttnBlock (and its attention map equals our W)")
 
 # %% [markdown]
-# ## Why divide by sqrt(C)?
+# ## Why divide by $\sqrt{C}$?
 #
-# If the entries of q and k have unit variance, their dot product over C channels has variance C. Without
-# the scaling, scores grow like `sqrt(C)`, the softmax saturates into a near one-hot row, and its gradient
-# vanishes. With it, the spread of the scores stays the same whatever C is. We measure the entropy of the
-# attention rows (in nats; a uniform row over 256 pixels has `ln 256`) for random unit-variance q and k:
+# If the entries of $q$ and $k$ have unit variance, their dot product over $C$ channels has variance $C$.
+# Without the scaling, scores grow like $\sqrt{C}$, the softmax saturates into a near one-hot row, and
+# its gradient vanishes. With it, the spread of the scores stays the same whatever $C$ is. We measure the
+# entropy of the attention rows (in nats; a uniform row over 256 pixels has $\ln 256$) for random
+# unit-variance $q$ and $k$:
 
 # %%
 widths = [4, 16, 64, 256, 1024]
@@ -137,7 +139,7 @@ print(f"at C = {widths[-1]}: entropy {entropy['scores / sqrt(C)'][-1]:.2f} nats 
 # The weights of a trained model would show learned structure; ours are random. To see what attention *can*
 # do, give it meaningful features: let each pixel's query and key be its own colour, centred on the image's
 # mean colour and scaled to unit length (so the dot product measures how alike two colours are). Then
-# `W[i, j]` is large where pixel *j* looks like pixel *i*, wherever it is in the image: a dark pupil finds
+# $W_{ij}$ is large where pixel *j* looks like pixel *i*, wherever it is in the image: a dark pupil finds
 # the other pupil and the nose in a single step, which a 3×3 convolution could only do after many layers.
 # The query points are found from the image itself (the darkest face pixel, the face's centre, the pinkest
 # pixel, a corner).
@@ -161,6 +163,7 @@ queries = {
 }
 
 
+# %%
 def show_attention(query: str) -> None:
     row, col = queries[query]
     fig, (a, b) = plt.subplots(1, 2, figsize=(5, 2.6))
@@ -175,36 +178,21 @@ def show_attention(query: str) -> None:
 viz.explore(show_attention, "query", list(queries), static=list(queries))
 
 # %% [markdown]
-# ## Time and memory: why the paper puts attention at 16×16
+# ## Time and memory: why the paper puts attention at $16\times16$
 #
-# The weight matrix W has (HW)² entries: doubling the side of the map multiplies it by 16. We time one
-# attention forward pass (explicit, storing W, and PyTorch's fused function; best of several runs) at 8×8 to 64×64 maps with
-# C = 128 channels, batch 1, and measure the memory of W from the tensor itself (on a GPU, the peak
-# allocated memory is shown too).
+# The weight matrix $W$ has $(HW)^2$ entries: doubling the side of the map multiplies it by 16. We time
+# one attention forward pass (explicit, storing $W$, and PyTorch's fused function; the best of several
+# runs, `timing.best_time`) at $8\times8$ to $64\times64$ maps with $C = 128$ channels, batch 1, and
+# measure the memory of $W$ from the tensor itself (on a GPU, the peak allocated memory is shown too).
 
 # %%
-def time_it(fn, repeats: int) -> float:
-    """The best of `repeats` timed calls, after one warm-up: the least disturbed measurement."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 rows = []
 for side in tqdm([8, 16, 32, 64], desc="map size"):
     n = side * side
     qq, kk, vv = (torch.randn(1, n, 128, device=device) for _ in range(3))
     repeats = 20 if side <= 32 else 3
-    explicit = time_it(lambda: blocks.attention_weights(qq, kk) @ vv, repeats)
-    fused = time_it(lambda: F.scaled_dot_product_attention(qq, kk, vv), repeats)
+    explicit = timing.best_time(lambda: blocks.attention_weights(qq, kk) @ vv, repeats, device)
+    fused = timing.best_time(lambda: F.scaled_dot_product_attention(qq, kk, vv), repeats, device)
     w_bytes = (lambda w: w.element_size() * w.nelement())(blocks.attention_weights(qq, kk))
     peak = ""
     if device.type == "cuda":
@@ -213,12 +201,14 @@ for side in tqdm([8, 16, 32, 64], desc="map size"):
         peak = f"{torch.cuda.max_memory_allocated() / 2**20:9.1f}"
     rows.append((side, n, explicit, fused, w_bytes, peak))
 
+# %%
 print(f"{'map':>7} {'tokens':>7} {'explicit ms':>12} {'fused ms':>9} {'W size MiB':>11}" + ("  peak MiB" if device.type == "cuda" else ""))
 for side, n, explicit, fused, w_bytes, peak in rows:
     print(f"{side:>4}x{side:<2} {n:>7} {explicit * 1e3:12.2f} {fused * 1e3:9.2f} {w_bytes / 2**20:11.2f} {peak}")
 t16, t64 = rows[1][2], rows[3][2]
 print(f"\n64x64 attention took {t64 / t16:.0f}x the time of 16x16 and its W is {rows[3][4] / rows[1][4]:.0f}x larger.")
 
+# %%
 fig, ax = plt.subplots(figsize=(5.5, 3.2))
 ax.loglog([r[1] for r in rows], [r[2] * 1e3 for r in rows], "o-", label="explicit (stores W)")
 ax.loglog([r[1] for r in rows], [r[3] * 1e3 for r in rows], "s-", label="F.scaled_dot_product_attention")
@@ -226,25 +216,26 @@ ax.set_xlabel("tokens (H·W)"), ax.set_ylabel("ms per forward pass"), ax.legend(
 plt.show()
 
 # %% [markdown]
-# At the paper's scale the encoder's levels run from 256×256 down to 4×4. The size of one float32 W,
-# per image and per head, at each of those resolutions:
+# At the paper's scale the encoder's levels run from $256\times256$ down to $4\times4$. The size of one
+# float32 $W$, per image and per head, at each of those resolutions:
 
 # %%
 for side in [256, 128, 64, 32, 16, 8, 4]:
     print(f"{side:>4}x{side:<4} {side * side:>6} tokens   W = {(side * side) ** 2 * 4 / 2**20:>12,.2f} MiB")
 
 # %% [markdown]
-# At 256×256 a single W would take tens of GiB; at 16×16 it is a fraction of a MiB. Attention at 16×16
-# (and in the middle block at 4×4) buys global context where it is cheap, and leaves the high resolutions,
+# At $256\times256$ a single $W$ would take tens of GiB; at $16\times16$ it is a fraction of a MiB.
+# Attention at $16\times16$ (and in the middle block at $4\times4$) buys global context where it is cheap, and leaves the high resolutions,
 # where detail is local anyway, to convolutions.
 #
-# > **What the paper says / what we chose** (E17). Section 3.1.2 calls the block "multi-head" in one sentence,
-# > but eq. 8-10 are single-head: one Q, K, V of C_h channels and one scaling by `sqrt(C_h)`. We follow the
-# > equations: `AttnBlock` is single-head by default. It also normalises its input with GroupNorm before
-# > eq. 8, as the reference VQGAN block does (the paper does not mention a normalisation there).
-# > `AttnBlock(C, num_heads=n)` shows what the multi-head reading would be: the same four 1×1
-# > convolutions (so the same parameter count), with the channels split into n heads that each attend
-# > on their own and are scaled by `sqrt(C / n)`. It computes a different function from the same weights:
+# > **What the paper says / what we chose** (E17 in [`docs/ERRATA.md`](../docs/ERRATA.md)). Section
+# > 3.1.2 calls the block "multi-head" in one sentence, but eq. 8-10 are single-head: one $Q, K, V$ of
+# > $C_h$ channels and one scaling by $\sqrt{C_h}$. We follow the equations: `AttnBlock` is single-head by
+# > default. It also normalises its input with GroupNorm before eq. 8, as the reference VQGAN block does
+# > (the paper does not mention a normalisation there). `AttnBlock(C, num_heads=n)` shows what the
+# > multi-head reading would be: the same four $1\times1$ convolutions (so the same parameter count), with
+# > the channels split into $n$ heads that each attend on their own and are scaled by $\sqrt{C/n}$
+# > (exercises 1 and 2 build it). It computes a different function from the same weights:
 
 # %%
 single, multi = blocks.AttnBlock(C, num_groups=8), blocks.AttnBlock(C, num_heads=4, num_groups=8)
@@ -257,53 +248,119 @@ print("attention maps:", tuple(single.attention_map(h).shape), "vs", tuple(multi
 # %% [markdown]
 # ## Exercises
 #
-# **Exercise 1.** Write the attention weights of eq. 9 for queries and keys of shape `(..., N, C)`:
-# `Softmax(Q Kᵀ / sqrt(C))`, a `(..., N, M)` tensor whose rows sum to 1.
+# **Exercise 1 (warm-up).** The multi-head reading of eq. 8-10 splits the $C$ channels of every token
+# into $n$ heads of $C/n$ **neighbouring** channels: head 0 gets channels $0 \dots C/n - 1$, head 1 the
+# next $C/n$, and so on. Write `split_heads(x, num_heads)`: $(B, N, C) \to (B, n, N, C/n)$, so that
+# `split_heads(x, n)[:, i]` holds head $i$ of every token.
 
 # %%
-def attention_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Softmax(Q K^T / sqrt(C)) over the last dimension (eq. 9)."""
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, N, C) -> (B, heads, N, C / heads); head i holds channels i*C/heads ... (i+1)*C/heads - 1."""
     # YOUR CODE HERE
     raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
 
 
 # %%
-checks.check_attention_weights(attention_weights)
+checks.check_split_heads(split_heads)
 
 # %% [markdown]
-# **Exercise 2.** Write the forward pass of a single-head attention block (eq. 8-10): normalise, make
-# q, k and v with the 1×1 convolutions, flatten the pixels to tokens, weight the values, reshape back,
-# project with `proj_out` and add the input. You may use your `attention_weights`.
+# **Exercise 2 (a variant of what the walkthrough built).** Write multi-head attention on tokens:
+# `multi_head_attention(q, k, v, num_heads)` takes $(B, N, C)$ queries, keys and values, lets every head
+# attend on its own with eq. 9's softmax scaled by its own width, $\sqrt{C/n}$, and returns the heads'
+# outputs put back side by side, $(B, N, C)$, channels in the same order as the input's. You may use
+# your `split_heads`, `blocks.attention_weights` or `F.scaled_dot_product_attention`.
 
 # %%
-class MyAttnBlock(nn.Module):
-    def __init__(self, channels: int, num_groups: int = 32):
-        super().__init__()
-        self.norm = blocks.group_norm(channels, num_groups)
-        self.q = nn.Conv2d(channels, channels, 1)
-        self.k = nn.Conv2d(channels, channels, 1)
-        self.v = nn.Conv2d(channels, channels, 1)
-        self.proj_out = nn.Conv2d(channels, channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # YOUR CODE HERE
-        raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
+def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, N, C) queries, keys, values -> (B, N, C): eq. 9-10's weighting done per head of C / num_heads channels."""
+    # YOUR CODE HERE
+    raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
 
 
 # %%
-checks.check_attn_block(MyAttnBlock)
+checks.check_multi_head_attention(multi_head_attention)
 
 # %% [markdown]
-# **Going further (no check).** Time `MyAttnBlock` against `blocks.AttnBlock` at 32×32 and 64×64 maps.
-# Where does the difference come from?
+# With your function, the package's 4-head block is eq. 8, your attention, and eq. 10:
+
+# %%
+try:
+    hn = multi.norm(h)
+    q4, k4, v4 = (conv(hn).flatten(2).transpose(1, 2) for conv in (multi.q, multi.k, multi.v))  # (B, HW, C)
+    mixed = multi_head_attention(q4, k4, v4, 4).transpose(1, 2).reshape(h.shape)  # (B, HW, C) -> (B, C, H, W)
+    torch.testing.assert_close(h + multi.proj_out(mixed), multi(h))
+    print("eq. 8 + your multi_head_attention + eq. 10 == blocks.AttnBlock(C, num_heads=4)")
+except NotImplementedError:
+    print("finish exercises 1 and 2 to see this comparison")
+
+# %% [markdown]
+# **Exercise 3 (predict, then measure).** Shuffle the $H \cdot W$ pixels of a feature map with a random
+# permutation, run a block, and put the output's pixels back in their original order. *Before running
+# anything, write down your prediction* for two blocks: the attention block `package` from the
+# walkthrough, and a $3\times3$ convolution. Will the result equal the block's output on the unshuffled map
+# (up to float rounding), differ a little, or differ completely?
+#
+# To measure it, write `shuffle_pixels(x, perm)`: for $x$ of shape $(B, C, H, W)$ and a permutation
+# `perm` of $0 \dots HW - 1$, output pixel $i$ (in row-major order) is input pixel `perm[i]`, the same for
+# every sample and channel. Putting pixels back is then a shuffle by the inverse permutation,
+# `torch.argsort(perm)`.
+
+# %%
+def shuffle_pixels(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H, W): output pixel i (row-major) is input pixel perm[i]."""
+    # YOUR CODE HERE
+    raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
+
+
+# %%
+checks.check_shuffle_pixels(shuffle_pixels)
+
+# %%
+perm = torch.randperm(h.shape[-2] * h.shape[-1])
+conv3 = nn.Conv2d(C, C, 3, padding=1)
+try:
+    with torch.no_grad():
+        for name, block in [("attention block", package), ("3x3 convolution", conv3)]:
+            direct = block(h)
+            round_trip = shuffle_pixels(block(shuffle_pixels(h, perm)), torch.argsort(perm))
+            gap = (round_trip - direct).abs().max() / direct.abs().max()
+            print(f"{name:>16}: largest |shuffled round trip - direct| = {gap:.1e} of the output's scale")
+except NotImplementedError:
+    print("finish exercise 3 to see this measurement")
+
+# %% [markdown]
+# Compare with your prediction. What does the result say about how much an attention block knows about
+# *where* a pixel is? The FFTD Transformer of chapter 08 works on tokens too, and adds position
+# embeddings to them: this measurement is the reason.
+#
+# ## Going further
+#
+# No checks here: questions to explore with the code above.
+#
+# - **Heads and sharpness.** Repeat the entropy measurement of the $\sqrt{C}$ section per head, with
+#   $C = 256$ split into 1, 4 and 16 heads. Do more heads make each head's attention sharper or flatter?
+# - **Which head looks where?** Give `blocks.AttnBlock(C, num_heads=4)` the colour features of the
+#   "What does a pixel attend to?" section in one head and zeros in the others. What do the other heads'
+#   attention maps look like, and why?
+# - **Memory at the paper's scale.** With batch 16 and 4 heads in bfloat16, at which resolution would
+#   the explicit $W$ of one attention layer outgrow an 80 GB GPU? What does the fused kernel change?
+# - **Positions.** Add a fixed sinusoidal position embedding to `h` before the attention block and
+#   repeat exercise 3's measurement. What changes, and where does the embedding have to go for the
+#   round trip to break?
 #
 # ## Summary
 #
 # - Self-attention (eq. 8-10) mixes information between all pixels in one step; its weights are a
 #   softmax of scaled dot products, and `F.scaled_dot_product_attention` computes the same numbers.
-# - The `1/sqrt(C)` scaling keeps the softmax from saturating as the channel count grows.
-# - Its cost grows with the square of the number of pixels: cheap at 16×16, prohibitive at 256×256, which
-#   is why the paper (and VQGAN before it) puts attention only at low resolutions.
-# - The paper's equations are single-head; so is our default.
+# - The $1/\sqrt{C}$ scaling keeps the softmax from saturating as the channel count grows.
+# - Its cost grows with the square of the number of pixels: cheap at $16\times16$, prohibitive at
+#   $256\times256$, which is why the paper (and VQGAN before it) puts attention only at low resolutions.
+# - The paper's equations are single-head; so is our default. The multi-head reading splits the
+#   channels into heads, each scaled by its own width (E17).
+# - Attention alone does not know where a pixel is: shuffling the pixels commutes with it (measured in
+#   exercise 3).
 #
 # Next: chapter 03 turns the encoder's output into codebook entries: vector quantization.
+
+# %%
+print(f"chapter ran in {fftd_course.chapter_seconds():.1f} s on {device}")

@@ -89,15 +89,119 @@ def gn_batch_stats(x, groups, weight, bias, eps=1e-6):  # statistics over the ba
     return ((g - mean) / torch.sqrt(var + eps)).reshape(b, c, h, w) * weight.view(1, c, 1, 1) + bias.view(1, c, 1, 1)
 
 
-class NoResidualAttn(blocks.AttnBlock):
-    def forward(self, x):
-        return super().forward(x) - x
+def standardize_loop(x):  # an independent answer, channel by channel
+    out = torch.empty_like(x)
+    for c in range(x.shape[1]):
+        ch = x[:, c]
+        out[:, c] = (ch - ch.mean()) / (ch - ch.mean()).pow(2).mean().sqrt()
+    return out
+
+
+def standardize_per_image(x):  # statistics per image and channel
+    return (x - x.mean(dim=(2, 3), keepdim=True)) / x.std(dim=(2, 3), keepdim=True, unbiased=False)
+
+
+def standardize_unbiased(x):
+    return (x - x.mean(dim=(0, 2, 3), keepdim=True)) / x.std(dim=(0, 2, 3), keepdim=True)
+
+
+def standardize_mean_only(x):
+    return x - x.mean(dim=(0, 2, 3), keepdim=True)
+
+
+def standardize_whole_batch(x):  # one mean and std for all channels
+    return (x - x.mean()) / x.std(unbiased=False)
+
+
+def pixels_loop(x):
+    c, h, w = x.shape
+    out = torch.empty(h, w, c, dtype=torch.uint8)
+    for i in range(c):
+        out[:, :, i] = torch.round((x[i] + 1) * 255 / 2).to(torch.uint8)
+    return out
+
+
+def pixels_view(x):  # the scrambled picture
+    c, h, w = x.shape
+    return ((x + 1) * 127.5).round().view(h, w, c).to(torch.uint8)
+
+
+def pixels_truncated(x):  # no rounding
+    return ((x + 1) * 127.5).permute(1, 2, 0).to(torch.uint8)
+
+
+def pixels_float(x):  # right values, wrong dtype
+    return ((x + 1) * 127.5).round().permute(1, 2, 0)
+
+
+def pixels_chw(x):  # channels still first
+    return ((x + 1) * 127.5).round().to(torch.uint8)
+
+
+def heads_loop(x, n):  # an independent answer: slice the channels head by head
+    d = x.shape[-1] // n
+    return torch.stack([x[..., i * d:(i + 1) * d] for i in range(n)], dim=1)
+
+
+def heads_view_only(x, n):  # reshapes straight to (B, n, N, d): mixes tokens and channels
+    b, t, c = x.shape
+    return x.reshape(b, n, t, c // n)
+
+
+def heads_interleaved(x, n):  # head i gets channels i, i + n, i + 2n, ...
+    b, t, c = x.shape
+    return x.view(b, t, c // n, n).permute(0, 3, 1, 2)
+
+
+def heads_not_moved(x, n):  # (B, N, n, d): right groups, wrong axis order
+    b, t, c = x.shape
+    return x.view(b, t, n, c // n)
+
+
+def mha_loop(q, k, v, n):
+    d = q.shape[-1] // n
+    outs = []
+    for i in range(n):
+        qi, ki, vi = (t[..., i * d:(i + 1) * d] for t in (q, k, v))
+        outs.append(torch.softmax(qi @ ki.transpose(-2, -1) / d ** 0.5, dim=-1) @ vi)
+    return torch.cat(outs, dim=-1)
+
+
+def mha_full_width_scale(q, k, v, n):  # scales every head by sqrt(C) instead of sqrt(C / n)
+    return mha_loop(q * (1 / n) ** 0.5, k, v, n)
+
+
+def mha_bad_merge(q, k, v, n):  # heads merged without moving the head axis back
+    heads = F.scaled_dot_product_attention(heads_loop(q, n), heads_loop(k, n), heads_loop(v, n))
+    return heads.reshape(q.shape[0], q.shape[1], -1)
+
+
+def mha_single_head(q, k, v, n):  # ignores num_heads
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def shuffle_loop(x, perm):
+    flat = x.flatten(2)
+    return torch.stack([flat[..., int(p)] for p in perm], dim=-1).reshape(x.shape)
+
+
+def shuffle_scatter(x, perm):  # the inverse permutation
+    flat = x.flatten(2)
+    out = torch.empty_like(flat)
+    out[..., perm] = flat
+    return out.reshape(x.shape)
+
+
+def shuffle_rows_only(x, perm):  # permutes along one axis only (and crashes where perm is longer)
+    return x[..., perm % x.shape[-1]]
 
 
 CASES = [
     # check, correct answer, wrong answers
     (checks.check_to_unit_range, viz.to_unit_range, [lambda x: x + 1, lambda x: (x + 1) / 2 + 1e-3]),
-    (checks.check_channel_mean, lambda x: x.mean(dim=(0, 2, 3)), [lambda x: x.mean(dim=(2, 3)), lambda x: x.mean(dim=(0, 1, 2))]),
+    (checks.check_standardize_channels, standardize_loop,
+     [standardize_per_image, standardize_unbiased, standardize_mean_only, standardize_whole_batch]),
+    (checks.check_to_pixels, pixels_loop, [pixels_view, pixels_truncated, pixels_float, pixels_chw]),
     (checks.check_swish_derivative, lambda x: torch.sigmoid(x) * (1 + x * (1 - torch.sigmoid(x))),
      [torch.sigmoid, lambda x: torch.sigmoid(x) * (1 - torch.sigmoid(x)), lambda x: x * torch.sigmoid(x),
       swish_grad_autograd]),
@@ -105,9 +209,9 @@ CASES = [
      [SingleUnitNoSkip, SingleUnitConvFirst, SingleUnitPlainSkip, SingleUnitRelu, RenamedSingleUnit]),
     (checks.check_group_norm, lambda x, groups, w, b, eps: F.group_norm(x, groups, w, b, eps),
      [gn_interleaved, gn_unbiased, gn_no_affine, gn_batch_stats]),
-    (checks.check_attention_weights, blocks.attention_weights,
-     [lambda q, k: torch.softmax(q @ k.transpose(-2, -1), -1), lambda q, k: torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, -2)]),
-    (checks.check_attn_block, blocks.AttnBlock, [NoResidualAttn]),
+    (checks.check_split_heads, heads_loop, [heads_view_only, heads_interleaved, heads_not_moved]),
+    (checks.check_multi_head_attention, mha_loop, [mha_full_width_scale, mha_bad_merge, mha_single_head]),
+    (checks.check_shuffle_pixels, shuffle_loop, [shuffle_scatter, shuffle_rows_only]),
 ]
 
 test_reference_passes_wrong_fails_stub_not_attempted, test_strict_mode_raises_on_every_wrong_answer = contract_tests(
@@ -126,6 +230,9 @@ def test_failure_messages_say_what_differs(lenient_env):
     assert "output" in msg and "hint" in msg
     msg = checks.check_single_unit_resblock(RenamedSingleUnit).message
     assert "named" in msg
+    msg = checks.check_standardize_channels(lambda x: x.mean(dim=(2, 3))).message
+    assert "shape" in msg
+    assert "uint8" in checks.check_to_pixels(pixels_float).message
     msg = checks.check_swish_derivative(lambda x: 1 / 0).message
     assert "ZeroDivisionError" in msg
     assert "autograd" in checks.check_swish_derivative(swish_grad_autograd).message

@@ -4,9 +4,9 @@ See :mod:`fftd_course.checks.core` for how checks behave in notebooks and under 
 Each chapter's checks live in ``chNN.py``; all are importable from here.
 """
 
-from .ch00 import check_channel_mean, check_to_unit_range
+from .ch00 import check_standardize_channels, check_to_pixels, check_to_unit_range
 from .ch01 import check_group_norm, check_single_unit_resblock, check_swish_derivative
-from .ch02 import check_attention_weights, check_attn_block
+from .ch02 import check_multi_head_attention, check_shuffle_pixels, check_split_heads
 from .ch03 import check_ema_codebook_step, check_perplexity, check_tiny_code_winner, check_vq_straight_through
 from .ch04 import check_adaptive_weight, check_generator_loss, check_hinge_d_loss
 from .ch05 import check_reconstruct, check_training_step
@@ -15,9 +15,9 @@ from .core import CheckResult, ExerciseFailed, lenient, run_check
 
 __all__ = [
     "CheckResult", "ExerciseFailed", "lenient", "run_check",
-    "check_to_unit_range", "check_channel_mean",
+    "check_to_unit_range", "check_standardize_channels", "check_to_pixels",
     "check_swish_derivative", "check_single_unit_resblock", "check_group_norm",
-    "check_attention_weights", "check_attn_block",
+    "check_split_heads", "check_multi_head_attention", "check_shuffle_pixels",
     "check_perplexity", "check_tiny_code_winner", "check_ema_codebook_step", "check_vq_straight_through",
     "check_hinge_d_loss", "check_generator_loss", "check_adaptive_weight",
     "check_reconstruct", "check_training_step",

@@ -1,42 +1,74 @@
-"""Checks for chapter 02 (self-attention, eq. 8-10)."""
+"""Checks for chapter 02 (self-attention, eq. 8-10): heads of the multi-head reading (E17), shuffled pixels."""
 
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
-from torch import nn
+import torch.nn.functional as F
 
-from ..blocks import AttnBlock, attention_weights
-from .ch01 import _compare_module
 from .core import CheckFailure, CheckResult, compare, fresh_seed, run_check
 
 
-def check_attention_weights(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> CheckResult:
-    """``fn(q, k)`` returns ``Softmax(Q K^T / sqrt(C))`` (eq. 9) for ``(..., N, C)`` inputs."""
+def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    # Hidden reference: (B, N, C) -> (B, heads, N, C / heads), heads made of neighbouring channels.
+    return x.unflatten(-1, (num_heads, x.shape[-1] // num_heads)).transpose(1, 2)
+
+
+def check_split_heads(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> CheckResult:
+    """``fn(x, num_heads)``: ``(B, N, C) -> (B, heads, N, C / heads)``, head ``i`` holding channels ``i*C/heads ...``."""
 
     def trial() -> None:
         g = torch.Generator().manual_seed(fresh_seed())
-        for shape_q, shape_k in [((5, 4), (5, 4)), ((2, 16, 8), (2, 16, 8)), ((3, 1, 6, 32), (3, 1, 9, 32))]:
-            q, k = torch.randn(shape_q, generator=g) * 2, torch.randn(shape_k, generator=g) * 2
-            w = fn(q, k)
-            compare(w, attention_weights(q, k), f"attention weights for q {shape_q}, k {shape_k}")
-            if not torch.allclose(w.sum(-1), torch.ones(w.shape[:-1]), atol=1e-5):
-                raise CheckFailure("each row of the weights must sum to 1 (softmax over the keys, the last dim)")
+        for shape, heads in [((2, 5, 8), 2), ((1, 16, 12), 3), ((3, 4, 32), 8), ((2, 3, 6), 1)]:
+            # channel c of token t holds 100 t + c, so that a wrong split shows which value went where
+            x = torch.randn(shape, generator=g) * 0.01 + (100 * torch.arange(shape[1]).view(1, -1, 1)
+                                                          + torch.arange(shape[2]).view(1, 1, -1))
+            compare(fn(x.clone(), heads), _split_heads(x, heads), f"split_heads of a {shape} input into {heads} heads")
 
-    return run_check("attention_weights", trial,
-                     hint="scores = q @ k.transpose(-2, -1) / sqrt(C), then softmax over the last dimension.")
+    return run_check("split_heads", trial,
+                     hint="the input's values are 100 * token + channel: look at which channels landed in head 0. "
+                          "A reshape only regroups the LAST dimension's neighbours; the head axis must then move "
+                          "in front of the tokens.")
 
 
-def check_attn_block(cls: type[nn.Module]) -> CheckResult:
-    """``cls(channels, num_groups=...)`` behaves like single-head :class:`fftd_course.blocks.AttnBlock`."""
+def _multi_head(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
+    out = F.scaled_dot_product_attention(_split_heads(q, num_heads), _split_heads(k, num_heads), _split_heads(v, num_heads))
+    return out.transpose(1, 2).flatten(2)
+
+
+def check_multi_head_attention(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]) -> CheckResult:
+    """``fn(q, k, v, num_heads)`` on ``(B, N, C)`` tokens equals the multi-head reading of eq. 9-10 (E17)."""
 
     def trial() -> None:
-        torch.manual_seed(fresh_seed())
-        for c, size in [(8, (4, 4)), (16, (3, 5)), (32, (8, 8))]:
-            x = torch.randn(2, c, *size)
-            _compare_module(cls(c, num_groups=4), AttnBlock(c, num_groups=4), x, f"AttnBlock({c}) on a {tuple(x.shape)} input")
+        g = torch.Generator().manual_seed(fresh_seed())
+        for b, n, m, c, heads in [(2, 6, 6, 8, 2), (1, 16, 9, 32, 4), (3, 5, 7, 12, 3), (2, 4, 4, 16, 1)]:
+            q = torch.randn(b, n, c, generator=g) * 2
+            k, v = torch.randn(b, m, c, generator=g) * 2, torch.randn(b, m, c, generator=g)
+            got = fn(q.clone(), k.clone(), v.clone(), heads)
+            compare(got, _multi_head(q, k, v, heads), f"{heads}-head attention of {n} queries over {m} keys, C = {c}")
 
-    return run_check("AttnBlock.forward", trial,
-                     hint="normalise, 1x1 q/k/v, flatten pixels to (B, HW, C), weights @ v, back to (B, C, H, W), "
-                          "proj_out, and add the input.")
+    return run_check("multi_head_attention", trial,
+                     hint="three places to look: which width scales each head's scores (eq. 9 with the head's own "
+                          "channels), whether the softmax runs over the keys, and whether the heads come back "
+                          "side by side in the order split_heads took them apart.")
+
+
+def check_shuffle_pixels(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> CheckResult:
+    """``fn(x, perm)``: output pixel ``i`` (row-major over ``H, W``) is input pixel ``perm[i]``, for every sample and channel."""
+
+    def trial() -> None:
+        g = torch.Generator().manual_seed(fresh_seed())
+        for shape in [(2, 3, 4, 4), (1, 5, 3, 7), (3, 2, 1, 6)]:
+            x = torch.randn(shape, generator=g)
+            perm = torch.randperm(shape[2] * shape[3], generator=g)
+            want = x.flatten(2)[:, :, perm].reshape(shape)
+            got = fn(x.clone(), perm.clone())
+            compare(got, want, f"shuffle_pixels of a {shape} input")
+            if not torch.equal(fn(x, torch.arange(shape[2] * shape[3])), x):
+                raise CheckFailure("the identity permutation must leave x unchanged")
+
+    return run_check("shuffle_pixels", trial,
+                     hint="does your output pixel i read from perm[i] (gather), or does input pixel i get written "
+                          "to perm[i] (scatter)? Those are inverse permutations. And the pixels are the last TWO "
+                          "dimensions together.")
