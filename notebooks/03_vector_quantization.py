@@ -479,7 +479,8 @@ checks.check_perplexity(perplexity)
 
 # %% [markdown]
 # **Exercise 2 (predict, then measure).** Plain VQ starts from taming's codebook, uniform in
-# $[-1/K, 1/K]^D$, while a fresh encoder's outputs have norms of order 1 (section 4 printed both).
+# $[-1/K, 1/K]^D$, while a fresh encoder's outputs are many times longer (section 4 printed
+# the ratio).
 # *Before running anything, write down your prediction:* which codes win the $\arg\min$? All of them
 # about equally, a random few, the ones nearest the origin, or some other set?
 #
