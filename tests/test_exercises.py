@@ -16,7 +16,9 @@ from it) and reports
     that says "Going further", before the summary);
 (c) a code cell longer than :data:`MAX_CELL_LINES` lines (blank lines at its ends not counted);
 (d) test machinery in a chapter's code cells: ``set_num_threads`` or ``perf_counter`` (threads and the
-    chapter clock belong to ``fftd_course.setup_chapter``).
+    chapter clock belong to ``fftd_course.setup_chapter``, measurements to ``fftd_course.timing``);
+(e) a chapter whose first code cell does not call ``fftd_course.setup_chapter(...)`` or whose last code cell
+    does not print ``fftd_course.chapter_seconds()``.
 
 Each rule is also shown to fail on a small planted violation.
 """
@@ -199,6 +201,17 @@ def machinery(text: str) -> list[str]:
     return problems
 
 
+def setup_problems(text: str) -> list[str]:
+    """Rule (e): the one setup call opens the chapter and its clock closes it."""
+    code = [c for c in cells(text) if c.kind == "code"]
+    problems = []
+    if not code or "fftd_course.setup_chapter(" not in "\n".join(code[0].lines):
+        problems.append("the first code cell does not call fftd_course.setup_chapter(...)")
+    if not code or "chapter_seconds()" not in "\n".join(code[-1].lines):
+        problems.append("the last code cell does not print fftd_course.chapter_seconds()")
+    return problems
+
+
 def _checks_source(chapter: Path) -> str:
     module = ROOT / "fftd_course" / "checks" / f"ch{chapter.name[:2]}.py"
     return module.read_text(encoding="utf-8") if module.exists() else ""
@@ -233,6 +246,12 @@ def test_code_cells_are_short(chapter):
 def test_no_thread_or_timer_code_in_chapters(chapter):
     problems = machinery(chapter.read_text(encoding="utf-8"))
     assert not problems, f"{chapter.name}:\n  " + "\n  ".join(problems)
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=ids)
+def test_setup_call_first_and_clock_last(chapter):
+    problems = setup_problems(chapter.read_text(encoding="utf-8"))
+    assert not problems, f"{chapter.name}: " + "; ".join(problems)
 
 
 # ---- each rule fails on a planted violation --------------------------------------------------------------
@@ -322,3 +341,11 @@ def test_planted_machinery_is_found():
     problems = machinery(PLANTED + "\n# %%\ntorch.set_num_threads(1)  # quiet\n\n# %% [markdown]\n# perf_counter in prose is fine\n")
     assert len(problems) == 2
     assert "perf_counter" in problems[0] and "set_num_threads" in problems[1]
+
+
+def test_planted_missing_setup_and_clock_are_found():
+    assert setup_problems(PLANTED) == ["the first code cell does not call fftd_course.setup_chapter(...)",
+                                       "the last code cell does not print fftd_course.chapter_seconds()"]
+    good = ("# %%\ndevice = fftd_course.setup_chapter(seed=0)\n\n" + PLANTED
+            + '\n# %%\nprint(f"chapter ran in {fftd_course.chapter_seconds():.1f} s")\n')
+    assert setup_problems(good) == []
