@@ -480,15 +480,17 @@ ax.set_title(f"channel gate, mean and std over {len(wc)} held-out samples (a fre
 plt.show()
 
 # %%
-fig, axes = plt.subplots(2, 5, figsize=(9, 3.8))
+fig, axes = plt.subplots(2, 5, figsize=(9.5, 4.2))
 for i in range(5):
     axes[0, i].imshow(test_mask[i], cmap="gray", vmin=0, vmax=1)
-    axes[1, i].imshow(ws[i], cmap="magma", vmin=0, vmax=1)
-    axes[1, i].set_xlabel(f"min {ws[i].min():.2f}, max {ws[i].max():.2f}", fontsize=8)
+    im = axes[1, i].imshow(ws[i], cmap="magma", vmin=0, vmax=1)
+    on = test_mask[i].bool()
+    axes[1, i].set_xlabel(f"object {ws[i][on].mean():.2f}\nrest {ws[i][~on].mean():.2f}", fontsize=8)
     for ax in axes[:, i]:
         ax.set_xticks([]), ax.set_yticks([])
 axes[0, 0].set_ylabel("object in x2"), axes[1, 0].set_ylabel("w_spatial")
 fig.suptitle("spatial gate on the 4x4 grid, five held-out samples", fontsize=10)
+fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="weight")
 plt.show()
 on_object = ws[test_mask.bool()].mean().item()
 print(f"mean spatial weight on object tokens {on_object:.3f}, elsewhere {ws[~test_mask.bool()].mean().item():.3f}; "
