@@ -363,12 +363,16 @@ print(f"channel weights: all exactly 0.5? {bool((wc == 0.5).all())}; spatial wei
 mean_of_normalised = (F.layer_norm(x1, (D,)) + F.layer_norm(x2, (D,))) / 2
 torch.testing.assert_close(out, mean_of_normalised)
 print("a fresh AdaptiveFusion returns (LayerNorm(x1) + LayerNorm(x2)) / 2 for these inputs")
+with torch.no_grad():
+    change = (fresh(100 * x1, x2) - out).abs().max().item()
+print(f"scaling x1 by 100 changes its output by at most {change:.1e}")
 
 # %% [markdown]
 # Since $\sigma(0) = 0.5$ whatever the pooled statistics, a fresh fusion is the **mean of the normalised inputs**:
 # it passes both streams on in equal parts, and training moves the gates away from one half only where that
-# helps (as Hourglass DiT's learnable skip interpolation, which also starts at 0.5). The LayerNorms matter even
-# here: the output has unit scale per token whatever the scale of the inputs.
+# helps, like the learnable skip interpolation of Hourglass DiT, which also starts at 0.5 (`TokenSplit` in
+# [k-diffusion's `image_transformer_v2.py`](https://github.com/crowsonkb/k-diffusion/blob/master/k_diffusion/models/image_transformer_v2.py)).
+# The LayerNorms matter even here: a fresh fusion does not care how large either input is (Add and Concat would).
 #
 # Table 9 of the paper compares AdaptiveFusion with two plain fusions: **Add**, $x_1 + x_2$, and **Concat**,
 # $\mathrm{Linear}(x_1 \Vert x_2)$ with $2D \to D$, which the package starts at the mean $(x_1 + x_2)/2$. What
@@ -376,12 +380,16 @@ print("a fresh AdaptiveFusion returns (LayerNorm(x1) + LayerNorm(x2)) / 2 for th
 
 # %%
 PAPER_TABLE_9 = {"add": 9.54e6, "concat": 11.49e6, "adaptive": 14.98e6}   # parameters, from the paper
+whole = {}
 print(f"{'fusion':<9} {'one fusion':>11} {'x 7':>11} {'FFTD (ours)':>12} {'Table 9':>9}")
 for kind in ("add", "concat", "adaptive"):
     with torch.device("meta"):  # counts shapes only: no memory, no time
         one = sum(p.numel() for p in fusion.make_fusion(kind, D_PAPER).parameters())
-        whole = fftd.count_parameters(fftd.FFTD(fftd.get_config("paper", fusion=kind)))
-    print(f"{kind:<9} {one:>11,} {7 * one:>11,} {whole / 1e6:>11.2f}M {PAPER_TABLE_9[kind] / 1e6:>8.2f}M")
+        whole[kind] = fftd.count_parameters(fftd.FFTD(fftd.get_config("paper", fusion=kind)))
+    print(f"{kind:<9} {one:>11,} {7 * one:>11,} {whole[kind] / 1e6:>11.2f}M {PAPER_TABLE_9[kind] / 1e6:>8.2f}M")
+for kind in ("concat", "adaptive"):
+    print(f"{kind} - add: ours {(whole[kind] - whole['add']) / 1e6:.2f}M, "
+          f"Table 9 {(PAPER_TABLE_9[kind] - PAPER_TABLE_9['add']) / 1e6:.2f}M")
 
 # %%
 with torch.device("meta"):
@@ -393,8 +401,8 @@ print(f"  {'s':<13} {adaptive.s.numel():>8,}")
 # %% [markdown]
 # Most of an AdaptiveFusion's parameters sit in the first 3×3 convolution of the spatial gate ($2D \cdot D/4 \cdot 9$)
 # and in eq. 25's linear map; the channel gate, with its $D/16$ bottleneck, is small. Our whole-model counts
-# differ from Table 9's because the paper prints no widths (chapter 08 compares every variant); the *order*
-# Add < Concat < Adaptive is the same.
+# differ from Table 9's because the paper prints no widths (chapter 08 compares every variant); the order
+# Add < Concat < Adaptive is the same, and the steps between them are of the same order (printed above).
 #
 # Table 8's "neither fusion nor multi-resolution" row and Table 9's "Add" row print the same FID to two
 # decimals on both data sets, although the two models differ ([E15](../docs/ERRATA.md#e15)); that is one reason
@@ -443,18 +451,18 @@ def train_fusion(kind: str, steps: int = 400, seed: int = 0) -> tuple[nn.Module,
     """Fit a fresh fusion of ``kind`` to the toy task; returns it and its test MSE before and after."""
     torch.manual_seed(seed)
     m = fusion.make_fusion(kind, D_TOY)
-    test_mse = lambda: F.mse_loss(m(test_x1, test_x2), test_target).item()
     with torch.no_grad():
-        before = test_mse()
-    opt = torch.optim.Adam(m.parameters(), lr=1e-2) if any(True for _ in m.parameters()) else None
-    for _ in tqdm(range(steps if opt else 0), desc=f"{kind} fusion", leave=False):
+        before = F.mse_loss(m(test_x1, test_x2), test_target).item()
+    params = list(m.parameters())
+    opt = torch.optim.Adam(params, lr=1e-2) if params else None
+    for _ in tqdm(range(steps if params else 0), desc=f"{kind} fusion", leave=False):
         idx = torch.randint(0, len(train_x1), (128,))
         loss = F.mse_loss(m(train_x1[idx], train_x2[idx]), train_target[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        return m, before, test_mse()
+        return m, before, F.mse_loss(m(test_x1, test_x2), test_target).item()
 
 
 trained = {}
