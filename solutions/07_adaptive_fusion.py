@@ -45,12 +45,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+import fftd_course
 from fftd_course import checks, data, diffusion, fftd, fusion
 
-torch.manual_seed(0)
-# Every tensor in this chapter is tiny (at most 128 x 16 x 64 numbers); on a shared CPU, splitting such work over
-# threads costs more than it saves, so the chapter uses one thread. It runs on the CPU whatever the machine has.
-torch.set_num_threads(1)
+# Every tensor in this chapter is tiny (at most 128 x 16 x 64 numbers): one CPU thread is faster than several
+# that wait for each other, and the chapter keeps its tensors on the CPU whatever the machine has.
+fftd_course.setup_chapter(seed=0, threads=1)
 
 # %% [markdown]
 # ## 1. Where FFTD fuses, and on what
@@ -667,3 +667,6 @@ checks.check_fuse_fixed(fuse_fixed)
 #   neither Add nor Concat can do.
 #
 # Next, chapter 08 builds the FFTD block and the hourglass around this fusion.
+
+# %%
+print(f"chapter 07 ran in {fftd_course.chapter_seconds():.0f} s")
