@@ -241,11 +241,11 @@ print(f"the block in cells equals fftd.FFTDBlock: output {tuple(by_hand.shape)};
 
 # %% [markdown]
 # > **What the paper says / what we chose (`docs/ERRATA.md` E13).** The paper names the two inputs of the
-# > in-block fusion but not the block. Run **in sequence** (attention, then MLP on its output, as in ViT and
-# > DiT), the MLP's output already contains the attention's, and there would be nothing separate left to
-# > fuse. So the branches run **in parallel** on the same normalised input (as in GPT-J or PaLM's parallel
-# > blocks), each conditioned on $t$ and $y$ by DiT's **adaLN-Zero**, and their fusion is added to the
-# > residual stream.
+# > in-block fusion but not the block. Run **in sequence** (as in ViT and DiT), the MLP would read a residual
+# > stream that already holds the attention's output: the two would not be separate views of one input,
+# > and the fusion would need an extra copy kept aside. So the branches run **in parallel** on the same
+# > normalised input (as in GPT-J's and PaLM's parallel blocks), each conditioned on $t$ and $y$ by DiT's
+# > **adaLN-Zero**, and their fusion is added to the residual stream.
 #
 # Why does a block start as the identity? In a fresh model every gate is zero, so $a = m = 0$ whatever the
 # input, and each fusion maps two zeros to zero: Add trivially, Concat because its bias starts at zero, and
@@ -613,7 +613,8 @@ checks.check_fftd_forward(fftd_forward)
 #   (DiT's order) and fuse `(a, m)` as before. Is a fresh block still the identity? Overfit the three latents
 #   of section 7 with both blocks and compare the loss curves; then think about what the fusion can still add.
 # - *Where does the gate go?* Move each gate $\alpha$ outside the fusion, $x + \alpha \odot \mathrm{Fuse}(\dots)$,
-#   with one gate per block. Predict which fusions still start as the identity, then check.
+#   with one gate per block. Predict whether every fusion kind still starts as the identity, and which
+#   parameters get a gradient in the first steps (section 5); then check.
 # - *modulate with `scale` instead of `1 + scale`.* With adaLN-Zero, is a fresh block still the identity?
 #   Which gradients are zero at the first steps (compare with the table of section 5), and what does that do
 #   to training?
