@@ -81,7 +81,8 @@ print(f"device: {device}; the CPU toy configuration:\n{toy}")
 z = torch.randn(2, 4, 4, 4)  # (B, C, H, W): two latents
 for p in (1, 2, 4):
     tokens = fftd.patchify(z, p)
-    print(f"p = {p}: {tuple(z.shape)} -> tokens {tuple(tokens.shape)}: {tokens.shape[1]} tokens of {tokens.shape[2]} numbers")
+    n = tokens.shape[1]
+    print(f"p = {p}: {tuple(z.shape)} -> tokens {tuple(tokens.shape)}: {n} token{'s' * (n > 1)} of {tokens.shape[2]} numbers")
 # With p = 1 each token is one latent position: its C channels.
 torch.testing.assert_close(fftd.patchify(z, 1)[:, 5], z[:, :, 1, 1])  # token 5 = row 1, column 1
 print("p = 1: token 5 holds the 4 channels of position (row 1, column 1)")
