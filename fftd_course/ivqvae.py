@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from .blocks import AttnBlock, Downsample, ResBlock, Upsample, group_norm, swish
-from .quantize import FiniteScalarQuantizer, Quantizer, QuantizerOutput, VectorQuantizer
+from .quantize import FiniteScalarQuantizer, Quantizer, QuantizerOutput, VectorQuantizer, fsq_levels_for
 
 __all__ = ["IVQVAEConfig", "CONFIGS", "get_config", "Encoder", "Decoder", "IVQVAE", "count_parameters"]
 
@@ -52,8 +52,15 @@ class IVQVAEConfig:
 
     Quantizer fields: ``quantizer`` is ``"vq"`` (:class:`~fftd_course.quantize.VectorQuantizer` with
     ``num_codes``, ``beta``, ``l2_normalize``, ``kmeans_init``, ``replace_dead_codes``, ``usage_window``)
-    or ``"fsq"`` (:class:`~fftd_course.quantize.FiniteScalarQuantizer` with ``fsq_levels``, whose product must
-    equal ``num_codes`` and whose length must equal ``z_channels``).
+    or ``"fsq"`` (:class:`~fftd_course.quantize.FiniteScalarQuantizer`). ``num_codes`` is the code count for
+    both: with FSQ, ``fsq_levels`` left at ``None`` is derived from it
+    (:func:`~fftd_course.quantize.fsq_levels_for`: 16384 codes in 4 channels give ``(16, 16, 8, 8)``, the toys'
+    256 give ``(4, 4, 4, 4)``), so ``get_config(name, quantizer="fsq")`` works for every named configuration;
+    explicit ``fsq_levels`` must multiply to ``num_codes`` and have ``z_channels`` entries.
+
+    The collapse fixes (``l2_normalize``, ``kmeans_init``, ``replace_dead_codes``) are **on** here and in every
+    named configuration, while :class:`~fftd_course.quantize.VectorQuantizer` itself defaults to plain VQ (all
+    off), so that chapter 03 can show the collapse they fix.
     """
 
     resolution: int = 256
@@ -72,7 +79,7 @@ class IVQVAEConfig:
     kmeans_init: bool = True
     replace_dead_codes: bool = True
     usage_window: int | None = None
-    fsq_levels: tuple[int, ...] = (16, 16, 8, 8)
+    fsq_levels: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.ch_mult or any(m <= 0 for m in self.ch_mult):
@@ -89,6 +96,8 @@ class IVQVAEConfig:
         if self.quantizer not in ("vq", "fsq"):
             raise ValueError(f"quantizer must be 'vq' or 'fsq', got {self.quantizer!r}")
         if self.quantizer == "fsq":
+            if self.fsq_levels is None:  # frozen dataclass: set the derived field once, here
+                object.__setattr__(self, "fsq_levels", fsq_levels_for(self.num_codes, self.z_channels))
             if len(self.fsq_levels) != self.z_channels:
                 raise ValueError(f"FSQ quantizes each latent channel on its own: fsq_levels {self.fsq_levels} has "
                                  f"{len(self.fsq_levels)} entries but z_channels = {self.z_channels}")

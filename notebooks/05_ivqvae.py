@@ -373,8 +373,8 @@ checks.check_training_step(training_step)
 
 # %% [markdown]
 # **Going further (no check).** Train `toy-f8` with `quantizer="fsq"` (`ivqvae.get_config("toy-f8",
-# quantizer="fsq", num_codes=..., fsq_levels=...)`) and compare held-out L1 and codebook usage with the VQ
-# model above. Then switch the discriminator off (`disc_start` beyond the last step): what changes in the
+# quantizer="fsq")` derives FSQ levels (4, 4, 4, 4) from its 256 codes) and compare held-out L1 and codebook
+# usage with the VQ model above. Then switch the discriminator off (`disc_start` beyond the last step): what changes in the
 # reconstructions?
 #
 # ## Summary
