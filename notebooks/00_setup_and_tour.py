@@ -20,10 +20,10 @@
 # *Image Generation Based on Diffusion Model in Latent Space* (Computer Systems & Applications, 2026).
 # It has two stages:
 #
-# 1. an **improved VQ-VAE** (IVQ-VAE) that squeezes a 256×256 image into a tiny 4×4 grid of codebook
+# 1. an **improved VQ-VAE** (IVQ-VAE) that squeezes a $256\times 256$ image into a tiny $4\times 4$ grid of codebook
 #    vectors and back (residual blocks, self-attention, vector quantization, an L1 + LPIPS +
 #    adversarial loss);
-# 2. a **feature-fused Transformer diffusion model** (FFTD) that learns to generate those 4×4 latents
+# 2. a **feature-fused Transformer diffusion model** (FFTD) that learns to generate those $4\times 4$ latents
 #    from noise, sampled with DDIM and decoded by the first stage.
 #
 # Every chapter builds one piece in small cells, shows that the course package `fftd_course` holds
@@ -88,7 +88,7 @@ plt.show()
 # %% [markdown]
 # ## The toy data set
 #
-# The paper trains on CelebA-HQ faces and AFHQ animal faces (cat, dog, wild) at 256×256, far beyond a
+# The paper trains on CelebA-HQ faces and AFHQ animal faces (cat, dog, wild) at $256\times 256$, far beyond a
 # laptop's budget. `fftd_course.data` draws AFHQ's three classes as cartoons instead, with random fur
 # and background colours, position, scale and a small rotation. Shapes are drawn as signed distance
 # functions with one pixel of anti-aliasing, so any resolution works. Images come in $[-1, 1]$, the

@@ -16,7 +16,7 @@
 # %% [markdown]
 # # 01 · Residual blocks: the bricks of the IVQ-VAE
 #
-# The IVQ-VAE's encoder turns a 3×H×W image into a small latent grid; its decoder turns the grid back
+# The IVQ-VAE's encoder turns a $3\times H\times W$ image into a small latent grid; its decoder turns the grid back
 # into an image (paper section 3.1). Both are stacks of the same few bricks, which this chapter builds:
 #
 # | brick | paper | what it does |
@@ -74,7 +74,7 @@ plt.show()
 #
 # The paper trains with **batch size 1** (its section 4.2). BatchNorm normalises each channel with
 # statistics over the *batch*, and in evaluation it switches to running averages collected during
-# training. With one image per batch those two regimes disagree, and on a 1×1 feature map BatchNorm
+# training. With one image per batch those two regimes disagree, and on a $1\times 1$ feature map BatchNorm
 # cannot even compute a variance. GroupNorm normalises each sample on its own, over groups of channels,
 # so it computes the same thing whatever the batch size, in training and in evaluation.
 #
@@ -158,7 +158,7 @@ print("x * sigmoid(x) equals the package's blocks.swish")
 # one normalise-activate-convolve unit, added back to its input (exercise 2 builds it as printed).
 # The reference implementation the paper builds on (VQGAN, in `taming-transformers`) uses **two** such
 # units per block, with dropout before the second convolution, and when a block changes the channel
-# count (at the start of a wider level) the skip becomes a 1×1 convolution, because `h + F(h)` needs both
+# count (at the start of a wider level) the skip becomes a $1\times 1$ convolution, because $h + F(h)$ needs both
 # terms to have the same shape. Built step by step:
 
 # %%
@@ -197,7 +197,7 @@ print(f"parameters at 128 channels: eq. 2's single unit {one_unit:,}, reference 
 # > **What the paper says / what we chose** (E4 in [`docs/ERRATA.md`](../docs/ERRATA.md)). Eq. 2 prints one
 # > (GroupNorm, Swish, Conv3×3) unit per residual block and says nothing about blocks that change the
 # > channel count. `fftd_course.blocks.ResBlock` uses the reference VQGAN form: two units, dropout
-# > before the second convolution, and a 1×1 convolution on the skip path when the channel count
+# > before the second convolution, and a $1\times 1$ convolution on the skip path when the channel count
 # > changes. It has about twice the parameters per block (printed above); the paper's own
 # > description of "two residual blocks per level" is kept, so the total depth is the reference's.
 
@@ -282,7 +282,7 @@ print(f"x_hat {tuple(x_hat.shape)}, range [{x_hat.min():.3f}, {x_hat.max():.3f}]
 # A residual block adds its input back: $h + F(h)$. The Jacobian of the output with respect to the input
 # is then $I + \partial F / \partial h$, so the gradient always has a direct path back. Without the skip, the gradient that reaches a
 # block is a product of one Jacobian per block above it, and its size can drift geometrically with depth.
-# We measure it: a stack of 32 blocks (32 channels, 16×16 maps, PyTorch's default initialisation), a loss
+# We measure it: a stack of 32 blocks (32 channels, $16\times 16$ maps, PyTorch's default initialisation), a loss
 # that projects the output on a fixed random direction, and the gradient norm of each block's first
 # convolution, averaged over three random initialisations.
 

@@ -16,7 +16,7 @@
 # %% [markdown]
 # # 02 · Self-attention over pixels
 #
-# A 3×3 convolution sees a pixel's immediate neighbours; it takes many layers before one position can
+# A $3\times 3$ convolution sees a pixel's immediate neighbours; it takes many layers before one position can
 # react to another far away (say, one eye to the other). Self-attention lets every pixel look at every
 # other pixel in one step. The IVQ-VAE puts one attention block in the encoder and decoder at the
 # $16\times16$ resolution, and one in the middle block at the lowest resolution (paper section 3.1.2):
@@ -81,7 +81,7 @@ W = scores.softmax(dim=-1)
 print("W:", tuple(W.shape), "| every row sums to 1:", torch.allclose(W.sum(-1), torch.ones(W.shape[:-1])))
 
 # %% [markdown]
-# Eq. 10: each pixel's output is the weighted average of all values, projected by a last 1×1 convolution
+# Eq. 10: each pixel's output is the weighted average of all values, projected by a last $1\times 1$ convolution
 # and added back to the input.
 
 # %%
@@ -140,7 +140,7 @@ print(f"at C = {widths[-1]}: entropy {entropy['scores / sqrt(C)'][-1]:.2f} nats 
 # do, give it meaningful features: let each pixel's query and key be its own colour, centred on the image's
 # mean colour and scaled to unit length (so the dot product measures how alike two colours are). Then
 # $W_{ij}$ is large where pixel *j* looks like pixel *i*, wherever it is in the image: a dark pupil finds
-# the other pupil and the nose in a single step, which a 3×3 convolution could only do after many layers.
+# the other pupil and the nose in a single step, which a $3\times 3$ convolution could only do after many layers.
 # The query points are found from the image itself (the darkest face pixel, the face's centre, the pinkest
 # pixel, a corner).
 

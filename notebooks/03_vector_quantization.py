@@ -231,7 +231,7 @@ print("z_q carries a straight-through gradient back to z:", z.grad is not None a
 # The known fixes (E19 in [`docs/ERRATA.md`](../docs/ERRATA.md); the README of
 # [vector-quantize-pytorch](https://github.com/lucidrains/vector-quantize-pytorch) collects more):
 # - **dead-code replacement**: every so often, move codes that were not chosen onto recent encoder
-#   outputs. With a 4×4 latent an image makes only 16 assignments, so the candidates come from a
+#   outputs. With a $4\times 4$ latent an image makes only 16 assignments, so the candidates come from a
 #   **buffer** of the last few thousand encoder outputs, not just the current batch;
 # - **l2-normalised codes with k-means initialisation**: compare directions on the unit sphere (no code
 #   can hide far away by its norm) and start the codes where the data is;
@@ -239,8 +239,8 @@ print("z_q carries a straight-through gradient back to z:", z.grad is not None a
 #   codebook is the grid of all combinations and has nothing to learn, so nothing can die.
 #
 # **The experiment.** To compare them in seconds, we shrink the autoencoder to its core: an $f = 8$
-# encoder that looks at each $8\times8$ patch of a 32 px toy face (one strided convolution and a 1×1
-# convolution) gives the paper's 4×4 grid of 4-channel vectors; the decoder mirrors it. Only the
+# encoder that looks at each $8\times8$ patch of a 32 px toy face (one strided convolution and a $1\times 1$
+# convolution) gives the paper's $4\times 4$ grid of 4-channel vectors; the decoder mirrors it. Only the
 # quantizer changes between runs. Usage is counted over a sliding window of the last assignments
 # (`quantizer.usage()`), and at the end on held-out faces.
 
@@ -422,7 +422,7 @@ print(f"distinct latents: 2^{tokens * bits_per_token:.0f} = {2.0 ** (tokens * bi
 # - The same count is **far more than needed to index every training image**: an IVQ-VAE at f = 64 could
 #   in principle memorise its training set as a lookup table, so reconstruction quality on
 #   *training* images says little. Measure on held-out images (chapter 05 does).
-# - For stage 2 the latent is tiny (a 4×4 grid of 4 channels), which is why the FFTD Transformer has
+# - For stage 2 the latent is tiny (a $4\times 4$ grid of 4 channels), which is why the FFTD Transformer has
 #   only 16 tokens and samples quickly.
 # - Only codes that are actually used carry information. The measured perplexity gives the effective
 #   bits per token of each quantizer above:
