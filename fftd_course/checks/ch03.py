@@ -22,7 +22,7 @@ def check_tiny_code_winner(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tens
 
     def trial() -> None:
         g = torch.Generator().manual_seed(fresh_seed())
-        for n, k, d, scale in [(200, 64, 4, 1e-3), (50, 16, 2, 1.0), (100, 256, 4, 3.0), (30, 8, 3, 1e-6)]:
+        for n, k, d, scale in [(50, 16, 2, 1.0), (200, 64, 4, 1e-3), (100, 256, 4, 3.0), (30, 8, 3, 1e-6)]:
             z, codes = torch.randn(n, d, generator=g), torch.randn(k, d, generator=g) * scale
             got = fn(z, codes)
             if not isinstance(got, torch.Tensor):
@@ -33,7 +33,17 @@ def check_tiny_code_winner(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tens
             if scale >= 1.0 and torch.equal(got, nearest_code(z, codes)) and not torch.equal(got, _tiny_code_winner(z, codes)):
                 raise CheckFailure(f"{what}: these are the nearest codes; the exercise wants the rule that the nearest "
                                    "code follows only when the codes are tiny, applied to any codebook")
-            compare(got, _tiny_code_winner(z, codes), what, atol=0, rtol=0)
+            if got.shape != (n,):
+                raise CheckFailure(f"{what}: shape {tuple(got.shape)}, expected ({n},): one index per row of z")
+            if got.min() < 0 or got.max() >= k:
+                raise CheckFailure(f"{what}: indices must lie in [0, {k - 1}]")
+            want = _tiny_code_winner(z, codes)
+            # Where two codes tie up to float rounding, either index is right.
+            scores = z @ codes.T
+            tie = (scores.gather(1, got.unsqueeze(1)) - scores.gather(1, want.unsqueeze(1))).abs().squeeze(1) <= 1e-5 * scale
+            wrong = int(((got != want) & ~tie).sum())
+            if wrong:
+                raise CheckFailure(f"{what}: {wrong} of {n} winners differ from the reference")
 
     return run_check("winner_when_codes_are_tiny", trial,
                      hint="expand the squared distance of section 1: which of its three terms is the same for every "
