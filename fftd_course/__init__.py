@@ -16,6 +16,7 @@ Data: :mod:`.data` (toy animal faces). Course machinery: :mod:`.checks` (exercis
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
@@ -31,3 +32,32 @@ def default_device() -> torch.device:
             raise RuntimeError(f"FFTD_DEVICE={wanted} asks for CUDA, but PyTorch sees no GPU here; unset it or use cpu")
         return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+_chapter_started: float | None = None
+
+
+def setup_chapter(seed: int = 0, threads: int | None = None) -> torch.device:
+    """The one setup call at the top of every chapter; returns the device to use (:func:`default_device`).
+
+    It seeds PyTorch's global generator with ``seed``, sets the number of CPU threads when ``threads`` is given
+    (chapters whose tensors are tiny run faster on one thread than on several that wait for each other),
+    starts the clock that :func:`chapter_seconds` reads, and prints one line saying where the chapter runs.
+    Plots follow ``FFTD_STATIC_PLOTS`` (see :func:`fftd_course.viz.explore`), set by the test run.
+    """
+    global _chapter_started
+    torch.manual_seed(seed)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    device = default_device()
+    _chapter_started = time.perf_counter()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"fftd_course {__version__}, PyTorch {torch.__version__}, running on {device} ({name}); seed {seed}")
+    return device
+
+
+def chapter_seconds() -> float:
+    """Seconds since :func:`setup_chapter` (for a chapter's closing line)."""
+    if _chapter_started is None:
+        raise RuntimeError("call fftd_course.setup_chapter() at the top of the chapter first")
+    return time.perf_counter() - _chapter_started

@@ -4,11 +4,11 @@ Everything here works on image-shaped tensors ``(B, C, H, W)``. The encoder and 
 :mod:`fftd_course.ivqvae` are loops over these blocks; the FFTD hourglass reuses ``Downsample``
 (eq. 16) and ``Upsample`` (eq. 17), which are the same operations as eq. 3 and eq. 6.
 
-Choices the paper leaves open (``shared/paper/DIGEST.md``, section 7) are named where they are made:
+Choices the paper leaves open (numbered in ``docs/ERRATA.md``) are named where they are made:
 
-* errata 4: eq. 2 prints one (GroupNorm, Swish, Conv3x3) unit per residual block; ``ResBlock`` uses
+* E4: eq. 2 prints one (GroupNorm, Swish, Conv3x3) unit per residual block; ``ResBlock`` uses
   the reference VQGAN form with two such units and a 1x1 shortcut when the channel count changes.
-* eq. 8-10 print single-head attention and no normalisation; ``AttnBlock`` is single-head by default
+* E17: eq. 8-10 print single-head attention and no normalisation; ``AttnBlock`` is single-head by default
   (``num_heads`` exists to show what the paper's one sentence about "multi-head" would mean) and
   normalises its input with GroupNorm first, as the reference implementation does.
 """
@@ -67,7 +67,7 @@ def _check_image_batch(x: torch.Tensor, channels: int, who: str) -> None:
 
 
 class ResBlock(nn.Module):
-    """Residual block ``h + F(h)`` (eq. 2) in the reference VQGAN form (DIGEST errata 4).
+    """Residual block ``h + F(h)`` (eq. 2) in the reference VQGAN form (E4).
 
     ``F`` is two units of (GroupNorm, Swish, Conv3x3), with dropout before the second convolution.
     When ``out_channels != in_channels`` the skip path is a 1x1 convolution so that the sum is defined.
@@ -123,7 +123,7 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Double height and width: nearest-neighbour interpolation, then a 3x3 convolution (eq. 6; also eq. 17)."""
+    """Double height and width: nearest-neighbour x2, then a stride-1 3x3 convolution (eq. 6, E21; eq. 17)."""
 
     def __init__(self, channels: int):
         super().__init__()

@@ -10,7 +10,7 @@ Conventions (chapters 08 FFTD and 09 latent diffusion rely on them)
   ``{1, ..., T}``: the paper's ``t`` is index ``t - 1`` here. ``alpha_bar[i]`` is the paper's
   ``alpha_t`` for ``t = i + 1``. The paper's ``alpha_0 = 1`` (clean data) has no index: it is the
   target of the last sampling step, written ``t_to = -1`` in :class:`SamplerStep`.
-* **Errata 5**: the paper writes ``alpha_t`` for the cumulative product ``prod_{s<=t} (1 - beta_s)``
+* **E5** (``docs/ERRATA.md``): the paper writes ``alpha_t`` for the cumulative product ``prod_{s<=t} (1 - beta_s)``
   (DDPM's alpha-bar); DDPM's per-step ``alpha_t`` is ``1 - beta_t``. Here the cumulative product is
   always called ``alpha_bar`` and the per-step one ``1 - betas``.
 * **The model** is called as ``model(x_t, t, y)`` and returns epsilon with ``x_t``'s shape. ``t`` is
@@ -30,20 +30,20 @@ Conventions (chapters 08 FFTD and 09 latent diffusion rely on them)
   draws only the per-step noise, ``torch.randn(x.shape, generator=generator)`` once for each step whose
   ``sigma`` is above zero, in step order. Sampling runs under ``torch.no_grad()``.
 
-Open choices (DIGEST section 3.3, REFERENCES "Diffusion and DDIM") and what the code does:
+Open choices (paper section 3.3, ``docs/PAPER.md``; E24, E25 in ``docs/ERRATA.md``) and what the code does:
 
-* **Schedule**: the paper prints a linear schedule ``1e-4 -> 0.02`` and ``T = 500``. Over 500 steps it
+* **Schedule** (E24): the paper prints a linear schedule ``1e-4 -> 0.02`` and ``T = 500``. Over 500 steps it
   leaves ``alpha_bar_T`` of about ``6e-3``: some signal at the last step, while sampling starts from pure
   noise. ``"linear_rescaled"`` scales both ends by ``1000 / T`` (DDPM's own schedule at ``T = 1000``;
   improved-diffusion and DiT do this) and leaves about ``4e-5``. It is the default; ``"linear"`` is the
   schedule exactly as printed; chapter 06 shows both.
-* **Timestep spacing** of a DDIM sub-sequence: ``"trailing"`` by default (it starts at index ``T - 1``,
+* **Timestep spacing** of a DDIM sub-sequence (E25): ``"trailing"`` by default (it starts at index ``T - 1``,
   the paper's ``z_T``, and takes equal strides down); ``"linspace"`` and ``"leading"`` as in diffusers.
   The previous timestep is always the next element of the sub-sequence, never ``t - T // num_steps``
   (the source of diffusers' off-by-one bugs, #9261, #2585).
 * **Final step** goes to the paper's ``alpha_0 = 1`` (diffusers' ``set_alpha_to_one=True``), so the
   last step returns the model's ``x0`` estimate and adds no noise.
-* **Errata 10**: a model trained with ``T = 500`` has 500 timesteps; it cannot be sampled with 1000
+* **E10**: a model trained with ``T = 500`` has 500 timesteps; it cannot be sampled with 1000
   steps. Table 3's "1000 steps (DDPM)" row is the pixel-space baseline, a ``T = 1000`` model.
 """
 
@@ -122,7 +122,7 @@ class Diffusion:
     ``Diffusion(beta_schedule("linear", 500))`` is the schedule exactly as printed.
 
     Attributes (float64, CPU): ``betas`` ``(T,)``; ``alpha_bar`` ``(T,)``, the paper's ``alpha_t``
-    (errata 5), ``alpha_bar[i] = prod_{s <= i} (1 - betas[s])``; ``T``.
+    (E5), ``alpha_bar[i] = prod_{s <= i} (1 - betas[s])``; ``T``.
     """
 
     def __init__(self, betas: torch.Tensor | None = None):
@@ -269,8 +269,8 @@ def ddim_timesteps(T: int, num_steps: int, spacing: str = "trailing") -> torch.T
         raise ValueError(f"T must be a positive integer, got {T!r}")
     if not isinstance(num_steps, int) or isinstance(num_steps, bool) or not 1 <= num_steps <= T:
         raise ValueError(f"num_steps must be an integer from 1 to T={T}: a model trained with T={T} has only {T} "
-                         f"timesteps to visit (errata 10: Table 3's 1000-step row is a different, T=1000 model); "
-                         f"got {num_steps!r}")
+                         f"timesteps to visit (docs/ERRATA.md, E10: Table 3's 1000-step row is a different, "
+                         f"T=1000 model); got {num_steps!r}")
     k = torch.arange(num_steps, dtype=torch.float64)
     if spacing == "trailing":
         steps = torch.round(T - k * (T / num_steps)) - 1

@@ -5,10 +5,10 @@
 number of levels, so the compression factor is ``f = 2 ** (len(ch_mult) - 1)`` (f = 64 needs 7 levels).
 :class:`IVQVAE` puts a quantizer from :mod:`fftd_course.quantize` between them.
 
-Choices the paper leaves open (``shared/paper/DIGEST.md`` section 7), named where the code makes them:
+Choices the paper leaves open (numbered in ``docs/ERRATA.md``), named where the code makes them:
 
-* errata 4: every residual block is the two-unit VQGAN form of :class:`~fftd_course.blocks.ResBlock`.
-* Two residual blocks per level in the encoder **and** the decoder, as the paper says. taming's decoder
+* E4: every residual block is the two-unit VQGAN form of :class:`~fftd_course.blocks.ResBlock`.
+* E20: two residual blocks per level in the encoder **and** the decoder, as the paper says. taming's decoder
   has ``num_res_blocks + 1`` blocks per level (3 with its usual ``num_res_blocks=2``), one more than its
   encoder; ours has ``num_res_blocks`` in both, so it matches taming's decoder with ``num_res_blocks=1``.
 * The paper gives no base width ``ch`` and no ``ch_mult``. The 256 px configurations use ``ch=128`` and
@@ -21,9 +21,9 @@ Choices the paper leaves open (``shared/paper/DIGEST.md`` section 7), named wher
   ``attn_resolutions`` (16x16 as the paper says, for the configured ``resolution``) and in a middle block
   (res, attn, res) at the lowest resolution. At f = 8 and 256 px no level is 16x16 (the lowest is 32x32),
   so only the middle block attends.
-* "Latent space set to 4" (errata 6) is read as ``z_channels = 4`` with a 16384-entry codebook; at f = 64
+* "Latent space set to 4" (E6) is read as ``z_channels = 4`` with a 16384-entry codebook; at f = 64
   the 256 px image becomes a 4x4x4 latent: 16 tokens of 14 bits, 224 bits per image.
-* The paper is silent on codebook collapse. Every named configuration uses l2-normalised codes, k-means
+* E19: the paper is silent on codebook collapse. Every named configuration uses l2-normalised codes, k-means
   initialisation and dead-code replacement from a buffer of recent encoder outputs (chapter 03 measures
   why); ``quantizer="fsq"`` swaps in FSQ with levels (16, 16, 8, 8), the same 16384 codes in 4 channels.
 * The CPU toys (32 px) keep the structure but not the size: widths 16-64, 256 codes, one residual block
@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from .blocks import AttnBlock, Downsample, ResBlock, Upsample, group_norm, swish
-from .quantize import FiniteScalarQuantizer, Quantizer, QuantizerOutput, VectorQuantizer
+from .quantize import FiniteScalarQuantizer, Quantizer, QuantizerOutput, VectorQuantizer, fsq_levels_for
 
 __all__ = ["IVQVAEConfig", "CONFIGS", "get_config", "Encoder", "Decoder", "IVQVAE", "count_parameters"]
 
@@ -52,8 +52,15 @@ class IVQVAEConfig:
 
     Quantizer fields: ``quantizer`` is ``"vq"`` (:class:`~fftd_course.quantize.VectorQuantizer` with
     ``num_codes``, ``beta``, ``l2_normalize``, ``kmeans_init``, ``replace_dead_codes``, ``usage_window``)
-    or ``"fsq"`` (:class:`~fftd_course.quantize.FiniteScalarQuantizer` with ``fsq_levels``, whose product must
-    equal ``num_codes`` and whose length must equal ``z_channels``).
+    or ``"fsq"`` (:class:`~fftd_course.quantize.FiniteScalarQuantizer`). ``num_codes`` is the code count for
+    both: with FSQ, ``fsq_levels`` left at ``None`` is derived from it
+    (:func:`~fftd_course.quantize.fsq_levels_for`: 16384 codes in 4 channels give ``(16, 16, 8, 8)``, the toys'
+    256 give ``(4, 4, 4, 4)``), so ``get_config(name, quantizer="fsq")`` works for every named configuration;
+    explicit ``fsq_levels`` must multiply to ``num_codes`` and have ``z_channels`` entries.
+
+    The collapse fixes (``l2_normalize``, ``kmeans_init``, ``replace_dead_codes``) are **on** here and in every
+    named configuration, while :class:`~fftd_course.quantize.VectorQuantizer` itself defaults to plain VQ (all
+    off), so that chapter 03 can show the collapse they fix.
     """
 
     resolution: int = 256
@@ -72,7 +79,7 @@ class IVQVAEConfig:
     kmeans_init: bool = True
     replace_dead_codes: bool = True
     usage_window: int | None = None
-    fsq_levels: tuple[int, ...] = (16, 16, 8, 8)
+    fsq_levels: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.ch_mult or any(m <= 0 for m in self.ch_mult):
@@ -89,6 +96,8 @@ class IVQVAEConfig:
         if self.quantizer not in ("vq", "fsq"):
             raise ValueError(f"quantizer must be 'vq' or 'fsq', got {self.quantizer!r}")
         if self.quantizer == "fsq":
+            if self.fsq_levels is None:  # frozen dataclass: set the derived field once, here
+                object.__setattr__(self, "fsq_levels", fsq_levels_for(self.num_codes, self.z_channels))
             if len(self.fsq_levels) != self.z_channels:
                 raise ValueError(f"FSQ quantizes each latent channel on its own: fsq_levels {self.fsq_levels} has "
                                  f"{len(self.fsq_levels)} entries but z_channels = {self.z_channels}")
@@ -125,7 +134,7 @@ def _paper(ch_mult: tuple[int, ...]) -> IVQVAEConfig:
 
 
 def _toy(ch_mult: tuple[int, ...]) -> IVQVAEConfig:
-    # Sized for chapter 05 on a 2-core CPU (measured in this issue's report): widths 16-64, one residual
+    # Sized for chapter 05 on a 2-core CPU (measured there when the chapter was written): widths 16-64, one residual
     # block per level (two cost 1.7x the time and learned no faster per second), attention only in the
     # middle block (at 32 px the 16x16 level sits right below the input, where the 256 px model has none),
     # and 256 codes: at 16 tokens per image a few hundred held-out images make thousands of assignments,

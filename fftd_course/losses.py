@@ -5,18 +5,18 @@
 * ``L_rec``: mean absolute error (eq. 11), :func:`l1_loss`;
 * ``L_P``: LPIPS on VGG16 features (eq. 12), :class:`LPIPS`, through the ``lpips`` package;
 * ``L_G = -E[Dis(x_hat)]`` (eq. 13), :func:`generator_loss`, against a PatchGAN
-  :class:`NLayerDiscriminator` trained with the hinge loss :func:`hinge_d_loss` (eq. 14, see errata 3);
+  :class:`NLayerDiscriminator` trained with the hinge loss :func:`hinge_d_loss` (eq. 14, see E3);
 * ``L_vq``: the quantizer's codebook + commitment loss (computed by :mod:`fftd_course.quantize`).
 
 :class:`HybridLoss` combines them and returns every term for logging. Choices the paper leaves open
-(``shared/paper/DIGEST.md`` section 7) are named where the code makes them:
+(numbered in ``docs/ERRATA.md``) are named where the code makes them:
 
-* errata 3: eq. 14 as printed is linear in the logits and has no minimum; :func:`hinge_d_loss` is the
+* E3: eq. 14 as printed is linear in the logits and has no minimum; :func:`hinge_d_loss` is the
   hinge form it means.
-* errata 11: ``disc_start`` gates both the discriminator's update and the generator's adversarial term.
-* eq. 15 fixes ``lambda_d + lambda_vq = 1`` without values (``weighting="paper"``); taming's adaptive
+* E11: ``disc_start`` gates both the discriminator's update and the generator's adversarial term.
+* E22: eq. 15 fixes ``lambda_d + lambda_vq = 1`` without values (``weighting="paper"``); taming's adaptive
   weight (``weighting="adaptive"``, :func:`adaptive_weight`) is the alternative, and the default.
-* The discriminator's normalisation: the paper trains at batch size 1, where BatchNorm's statistics come
+* E23, the discriminator's normalisation: the paper trains at batch size 1, where BatchNorm's statistics come
   from one image; :class:`NLayerDiscriminator` defaults to GroupNorm and offers taming's BatchNorm.
 
 Offline weights: LPIPS needs torchvision's VGG16 file ``vgg16-397923af.pth`` in
@@ -305,7 +305,7 @@ def generator_loss(logits_fake: torch.Tensor) -> torch.Tensor:
 def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
     """Discriminator loss ``1/2 (E[relu(1 - Dis(x))] + E[relu(1 + Dis(x_hat))])``: the hinge form of eq. 14.
 
-    Errata 3: eq. 14 prints ``1/2 (E[1 - Dis(x)] + E[1 + Dis(x_hat)])``, which equals
+    E3: eq. 14 prints ``1/2 (E[1 - Dis(x)] + E[1 + Dis(x_hat)])``, which equals
     ``1 + 1/2 (E[Dis(x_hat)] - E[Dis(x)])``. That is linear in the logits: its gradient is a constant
     +-1/2 however well the discriminator already separates real from fake, so it has no minimum and
     training it drives ``Dis(x) -> +inf`` and ``Dis(x_hat) -> -inf`` (then ``L_G`` of eq. 13 explodes).
@@ -334,7 +334,7 @@ def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: to
     return weight.clamp(0.0, max_weight).detach() * disc_weight
 
 
-# ---- the training guard (deliverable 6) ----------------------------------------------------------
+# ---- the training guard against NaN/inf --------------------------------------------------------
 
 class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or inf; ``.step`` and ``.term`` say when and which."""
@@ -389,7 +389,7 @@ class HybridLoss(nn.Module):
       ``last_layer`` (:func:`adaptive_weight`; ``disc_weight=0.75`` as in latent-diffusion's VQ-f16 config)
       and ``lambda_vq = codebook_weight`` (1.0, as in taming).
     * ``disc_start``: the first step at which the discriminator trains AND the generator's adversarial
-      term counts (errata 11; Algorithm 1 uses 250k of 4M steps). Before it ``lambda_d = 0`` and the
+      term counts (E11; Algorithm 1 uses 250k of 4M steps). Before it ``lambda_d = 0`` and the
       discriminator is not even run.
 
     ``forward(x, x_hat, step, vq_loss=None, last_layer=None)`` returns ``(total, logs)``;
@@ -431,7 +431,7 @@ class HybridLoss(nn.Module):
         return 1.0 - self.lambda_d if self.weighting == "paper" else self.codebook_weight
 
     def discriminator_active(self, step: int) -> bool:
-        """Whether the adversarial part is on at ``step`` (errata 11): ``step >= disc_start``."""
+        """Whether the adversarial part is on at ``step`` (E11): ``step >= disc_start``."""
         return step >= self.disc_start
 
     def extra_repr(self) -> str:
@@ -488,10 +488,10 @@ class HybridLoss(nn.Module):
         return total, logs
 
     def discriminator_loss(self, x: torch.Tensor, x_hat: torch.Tensor, step: int) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
-        """The discriminator's hinge loss (eq. 14, errata 3) at ``step``: ``(loss, logs)``.
+        """The discriminator's hinge loss (eq. 14, E3) at ``step``: ``(loss, logs)``.
 
         ``x_hat`` is detached here: this loss trains the discriminator only. Before ``disc_start``
-        (errata 11) nothing runs and ``loss`` is None: skip the discriminator's update then.
+        (E11) nothing runs and ``loss`` is None: skip the discriminator's update then.
         """
         _check_pair(x_hat, x, "HybridLoss.discriminator_loss")
         zero = x.new_zeros(())

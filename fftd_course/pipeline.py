@@ -71,7 +71,7 @@ def ivqvae_step(model: IVQVAE, loss: HybridLoss, opt_ae: torch.optim.Optimizer, 
 
     1. ``x_hat, q = model(x)``: encode, quantize (straight-through), decode;
     2. the autoencoder's loss ``L_rec + L_P + lambda_d L_G + lambda_vq L_vq`` (eq. 15) and an Adam step;
-    3. from ``disc_start`` on, the discriminator's hinge loss (eq. 14, errata 3) and an Adam step.
+    3. from ``disc_start`` on, the discriminator's hinge loss (eq. 14, E3) and an Adam step.
     A NaN or inf in any term stops with the step and the term's name (``losses.NonFiniteLossError``).
     """
     model.train()

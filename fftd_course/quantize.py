@@ -9,13 +9,13 @@ replaced by its nearest codebook vector. Two things make that trainable:
   codes ``e`` towards the encoder outputs (codebook term) and keeps the encoder close to its codes
   (commitment term, weighted by ``beta``).
 
-Choices the paper leaves open, named where the code makes them (``shared/paper/DIGEST.md``):
+Choices the paper leaves open, named where the code makes them (numbered in ``docs/ERRATA.md``):
 
-* The paper names ``L_vq`` but prints no formula and no ``beta``. We use VQ-VAE's form with
+* E18: the paper names ``L_vq`` but prints no formula and no ``beta``. We use VQ-VAE's form with
   ``beta = 0.25`` on the **commitment** term. taming-transformers' ``VectorQuantizer2`` defaults to
   ``legacy=True``, which puts ``beta`` on the codebook term instead (taming issues #46, #57, PR #58); we do
   not follow that placement.
-* The paper is silent on codebook collapse, the main risk of 16384 codes of dimension 4 (errata 6).
+* E19: the paper is silent on codebook collapse, the main risk of 16384 codes of dimension 4 (E6).
   :class:`VectorQuantizer` offers the standard fixes as options: dead-code replacement from a buffer of
   recent encoder outputs, l2-normalised codes, k-means initialisation. :class:`FiniteScalarQuantizer`
   (FSQ, levels (16, 16, 8, 8) = 16384 codes in exactly 4 channels) has no codebook to collapse.
@@ -46,6 +46,7 @@ __all__ = [
     "Quantizer",
     "VectorQuantizer",
     "FiniteScalarQuantizer",
+    "fsq_levels_for",
 ]
 
 # Largest (vectors x codes) distance block computed at once: 2**24 floats = 64 MiB. A 256 px batch at
@@ -436,6 +437,22 @@ class VectorQuantizer(Quantizer):
         with torch.no_grad():
             indices = nearest_code(_flatten(z), self.codes()).reshape(b, h, w)
             return self.lookup(indices), indices
+
+
+def fsq_levels_for(num_codes: int, channels: int) -> tuple[int, ...]:
+    """FSQ levels for ``num_codes`` codes in ``channels`` channels: powers of two, as even as possible.
+
+    ``log2(num_codes)`` bits are shared out over the channels, the first channels taking the spare bits:
+    16384 codes in 4 channels give ``(16, 16, 8, 8)`` (4 + 4 + 3 + 3 bits), 256 codes give ``(4, 4, 4, 4)``.
+    This is the one place where a configuration's FSQ levels come from its code count.
+    """
+    bits = math.log2(num_codes) if num_codes > 0 else -1.0
+    if channels <= 0 or bits != int(bits) or bits < channels:
+        raise ValueError(f"no standard FSQ levels for {num_codes} codes in {channels} channels: the code count must be "
+                         f"a power of two with at least one bit per channel (>= {2 ** max(channels, 0)}); pass fsq_levels "
+                         f"explicitly, e.g. (8, 5, 5, 5) for 1000 codes in 4 channels")
+    base, extra = divmod(int(bits), channels)
+    return tuple(2 ** (base + (i < extra)) for i in range(channels))
 
 
 class FiniteScalarQuantizer(Quantizer):

@@ -238,7 +238,7 @@ for side in [256, 128, 64, 32, 16, 8, 4]:
 # (and in the middle block at 4×4) buys global context where it is cheap, and leaves the high resolutions,
 # where detail is local anyway, to convolutions.
 #
-# > **What the paper says / what we chose.** Section 3.1.2 calls the block "multi-head" in one sentence,
+# > **What the paper says / what we chose** (E17). Section 3.1.2 calls the block "multi-head" in one sentence,
 # > but eq. 8-10 are single-head: one Q, K, V of C_h channels and one scaling by `sqrt(C_h)`. We follow the
 # > equations: `AttnBlock` is single-head by default. It also normalises its input with GroupNorm before
 # > eq. 8, as the reference VQGAN block does (the paper does not mention a normalisation there).

@@ -246,7 +246,8 @@ print("same z_q, loss, indices and gradients as quantize.VectorQuantizer;", f"in
 # `±1/K`, tiny next to the encoder's outputs (the run prints both), so the few outermost codes win
 # everything.
 #
-# The known fixes (see `shared/design/REFERENCES.md`):
+# The known fixes (E19 in `docs/ERRATA.md`; the README of
+# [vector-quantize-pytorch](https://github.com/lucidrains/vector-quantize-pytorch) collects more):
 # - **dead-code replacement**: every so often, move codes that were not chosen onto recent encoder
 #   outputs. With a 4×4 latent an image makes only 16 assignments, so the candidates come from a
 #   **buffer** of the last few thousand encoder outputs, not just the current batch;
@@ -386,13 +387,13 @@ plt.show()
 # numbers. The IVQ-VAE configurations of `fftd_course.ivqvae` use l2 + k-means + dead-code replacement;
 # `quantizer="fsq"` switches any of them to FSQ.
 #
-# > **What the paper says / what we chose**
+# > **What the paper says / what we chose** (E18, E6, E19)
 # >
 # > - *Paper:* eq. 15 adds `lambda_vq · L_vq` and calls `L_vq` "the quantization loss"; no formula, no
 # >   `beta`, no word on codebook initialisation or collapse. *We:* use VQ-VAE's
 # >   `||sg[z_e] - e||² + beta ||z_e - sg[e]||²` with `beta = 0.25` on the **commitment** term, not
 # >   taming's legacy placement (identical loss values, different gradients, as measured above).
-# > - *Paper:* 16384 codes, "latent space 4" (errata 6). *We:* read it as 4 channels; at f = 64 that is a
+# > - *Paper:* 16384 codes, "latent space 4" (E6). *We:* read it as 4 channels; at f = 64 that is a
 # >   4×4×4 latent, and collapse is the main risk of so many codes in so few dimensions. Every named
 # >   IVQ-VAE configuration turns on l2-normalised codes, k-means initialisation and dead-code
 # >   replacement from a buffer of recent encoder outputs; FSQ with levels (16, 16, 8, 8), exactly

@@ -239,7 +239,7 @@ for n in (1, 2, 3):
 # %% [markdown]
 # Weights start from N(0, 0.02), as in DCGAN, pix2pix and taming (`initialize_weights`).
 #
-# > **What the paper says / what we chose (normalisation).** The paper does not describe its
+# > **What the paper says / what we chose (normalisation, E23).** The paper does not describe its
 # > discriminator and trains at **batch size 1**. taming's uses BatchNorm, whose statistics then come
 # > from a single image, and differ between the real and the fake batch and between training and
 # > evaluation. `NLayerDiscriminator` defaults to **GroupNorm**, which normalises each image on its own
@@ -344,7 +344,7 @@ fig.suptitle("PatchGAN logit maps (red = fake, blue = real)")
 plt.show()
 
 # %% [markdown]
-# > **What the paper says / what we chose (eq. 14, errata 3).** Eq. 14 as printed has no minimum,
+# > **What the paper says / what we chose (eq. 14, E3).** Eq. 14 as printed has no minimum,
 # > as the run above shows. `losses.hinge_d_loss` is the hinge form, as in taming's `hinge_d_loss`;
 # > the generator keeps eq. 13, `losses.generator_loss`.
 
@@ -516,7 +516,7 @@ plt.show()
 # - The adaptive weight moves at every step, the paper's stays where it was set. Their printed means
 #   say how far apart the two choices are in this run.
 #
-# > **What the paper says / what we chose (eq. 15, errata 11).** The paper fixes
+# > **What the paper says / what we chose (eq. 15, E22 and E11).** The paper fixes
 # > `λ_d + λ_vq = 1` with no values: one number shared between two unrelated terms (raising the
 # > adversarial weight lowers the codebook weight). `HybridLoss` implements it as `weighting="paper"`
 # > (default `λ_d = 0.1`, our choice) and defaults to taming's adaptive weight (`disc_weight = 0.75`,
@@ -548,7 +548,7 @@ except losses.NonFiniteLossError as err:
 
 # %%
 def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
-    """Hinge loss of the discriminator (eq. 14, errata 3)."""
+    """Hinge loss of the discriminator (eq. 14, E3)."""
     # YOUR CODE HERE
     raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
 
@@ -596,7 +596,7 @@ checks.check_adaptive_weight(adaptive_weight)
 #   `losses.generator_loss` is eq. 13 and `losses.hinge_d_loss` is what eq. 14 means: the printed
 #   form has no minimum.
 # - `losses.HybridLoss` combines everything (eq. 15) with either the paper's `λ_d + λ_vq = 1` or
-#   taming's adaptive weight, gates the adversarial part with `disc_start` (errata 11), logs every
+#   taming's adaptive weight, gates the adversarial part with `disc_start` (E11), logs every
 #   term, and stops with the step and the term when a loss becomes NaN or inf.
 #
 # Next: chapter 05 assembles the IVQ-VAE and trains it end to end with this loss.

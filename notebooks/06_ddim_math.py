@@ -71,8 +71,8 @@ print(f"device: {device}, {N_POINTS} points per 2-D experiment, T = {T}, {torch.
 # - The paper counts noise levels `t = 1 .. T`. Tensors count from 0, so the package uses **0-based
 #   indices** `t = 0 .. T-1`: the paper's `t` is index `t - 1`, the model is called with indices, and
 #   the paper's `alpha_0 = 1` (clean data) has no index: it is where the last sampling step lands.
-# - The paper writes `alpha_t` for the **cumulative product** `prod_{s <= t} (1 - beta_s)` (DIGEST
-#   errata 5). DDPM writes that as `alpha-bar_t` and keeps `alpha_t = 1 - beta_t` for a single step.
+# - The paper writes `alpha_t` for the **cumulative product** `prod_{s <= t} (1 - beta_s)` (E5 in
+#   `docs/ERRATA.md`). DDPM writes that as `alpha-bar_t` and keeps `alpha_t = 1 - beta_t` for a single step.
 #   The package always says `alpha_bar` for the product, so it cannot be confused with a single step.
 #
 # `diffusion.Diffusion` holds a schedule: it is built from the `betas`, and holds `alpha_bar`.
@@ -408,7 +408,7 @@ print(f"500 steps took {ratio:.1f} times as long as 50 (one model call per step)
 # steps, but its model is not perfect, so there the gain mixes the sampler's error with how well the
 # network learned.
 #
-# ## Table 3's "1000 steps (DDPM)" row (DIGEST errata 10)
+# ## Table 3's "1000 steps (DDPM)" row (E10)
 #
 # Table 3 ends with a 1000-step row labelled DDPM, with a worse FID than 500 DDIM steps. But a model
 # trained with `T = 500` has exactly 500 noise levels: a 1000-step sampler has nothing to visit.
@@ -517,7 +517,7 @@ print(f"from N(0, I), the weight error with the printed schedule is {weight_erro
 # lies furthest from `N(0, I)` (the KL above grows with `sum x^2`); compare their printed shares with
 # the true, equal share. With the rescaled schedule `x_T` holds almost no signal and both starts agree.
 #
-# > **What the paper says / what we chose.** The paper prints a linear schedule `1e-4 -> 0.02` and
+# > **What the paper says / what we chose** (E24, E25). The paper prints a linear schedule `1e-4 -> 0.02` and
 # > "diffusion period 500". Taken literally, `alpha_bar_T` stays far from zero (printed above), so the
 # > model never sees pure noise in training but gets it when sampling. The course's default is
 # > `beta_schedule("linear_rescaled", 500)`, both ends times `1000 / T`, as improved-diffusion and DiT

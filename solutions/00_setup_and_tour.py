@@ -155,7 +155,9 @@ print("one batch:", tuple(batch.shape), tuple(batch_labels.shape))
 #
 # The paper has known errors (an impossible loss in eq. 14, a shape mismatch in eq. 19-20, a table
 # row that cannot come from its own model...). Each chapter that meets one explains it in a box
-# titled **What the paper says / what we chose**.
+# titled **What the paper says / what we chose**. The errors and open choices are numbered E1, E2, ...
+# in [`docs/ERRATA.md`](../docs/ERRATA.md), and chapters cite them by number ("E3"); the paper itself,
+# with its equation numbers and tables, is retold in [`docs/PAPER.md`](../docs/PAPER.md).
 
 # %% [markdown]
 # ## How exercises work

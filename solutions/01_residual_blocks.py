@@ -206,7 +206,7 @@ print(f"parameters at 128 channels: paper's printed block {count(PaperResBlock(1
       f"reference block {count(blocks.ResBlock(128)):,}")
 
 # %% [markdown]
-# > **What the paper says / what we chose** (DIGEST errata 4). Eq. 2 prints one
+# > **What the paper says / what we chose** (E4). Eq. 2 prints one
 # > (GroupNorm, Swish, Conv3×3) unit per residual block and says nothing about blocks that change the
 # > channel count. `fftd_course.blocks.ResBlock` uses the reference VQGAN form: two units, dropout
 # > before the second convolution, and a 1×1 convolution on the skip path when the channel count

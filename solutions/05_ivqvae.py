@@ -116,7 +116,7 @@ for name in ["paper-f8", "paper-f16", "paper-f32", "paper-f64", "toy-f4", "toy-f
     print(f"{name:<10} {c.f:>3} {f'{c.latent_size}x{c.latent_size}x{c.z_channels}':>8} {c.bits_per_image:>11.0f} {n_params:>12,}")
 
 # %% [markdown]
-# > **What the paper says / what we chose** (DIGEST errata 6). "Latent space set to 4" could mean 4 latent
+# > **What the paper says / what we chose** (E6, E20). "Latent space set to 4" could mean 4 latent
 # > channels or a 4×4 grid. We read it as both: `z_channels = 4` (with 16384 codes, as in latent diffusion's
 # > vq-f8) and f = 64, so a 256 px image becomes 4×4×4, printed above as 16 codes of 14 bits. The paper gives
 # > no widths; the 256 px configurations use `ch = 128` and taming's multipliers extended to more levels.
@@ -132,7 +132,7 @@ for name in ["paper-f8", "paper-f16", "paper-f32", "paper-f64", "toy-f4", "toy-f
 #
 # 1. the **autoencoder's** (encoder, codebook, decoder): the hybrid loss of eq. 15 on `x` and `x_hat`, one
 #    step;
-# 2. the **discriminator's**: from its start step on (errata 11), the hinge loss of eq. 14 on real images and
+# 2. the **discriminator's**: from its start step on (E11), the hinge loss of eq. 14 on real images and
 #    the (detached) reconstructions, one step. Before the start step there is no discriminator loss at all.
 #
 # You will write both parts in the exercises at the end; the package has them as `model(x)` and
@@ -330,7 +330,7 @@ print(f"The paper's Table 1 claims L1 decreases as f grows (0.082 at f=8 ... 0.0
 print(f"chapter ran in {time.perf_counter() - chapter_start:.0f} s on {device}")
 
 # %% [markdown]
-# > **What the paper says / what we chose** (DIGEST errata 7 and 11). Table 1's improving trend runs against
+# > **What the paper says / what we chose** (E7 and E11). Table 1's improving trend runs against
 # > the information budget: at a fixed codebook, a 2×2 grid carries a quarter of the bits of a 4×4 grid, so
 # > it can describe less of each image; the printed comparison above says which way our toy run went. The
 # > toy scale is far from the paper's (32 px toy faces, seconds of training, no LPIPS without VGG16 weights),
@@ -386,8 +386,8 @@ checks.check_training_step(training_step)
 
 # %% [markdown]
 # **Going further (no check).** Train `toy-f8` with `quantizer="fsq"` (`ivqvae.get_config("toy-f8",
-# quantizer="fsq", num_codes=..., fsq_levels=...)`) and compare held-out L1 and codebook usage with the VQ
-# model above. Then switch the discriminator off (`disc_start` beyond the last step): what changes in the
+# quantizer="fsq")` derives FSQ levels (4, 4, 4, 4) from its 256 codes) and compare held-out L1 and codebook
+# usage with the VQ model above. Then switch the discriminator off (`disc_start` beyond the last step): what changes in the
 # reconstructions?
 #
 # ## Summary

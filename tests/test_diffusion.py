@@ -276,7 +276,7 @@ def test_all_steps_visit_every_timestep_for_every_spacing():
         assert torch.equal(D.ddim_timesteps(T, T, spacing), torch.arange(T - 1, -1, -1))
 
 
-@pytest.mark.parametrize("steps, spacing, match", [(0, "trailing", "from 1 to T"), (1000, "trailing", "errata 10"),
+@pytest.mark.parametrize("steps, spacing, match", [(0, "trailing", "from 1 to T"), (1000, "trailing", "E10"),
                                                    (50, "uniform", "spacing"), (2.0, "trailing", "integer")])
 def test_bad_sub_sequences_raise(steps, spacing, match):
     with pytest.raises(ValueError, match=match):

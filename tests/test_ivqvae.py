@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from fftd_course import blocks, ivqvae
+from fftd_course import blocks, ivqvae, quantize
 from fftd_course.ivqvae import CONFIGS, IVQVAE, get_config
 from fftd_course.quantize import FiniteScalarQuantizer, VectorQuantizer
 
@@ -122,6 +122,37 @@ def test_fsq_configuration_and_overrides():
     assert isinstance(vq, VectorQuantizer) and vq.l2_normalize and vq.kmeans_init and vq.replace_dead_codes
     assert get_config("toy-f8", num_res_blocks=2).num_res_blocks == 2
     assert CONFIGS["toy-f8"].num_res_blocks == 1  # overrides do not change the named configuration
+
+
+@pytest.mark.parametrize("quantizer", ["vq", "fsq"])
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_every_named_configuration_builds_and_runs_with_each_quantizer(name, quantizer):
+    config = get_config(name, quantizer=quantizer)
+    if quantizer == "fsq":
+        assert math.prod(config.fsq_levels) == config.num_codes and len(config.fsq_levels) == config.z_channels
+    if name.startswith("paper"):  # 256 px models, up to 126M parameters: build on the meta device, run the quantizer
+        with torch.device("meta"):
+            IVQVAE(config)
+        q = config.make_quantizer()
+        assert q.num_codes == config.num_codes and q.dim == config.z_channels
+        assert q(torch.randn(2, config.z_channels, 4, 4)).z_q.shape == (2, config.z_channels, 4, 4)
+        return
+    model = IVQVAE(config)
+    assert model.quantizer.num_codes == config.num_codes and model.quantizer.dim == config.z_channels
+    x = torch.rand(2, 3, config.resolution, config.resolution) * 2 - 1
+    x_hat, out = model(x)
+    assert x_hat.shape == x.shape and out.indices.shape == (2, config.latent_size, config.latent_size)
+
+
+def test_fsq_levels_come_from_the_code_count():
+    assert quantize.fsq_levels_for(16384, 4) == (16, 16, 8, 8)
+    assert quantize.fsq_levels_for(256, 4) == (4, 4, 4, 4)
+    assert quantize.fsq_levels_for(512, 3) == (8, 8, 8)
+    assert get_config("toy-f8", quantizer="fsq").fsq_levels == (4, 4, 4, 4)
+    assert get_config("paper-f64", quantizer="fsq").fsq_levels == (16, 16, 8, 8)
+    with pytest.raises(ValueError, match="pass fsq_levels explicitly"):
+        get_config("toy-f8", quantizer="fsq", num_codes=1000)
+    assert get_config("toy-f8", quantizer="fsq", num_codes=1000, fsq_levels=(10, 10, 5, 2)).num_codes == 1000
 
 
 def test_count_parameters_counts_trainable_parameters():

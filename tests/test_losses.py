@@ -1,4 +1,4 @@
-"""Unit tests for fftd_course.losses (eq. 11-15, errata 3 and 11) and the NaN/inf training guard.
+"""Unit tests for fftd_course.losses (eq. 11-15, E3 and E11) and the NaN/inf training guard.
 
 LPIPS tests use the random-trunk mode (lpips' pnet_rand) unless they write a VGG16-shaped file
 themselves: they prove the wiring, loading and offline behaviour, not perceptual quality.
@@ -339,7 +339,7 @@ def test_disc_start_gates_the_generator_term_and_the_discriminator(random_lpips)
     x, x_hat = images(2, 32, 9), images(2, 32, 10)
     total, logs = hybrid(x, x_hat, step=99)
     d_loss, d_logs = hybrid.discriminator_loss(x, x_hat, step=99)
-    assert hybrid.discriminator.calls == 0 and d_loss is None  # not even run before the start (errata 11)
+    assert hybrid.discriminator.calls == 0 and d_loss is None  # not even run before the start (E11)
     assert float(logs["g_loss"]) == 0 and float(logs["weight_g"]) == 0 and float(logs["disc_active"]) == 0
     torch.testing.assert_close(total, logs["rec"] + 0.5 * logs["vq"])
     _, logs = hybrid(x, x_hat, step=100)

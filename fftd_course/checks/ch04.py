@@ -20,7 +20,7 @@ def _logits(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
 
 
 def check_hinge_d_loss(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> CheckResult:
-    """``fn(logits_real, logits_fake)`` is ``1/2 (E[relu(1 - real)] + E[relu(1 + fake)])`` (eq. 14, errata 3)."""
+    """``fn(logits_real, logits_fake)`` is ``1/2 (E[relu(1 - real)] + E[relu(1 + fake)])`` (eq. 14, E3)."""
 
     def trial() -> None:
         g = torch.Generator().manual_seed(fresh_seed())
