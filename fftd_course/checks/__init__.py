@@ -11,6 +11,7 @@ from .ch03 import check_nearest_code, check_perplexity, check_vq_straight_throug
 from .ch04 import check_adaptive_weight, check_generator_loss, check_hinge_d_loss
 from .ch05 import check_reconstruct, check_training_step
 from .ch06 import check_ddim_sigma, check_ddim_step, check_q_sample
+from .ch09 import check_decode_sample, check_guided_eps_on_channels, check_off_code_distance
 from .core import CheckResult, ExerciseFailed, lenient, run_check
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "check_hinge_d_loss", "check_generator_loss", "check_adaptive_weight",
     "check_reconstruct", "check_training_step",
     "check_q_sample", "check_ddim_step", "check_ddim_sigma",
+    "check_guided_eps_on_channels", "check_decode_sample", "check_off_code_distance",
 ]
