@@ -460,7 +460,7 @@ class LatentDiffusion(nn.Module):
 
     @torch.no_grad()
     def generate(self, classes: Sequence[str | int] | torch.Tensor | None = None, n: int | None = None, *,
-                 num_steps: int = 50, guidance_scale: float = 2.0, eta: float = 0.0, seed: int = 0,
+                 num_steps: int = 50, guidance_scale: float = 3.0, eta: float = 0.0, seed: int = 0,
                  requantize: bool = True, keep_trajectory: bool = False, progress: bool = False,
                  x_T: torch.Tensor | None = None) -> SampleResult:
         """Sample (Algorithm 3), unscale, snap to the codebook (eq. 30) and decode; see :class:`SampleResult`.
@@ -505,25 +505,34 @@ class LatentDiffusion(nn.Module):
 
     # ---- checkpoints ----
 
-    def checkpoint(self) -> dict:
-        """Everything :meth:`load` needs, as tensors, numbers, strings, lists and dicts only."""
+    def checkpoint(self, dtype: torch.dtype = torch.float32) -> dict:
+        """Everything :meth:`load` needs, as tensors, numbers, strings, lists and dicts only.
+
+        Floating-point weights are stored as ``dtype`` (``torch.float16`` halves the file; :meth:`load`
+        always returns float32 weights).
+        """
+
+        def weights(module: nn.Module) -> dict[str, torch.Tensor]:
+            return {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).cpu()
+                    for k, v in module.state_dict().items()}
+
         return {
             "format": CHECKPOINT_FORMAT,
             "ivqvae_config": _config_dict(self.ivqvae.config),
             "fftd_config": _config_dict(_model_config(self.fftd)),
-            "ivqvae": {k: v.detach().cpu() for k, v in self.ivqvae.state_dict().items()},
-            "fftd": {k: v.detach().cpu() for k, v in self.fftd.state_dict().items()},
+            "ivqvae": weights(self.ivqvae),
+            "fftd": weights(self.fftd),
             "betas": self.diffusion.betas.clone(),
             "scale": self.scale,
             "class_names": list(self.class_names),
             "meta": self.meta,
         }
 
-    def save(self, path: str | Path) -> Path:
-        """Write the checkpoint to ``path`` (parent folders are created); returns the path."""
+    def save(self, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+        """Write the checkpoint to ``path`` (parent folders are created; weights stored as ``dtype``); returns the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(self.checkpoint(), path)
+        torch.save(self.checkpoint(dtype), path)
         return path
 
     @classmethod
