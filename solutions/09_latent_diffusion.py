@@ -232,6 +232,8 @@ print(f"stage 1: {settings['stage1_steps']} steps of batch {settings['stage1_bat
       f"{measured['stage1']['heldout_l1']['value']:.4f}")
 print(f"FFTD: {settings['fftd_steps']} steps of batch {settings['fftd_batch']}, lr {settings['fftd_lr']}, EMA "
       f"{settings['ema_decay']}; loss {measured['fftd']['loss_first_50']:.3f} -> {measured['fftd']['loss_last_50']:.3f}")
+sampled = measured["samples"]["trained"]["class_accuracy"]
+print(f"its samples' class accuracy, by the demo's own judge: {sampled['value']:.1%} of {sampled['n']} samples")
 print("seconds:", provenance["seconds"], "on", provenance["machine"]["platform"])
 print("versions:", provenance["versions"])
 
