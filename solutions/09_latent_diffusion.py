@@ -358,12 +358,12 @@ print(f"judge accuracy: snapped {acc_samples:.1%}, not snapped {judge.accuracy(t
 # amplify a difference the FFTD has learned, so first: how much does the label change its prediction?
 
 # %%
-t_mid = torch.full((256,), 250)
-z_mid = schedule.q_sample(z_train[:256] * toy.scale, t_mid, torch.randn(256, 4, 4, 4))
+t_mid = torch.full((256,), 250, device=device)
+z_mid = schedule.q_sample(z_train[:256].to(device) * toy.scale, t_mid, torch.randn(256, 4, 4, 4, device=device))
 with torch.no_grad():
     for name, model in [("the toy generator", toy.fftd), (f"the fresh {FFTD_STEPS}-step FFTD", ema.model)]:
-        eps_c = model(z_mid, t_mid, train_labels[:256])
-        eps_u = model(z_mid, t_mid, torch.full((256,), toy.null_label))
+        eps_c = model(z_mid, t_mid, train_labels[:256].to(device))
+        eps_u = model(z_mid, t_mid, torch.full_like(t_mid, toy.null_label))
         print(f"{name}: at t = 250 the label changes the noise prediction by "
               f"{(eps_c - eps_u).norm() / eps_u.norm():.1%} of its size")
 
@@ -499,11 +499,12 @@ def decode_sample_buggy(ivqvae, z: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 with torch.no_grad():
-    buggy = decode_sample_buggy(stage1, result.latents, toy.scale)
+    buggy = decode_sample_buggy(stage1, result.latents.to(device), toy.scale).cpu()
+    same_codes = (stage1.snap(result.latents.to(device))[1].cpu() == result.indices).float().mean()
 viz.show_images(torch.cat([result.images[:8], buggy[:8]]), nrow=8, title="top: the generator; bottom: the colleague's")
 plt.show()
 print(f"image L1 between the two: {(buggy - result.images).abs().mean():.3f}; the colleague's codes are the "
-      f"generator's at {(stage1.snap(result.latents)[1] == result.indices).float().mean():.0%} of the positions")
+      f"generator's at {same_codes:.0%} of the positions")
 
 # %% [markdown]
 # The right codes are picked at every position (why, with l2-normalised codes?), and yet the images are
@@ -541,7 +542,7 @@ def off_code_distance(generator: pipeline.LatentDiffusion, num_steps: int, label
     ### BEGIN SOLUTION
     result = generator.generate(labels, num_steps=num_steps, seed=seed)
     z = result.latents / generator.scale
-    codes = generator.ivqvae.quantizer.lookup(result.indices)
+    codes = generator.ivqvae.quantizer.lookup(result.indices.to(generator.device)).cpu()
     return float((z - codes).norm(dim=1).mean())
     ### END SOLUTION
 
