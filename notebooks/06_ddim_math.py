@@ -315,7 +315,7 @@ samples_50 = sampler.sample(model, x_T, callback=show_step)
 # `"linspace"` or `"leading"`), $\eta$, classifier-free guidance and a `callback` that sees every step,
 # which we use now to record trajectories.
 #
-# ## Trajectories: 10, 50 and 500 steps, eta 0 and 1
+# ## Trajectories: 10, 50 and 500 steps, $\eta$ = 0 and 1
 #
 # The same starting points, sampled six ways; the paths of a few of them are drawn. Grey contours are
 # the data.

@@ -8,9 +8,9 @@ from .ch00 import check_channel_mean, check_to_unit_range
 from .ch01 import check_resblock, check_swish, check_upsample
 from .ch02 import check_attention_weights, check_attn_block
 from .ch03 import check_nearest_code, check_perplexity, check_vq_straight_through
-from .ch04 import check_adaptive_weight, check_generator_loss, check_hinge_d_loss
-from .ch05 import check_reconstruct, check_training_step
-from .ch06 import check_ddim_sigma, check_ddim_step, check_q_sample
+from .ch04 import check_adaptive_weight, check_receptive_field, check_vanilla_d_loss
+from .ch05 import check_code_influence, check_reconstruct, check_training_step
+from .ch06 import check_ddim_sampler, check_exact_inversion, check_leading_timesteps
 from .core import CheckResult, ExerciseFailed, lenient, run_check
 
 __all__ = [
@@ -19,7 +19,7 @@ __all__ = [
     "check_swish", "check_resblock", "check_upsample",
     "check_attention_weights", "check_attn_block",
     "check_nearest_code", "check_vq_straight_through", "check_perplexity",
-    "check_hinge_d_loss", "check_generator_loss", "check_adaptive_weight",
-    "check_reconstruct", "check_training_step",
-    "check_q_sample", "check_ddim_step", "check_ddim_sigma",
+    "check_vanilla_d_loss", "check_receptive_field", "check_adaptive_weight",
+    "check_reconstruct", "check_training_step", "check_code_influence",
+    "check_leading_timesteps", "check_ddim_sampler", "check_exact_inversion",
 ]
