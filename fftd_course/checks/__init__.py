@@ -11,6 +11,8 @@ from .ch03 import check_nearest_code, check_perplexity, check_vq_straight_throug
 from .ch04 import check_adaptive_weight, check_receptive_field, check_vanilla_d_loss
 from .ch05 import check_code_influence, check_reconstruct, check_training_step
 from .ch06 import check_ddim_sampler, check_exact_inversion, check_leading_timesteps
+from .ch07 import check_cbam_channel_weights, check_fuse_fixed, check_spatial_gate_as_linears
+from .ch08 import check_fftd_forward, check_resampling_parameters, check_unpatchify
 from .core import CheckResult, ExerciseFailed, lenient, run_check
 
 __all__ = [
@@ -22,4 +24,6 @@ __all__ = [
     "check_vanilla_d_loss", "check_receptive_field", "check_adaptive_weight",
     "check_reconstruct", "check_training_step", "check_code_influence",
     "check_leading_timesteps", "check_ddim_sampler", "check_exact_inversion",
+    "check_cbam_channel_weights", "check_spatial_gate_as_linears", "check_fuse_fixed",
+    "check_unpatchify", "check_resampling_parameters", "check_fftd_forward",
 ]
