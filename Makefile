@@ -1,5 +1,7 @@
 # The course's commands. Each target creates the virtual environment .venv first if it is missing.
 #   make test      unit tests + every chapter executed (notebooks/ and solutions/) + sync checks
+#   make demo      train both stages on the toy faces on the CPU, sample every class, measure; writes demo/
+#   make weights   remake the toy checkpoint committed in fftd_course/weights/ (same training as the demo)
 #   make lab       JupyterLab on the course
 #   make release   regenerate student notebooks and .ipynb pairs from solutions/*.py
 
@@ -13,7 +15,7 @@ PY := $(VENV)/bin/python
 # a quiet machine (CI) it made chapter 03 1.4x and chapter 05's training 2x slower (2-core machine).
 TEST_ENV := FFTD_STRICT_CHECKS=1 FFTD_STATIC_PLOTS=1 MPLBACKEND=Agg PYTHONUNBUFFERED=1
 
-.PHONY: test lab release check-sync clean
+.PHONY: test demo weights lab release check-sync clean
 
 $(VENV)/.dev-installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +29,14 @@ $(VENV)/.lab-installed: $(VENV)/.dev-installed
 
 test: $(VENV)/.dev-installed
 	$(TEST_ENV) $(PY) -m pytest tests notebooks solutions --nbval-lax --nbval-current-env --durations=5
+
+demo: $(VENV)/.dev-installed
+	PYTHONUNBUFFERED=1 $(PY) -m fftd_course.demo
+
+# The toy generator the chapters load (pipeline.load_toy), float16, with its provenance .json beside it;
+# it is the demo run (same defaults, demo/ rewritten) measured on the saved copy.
+weights: $(VENV)/.dev-installed
+	PYTHONUNBUFFERED=1 $(PY) -m fftd_course.demo --save-weights fftd_course/weights/toy_latent_diffusion.pt
 
 # Containers often run as root, which JupyterLab refuses unless told.
 LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root,)

@@ -6,7 +6,9 @@ Stages 2-3 (section 3.3): :mod:`.diffusion` (eq. 26-30: schedules, DDIM and DDPM
 :mod:`.mixture` (a Gaussian mixture whose optimal noise predictor is known in closed form),
 :mod:`.fusion` (AdaptiveFusion, eq. 18-25, and the plain fusions of Table 9), :mod:`.fftd` (the FFTD
 hourglass, section 3.2, eq. 16-17).
-Training: :mod:`.pipeline` (Algorithm 1). Evaluation: :mod:`.metrics` (L1, LPIPS, FID, eq. 31).
+Training and sampling: :mod:`.pipeline` (Algorithms 1-3, eq. 30; ``LatentDiffusion`` holds both stages,
+``load_toy()`` the committed toy generator). Evaluation: :mod:`.metrics` (L1, LPIPS, FID, eq. 31),
+:mod:`.judge` (class accuracy of toy samples). ``python -m fftd_course.demo`` (:mod:`.demo`) is ``make demo``.
 Data: :mod:`.data` (toy animal faces). Course machinery: :mod:`.checks` (exercise checks),
 :mod:`.assignments` (solutions -> student notebooks), :mod:`.viz` (pictures).
 """

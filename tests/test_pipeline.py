@@ -97,3 +97,29 @@ def test_a_nan_stops_training_with_the_step_and_term():
     with pytest.raises(losses.NonFiniteLossError) as err:
         pipeline.train_ivqvae(model, loss, images, 3, batch_size=4, progress=False, start_step=7)
     assert err.value.step == 7 and "x_hat" in str(err.value)
+
+
+def test_lr_schedule_scales_the_autoencoder_learning_rate_per_step():
+    model, loss = tiny(disc_start=10**6)
+    opts = pipeline.stage1_optimizers(model, loss, lr=1e-3)
+    images = make_toy_faces(16, size=32, seed=0)[0]
+    schedule = pipeline.cosine_lr(4, warmup_steps=0, final=0.1)
+    pipeline.train_ivqvae(model, loss, images, 3, batch_size=8, lr=1e-3, progress=False, optimizers=opts,
+                          lr_schedule=schedule)
+    assert opts[0].param_groups[0]["lr"] == pytest.approx(1e-3 * schedule(2))
+    assert opts[1].param_groups[0]["lr"] == pytest.approx(1e-3)  # the discriminator's rate is left alone
+
+
+def test_encode_latents_is_frozen_and_returns_codes():
+    model, _ = tiny()
+    model.train()
+    images = make_toy_faces(6, size=32, seed=0)[0]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    z = pipeline.encode_latents(model, images, batch_size=4)
+    assert model.training  # mode restored
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # no statistics, no k-means
+    assert z.shape == (6, 4, 4, 4) and not z.requires_grad
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 4)
+    with torch.no_grad():
+        codes = model.quantizer.codes()
+    assert (flat[:, None] - codes[None]).norm(dim=-1).min(1).values.max() < 1e-6  # every latent vector is a code

@@ -13,6 +13,7 @@ from .ch05 import check_code_influence, check_reconstruct, check_training_step
 from .ch06 import check_ddim_sampler, check_exact_inversion, check_leading_timesteps
 from .ch07 import check_cbam_channel_weights, check_fuse_fixed, check_spatial_gate_as_linears
 from .ch08 import check_fftd_forward, check_resampling_parameters, check_unpatchify
+from .ch09 import check_decode_sample, check_guided_eps_on_channels, check_off_code_distance
 from .core import CheckResult, ExerciseFailed, lenient, run_check
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "check_leading_timesteps", "check_ddim_sampler", "check_exact_inversion",
     "check_cbam_channel_weights", "check_spatial_gate_as_linears", "check_fuse_fixed",
     "check_unpatchify", "check_resampling_parameters", "check_fftd_forward",
+    "check_guided_eps_on_channels", "check_decode_sample", "check_off_code_distance",
 ]
