@@ -368,8 +368,8 @@ else:
           f"{long_model.config.latent_size}x{long_model.config.z_channels} latents, {long_model.config.num_codes} codes), "
           f"{stage1.get('steps')} steps of batch {stage1.get('batch_size')} at lr {stage1.get('lr')}")
     seconds, machine = provenance.get("seconds", {}), provenance.get("machine", {})
-    print(f"  made by `{provenance.get('command')}`: {seconds.get('total')} s in all on {machine.get('cpu_count')} "
-          f"CPU core(s) ({machine.get('platform')})")
+    print(f"  made by `{provenance.get('command')}`; stage 1 trained in {seconds.get('stage1_training')} s on "
+          f"{machine.get('cpu_count')} CPU core(s), {machine.get('device')}")
     print(f"  this chapter's run: {STEPS} steps of batch {BATCH} at lr {LR:g}")
 
 # %%
