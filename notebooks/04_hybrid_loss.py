@@ -29,14 +29,14 @@
 # - measure L1 and LPIPS on reconstruction-like degradations of toy images and see that they rank them differently;
 # - build LPIPS from its parts, and learn what happens on a machine without its VGG16 weights;
 # - build the PatchGAN discriminator, and see why eq. 14 as printed cannot be trained (the hinge loss can);
-# - compare taming's adaptive weight with the paper's fixed `λ_d + λ_vq = 1`;
+# - compare taming's adaptive weight with the paper's fixed $\lambda_d + \lambda_{vq} = 1$ (eq. 15);
 # - switch a discriminator on while training the package's smallest IVQ-VAE, and measure what it does to the
 #   reconstructions;
-# - write the hinge loss, the generator loss and the adaptive weight yourself.
+# - in the exercises: write the other classic discriminator loss, predict (then measure) how large a patch each
+#   PatchGAN logit sees, and find the bugs in a broken adaptive weight.
 
 # %%
 import copy
-import time
 from collections import defaultdict
 
 import matplotlib.pyplot as plt
@@ -48,15 +48,13 @@ from torchvision.transforms.functional import gaussian_blur
 import fftd_course
 from fftd_course import checks, data, ivqvae, losses, metrics, pipeline, viz
 
-chapter_start = time.perf_counter()
-device = fftd_course.default_device()
+device = fftd_course.setup_chapter(seed=0)
 ON_GPU = device.type == "cuda"
 # The training runs below are small on a CPU and larger on a GPU.
 PRE_STEPS, POST_STEPS, BATCH = (600, 400, 32) if ON_GPU else (120, 60, 8)
 LR = 1e-3  # Adam for the IVQ-VAE and its discriminator (chapter 05 uses 5e-4 for a longer run)
 D_DEMO_STEPS = 300 if ON_GPU else 100
-torch.manual_seed(0)
-print(f"device: {device}; IVQ-VAE: {PRE_STEPS} steps, then {POST_STEPS} per branch, batch {BATCH}, lr {LR:g}")
+print(f"IVQ-VAE: {PRE_STEPS} steps, then {POST_STEPS} per branch, batch {BATCH}, lr {LR:g}")
 
 # %% [markdown]
 # ## Reconstruction-like degradations
@@ -84,6 +82,7 @@ def degrade(x: torch.Tensor, kind: str) -> torch.Tensor:
     raise ValueError(kind)
 
 
+# %%
 KINDS = ["blur", "noise", "colour shift", "shift 1 px", "blocky"]
 degraded = {kind: degrade(faces, kind) for kind in KINDS}
 fig, axes = plt.subplots(len(KINDS) + 1, 1, figsize=(8, 7.5))
@@ -164,6 +163,7 @@ def lpips_by_layer(net, x_hat: torch.Tensor, x: torch.Tensor) -> list[torch.Tens
     return terms
 
 
+# %%
 with torch.no_grad():
     x_in, x_hat_in = faces.to(device), degraded["blur"].to(device)
     by_layer = lpips_by_layer(lpips_net.net, x_hat_in, x_in)
@@ -233,11 +233,14 @@ torch.testing.assert_close(my_disc(faces), disc(faces))
 print("input", tuple(faces.shape), "-> logits", tuple(disc(faces).shape), "; the step-by-step network equals the package's")
 for n in (1, 2, 3):
     d = losses.NLayerDiscriminator(n_layers=n)
-    print(f"n_layers={n}: each logit sees a {d.receptive_field}x{d.receptive_field} patch; "
-          f"{tuple(d(torch.zeros(1, 3, 256, 256)).shape[-2:])} logits at 256 px; inputs need >= {d.min_size} px")
+    print(f"n_layers={n}: {tuple(d(torch.zeros(1, 3, 256, 256)).shape[-2:])} logits at 256 px; "
+          f"inputs need >= {d.min_size} px")
 
 # %% [markdown]
-# Weights start from N(0, 0.02), as in DCGAN, pix2pix and taming (`initialize_weights`).
+# How large a patch does each logit judge? That depends only on the kernel sizes and strides; exercise 2
+# asks you to predict it before the chapter measures it.
+#
+# Weights start from $\mathcal N(0, 0.02^2)$, as in DCGAN, pix2pix and taming (`initialize_weights`).
 #
 # > **What the paper says / what we chose (normalisation, E23).** The paper does not describe its
 # > discriminator and trains at **batch size 1**. taming's uses BatchNorm, whose statistics then come
@@ -308,6 +311,7 @@ def train_discriminator(loss_fn) -> tuple[nn.Module, dict[str, list[float]]]:
     return disc, history
 
 
+# %%
 _, printed_run = train_discriminator(d_loss_as_printed)
 hinge_disc, hinge_run = train_discriminator(losses.hinge_d_loss)
 
@@ -391,9 +395,9 @@ SWITCH = PRE_STEPS
 no_disc = losses.HybridLoss(losses.NLayerDiscriminator(ndf=16, n_layers=2), perceptual_weight=0.0,
                             disc_start=10**9).to(device)  # a discriminator that never starts
 opts = pipeline.stage1_optimizers(model, no_disc, lr=LR)  # Adam for the autoencoder and for the discriminator
-start = time.perf_counter()
+start = fftd_course.chapter_seconds()
 pre_run = pipeline.train_ivqvae(model, no_disc, train_images, PRE_STEPS, batch_size=BATCH, seed=0, optimizers=opts)
-print(f"{PRE_STEPS} steps without a discriminator in {time.perf_counter() - start:.1f} s; over the last 10 steps: "
+print(f"{PRE_STEPS} steps without a discriminator in {fftd_course.chapter_seconds() - start:.1f} s; over the last 10 steps: "
       f"training L1 {sum(pre_run['l1'][-10:]) / 10:.4f}, L_vq {sum(pre_run['vq'][-10:]) / 10:.4f}, "
       f"codebook perplexity per batch {sum(pre_run['perplexity'][-10:]) / 10:.0f} of {config.num_codes} codes")
 
@@ -412,9 +416,8 @@ grad_rec = torch.autograd.grad(rec, model.last_layer, retain_graph=True)[0]
 grad_g = torch.autograd.grad(g_loss, model.last_layer, retain_graph=True)[0]
 weight = losses.adaptive_weight(rec, g_loss, model.last_layer, disc_weight=0.75)
 print(f"||grad L_rec|| = {grad_rec.norm():.4g}, ||grad L_G|| = {grad_g.norm():.4g} at the last layer")
-print(f"adaptive lambda_d = 0.75 * {grad_rec.norm():.4g} / {grad_g.norm():.4g} = {weight:.4g} "
+print(f"adaptive lambda_d with w_disc = 0.75: {weight:.4g} "
       f"(the paper's fixed lambda_d would be one number for the whole run, e.g. 0.1)")
-torch.testing.assert_close(weight, 0.75 * grad_rec.norm() / (grad_g.norm() + 1e-4))
 
 # %% [markdown]
 # ## Switching the discriminator on
@@ -427,13 +430,13 @@ torch.testing.assert_close(weight, 0.75 * grad_rec.norm() / (grad_g.norm() + 1e-
 # branches. Each starts from one `copy.deepcopy` of the model, the loss (with its discriminator, never
 # run so far) and both optimizers: copied together, each optimizer copy keeps its Adam state and updates
 # its own copy of the parameters. Each continues at step `SWITCH` (`start_step=SWITCH`) on the same
-# batches (the same `seed`): **no discriminator** (L1 + L_vq, as before), **adaptive** (the discriminator
-# switches on at `SWITCH`, taming's weight, `λ_vq = 1`) and **paper** (the same, with the fixed
-# `λ_d = 0.1`, so `λ_vq = 0.9`).
+# batches (the same `seed`): **no discriminator** ($L_{rec} + L_{vq}$, as before), **adaptive** (the
+# discriminator switches on at `SWITCH`, taming's weight, $\lambda_{vq} = 1$) and **paper** (the same, with
+# the fixed $\lambda_d = 0.1$, so $\lambda_{vq} = 0.9$).
 
 # %%
 branches = {"no discriminator": None, "adaptive": dict(weighting="adaptive"),
-            "paper, λ_d=0.1": dict(weighting="paper", lambda_d=0.1)}
+            "paper, lambda_d=0.1": dict(weighting="paper", lambda_d=0.1)}
 runs, models = {}, {}
 for name, options in branches.items():
     m, loss_fn, opt_ae, opt_d = copy.deepcopy((model, no_disc, *opts))
@@ -441,11 +444,12 @@ for name, options in branches.items():
     if options is not None:  # the copied discriminator (and opt_d, which holds its parameters), on from SWITCH
         loss_fn = losses.HybridLoss(loss_fn.discriminator, perceptual_weight=0.0, disc_start=SWITCH, **options)
     torch.manual_seed(1)  # the quantizer's dead-code replacement draws random numbers: the same in every branch
-    start = time.perf_counter()
+    start = fftd_course.chapter_seconds()
     runs[name] = pipeline.train_ivqvae(m, loss_fn, train_images, POST_STEPS, batch_size=BATCH, seed=1,
                                        optimizers=(opt_ae, opt_d), start_step=SWITCH)
     models[name] = m.eval()
-    print(f"{name:>16}: {POST_STEPS} steps in {time.perf_counter() - start:.1f} s (λ_vq = {loss_fn.lambda_vq:g})")
+    print(f"{name:>16}: {POST_STEPS} steps in {fftd_course.chapter_seconds() - start:.1f} s "
+          f"(lambda_vq = {loss_fn.lambda_vq:g})")
 
 
 # %%
@@ -465,12 +469,13 @@ for name, run in runs.items():
         axes[2].plot(after, run["weight_g"], color=colours[name], label=name)
 axes[0].axvline(SWITCH, color="grey", ls=":"), axes[0].set_ylim(0, 2 * max(pre_run["l1"][-20:]))
 axes[0].set_title("training L1 (smoothed)"), axes[1].set_title("discriminator hinge loss")
-axes[2].set_title("λ_d actually used (weight_g)")
+axes[2].set_title("lambda_d actually used (weight_g)")
 for ax in axes:
     ax.set_xlabel("step"), ax.legend(fontsize=8)
 fig.tight_layout()
 plt.show()
 
+# %%
 window = slice(0, min(10, POST_STEPS))
 first = {name: sum(run["l1"][window]) / len(run["l1"][window]) for name, run in runs.items()}
 for name, run in runs.items():
@@ -478,7 +483,7 @@ for name, run in runs.items():
     if name != "no discriminator":
         extra = (f"; {first[name] / first['no discriminator']:.2f}x the no-discriminator L1 on the same batches "
                  f"right after the switch; discriminator loss {sum(run['d_loss'][-10:]) / 10:.3f} over the last 10 "
-                 f"steps (1.0 = cannot tell), mean λ_d {sum(run['weight_g']) / POST_STEPS:.3f}")
+                 f"steps (1.0 = cannot tell), mean lambda_d {sum(run['weight_g']) / POST_STEPS:.3f}")
     print(f"{name:>16}: training L1 {sum(pre_run['l1'][-10:]) / 10:.4f} before the switch, "
           f"{first[name]:.4f} in the first 10 steps after, {sum(run['l1'][-10:]) / 10:.4f} at the end{extra}")
 
@@ -494,6 +499,7 @@ best = min(scores, key=lambda n: scores[n].l1)
 print(f"lowest held-out L1: {best}; adaptive vs no discriminator: "
       f"{scores['adaptive'].l1 / scores['no discriminator'].l1:.2f}x the L1")
 
+# %%
 with torch.no_grad():
     show = held_out[:8].to(device)
     rows = [show] + [models[name](show)[0] for name in branches]
@@ -517,9 +523,9 @@ plt.show()
 #   say how far apart the two choices are in this run.
 #
 # > **What the paper says / what we chose (eq. 15, E22 and E11).** The paper fixes
-# > `λ_d + λ_vq = 1` with no values: one number shared between two unrelated terms (raising the
+# > $\lambda_d + \lambda_{vq} = 1$ with no values: one number shared between two unrelated terms (raising the
 # > adversarial weight lowers the codebook weight). `HybridLoss` implements it as `weighting="paper"`
-# > (default `λ_d = 0.1`, our choice) and defaults to taming's adaptive weight (`disc_weight = 0.75`,
+# > (default $\lambda_d = 0.1$, our choice) and defaults to taming's adaptive weight ($w_{disc} = 0.75$,
 # > codebook weight 1). `disc_start` gates both the discriminator's update and the generator's
 # > adversarial term; Algorithm 1 only mentions the former.
 
@@ -542,49 +548,135 @@ except losses.NonFiniteLossError as err:
 # %% [markdown]
 # ## Exercises
 #
-# **Exercise 1.** Write the hinge discriminator loss that eq. 14 means:
-# `1/2 (mean(relu(1 - logits_real)) + mean(relu(1 + logits_fake)))`. The two logit maps may come from
-# batches of different sizes.
+# **Exercise 1 (a variant: the other classic discriminator loss).** Before the hinge loss, GANs trained the
+# discriminator as a plain classifier: every real patch is labelled 1, every fake patch 0, and the loss is the
+# binary cross-entropy of the logits, with the probability "real" given by the logistic function
+# $\sigma(d) = 1/(1 + e^{-d})$:
+#
+# $$L_D^{BCE} = \tfrac12\left(\mathbb{E}[-\log\sigma(\mathrm{Dis}(x))] + \mathbb{E}[-\log(1 - \sigma(\mathrm{Dis}(\hat x)))]\right).$$
+#
+# taming calls it `vanilla_d_loss`. Write it so that it stays finite for logits of any size (what does
+# `torch.sigmoid` return for a logit of $-200$ in float32, and what is the log of that?). The two maps may come
+# from batches of different sizes.
 
 # %%
-def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
-    """Hinge loss of the discriminator (eq. 14, E3)."""
+def vanilla_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of a PatchGAN's logits: real patches labelled 1, fake ones 0, each map averaged."""
     # YOUR CODE HERE
     raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
 
 
 # %%
-checks.check_hinge_d_loss(hinge_d_loss)
+checks.check_vanilla_d_loss(vanilla_d_loss)
 
 # %% [markdown]
-# **Exercise 2.** Write the autoencoder's adversarial loss $L_G = -\mathbb{E}[\mathrm{Dis}(\hat x)]$ (eq. 13),
-# given the discriminator's logit map on the reconstructions.
+# **Predict, then run.** Trained on the real and blurred faces above, does this loss let the logits settle
+# like the hinge loss, or drift apart without end like eq. 14 as printed? Write down your guess (and why: look
+# at the slope of each term far from zero), then run the same 100 steps with your loss:
 
 # %%
-def generator_loss(logits_fake: torch.Tensor) -> torch.Tensor:
-    """L_G = -E[Dis(x_hat)] (eq. 13)."""
-    # YOUR CODE HERE
-    raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
-
-
-# %%
-checks.check_generator_loss(generator_loss)
+try:
+    _, vanilla_run = train_discriminator(vanilla_d_loss)
+except NotImplementedError:
+    print("finish exercise 1 to see this")
+else:
+    for run, name in [(printed_run, "printed eq. 14"), (hinge_run, "hinge"), (vanilla_run, "BCE (yours)")]:
+        gap = [r - f for r, f in zip(run["real"], run["fake"])]
+        print(f"{name:>14}: loss {run['loss'][-1]:+.3f}; gap between mean real and blurred logits "
+              f"{gap[len(gap) // 2]:+.2f} half-way, {gap[-1]:+.2f} at the end")
 
 # %% [markdown]
-# **Exercise 3.** Write taming's adaptive weight: the gradients of `rec_loss` and of `g_loss` with
-# respect to `last_layer` (use `torch.autograd.grad(..., retain_graph=True)`: the training step still
-# needs the graph), then `disc_weight * ||g_rec|| / (||g_G|| + 1e-4)`, clamped to `[0, 1e4]` and detached.
+# **Exercise 2 (predict, then measure).** Each logit of the PatchGAN judges a square patch of the input.
+# Write `receptive_field(layers)`: for a stack of convolutions given as `(kernel, stride)` pairs, first layer
+# first, the side in input pixels of the patch that one output position depends on. Work it out on paper first:
+# how many input pixels apart are two neighbouring positions of a layer's output, and by how much does one more
+# $k \times k$ layer widen the window? Predict the answer for pix2pix's `n_layers = 3` before you run the check.
 
 # %%
-def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
-                    disc_weight: float = 1.0) -> torch.Tensor:
-    """The adaptive weight of the adversarial term (taming's calculate_adaptive_weight)."""
+def receptive_field(layers: list[tuple[int, int]]) -> int:
+    """Side in input pixels of the patch that one output of the convolution stack sees."""
     # YOUR CODE HERE
     raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
 
 
 # %%
-checks.check_adaptive_weight(adaptive_weight)
+checks.check_receptive_field(receptive_field)
+
+# %% [markdown]
+# Now measure it, without any formula: send the gradient of the centre logit back to the input and see which
+# pixels receive any. (With the check passed, your numbers should match the measured ones.)
+
+# %%
+def measured_patch(disc: nn.Module, size: int = 160) -> int:
+    x = torch.randn(1, 3, size, size, requires_grad=True)
+    logits = disc(x)
+    logits[0, 0, logits.shape[-2] // 2, logits.shape[-1] // 2].backward()
+    rows = x.grad.abs().sum(dim=(0, 1, 3)).nonzero()  # input rows that the centre logit depends on
+    return int(rows.max() - rows.min() + 1)
+
+
+for n in (1, 2, 3, 4):
+    d = losses.NLayerDiscriminator(ndf=8, n_layers=n, norm="none")  # GroupNorm would mix in every pixel's statistics
+    convs = [(m.kernel_size[0], m.stride[0]) for m in d.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        yours = receptive_field(convs)
+    except NotImplementedError:
+        yours = "finish exercise 2"
+    print(f"n_layers={n}: measured {measured_patch(d)} px, your formula {yours}, the package {d.receptive_field}")
+
+# %% [markdown]
+# **Exercise 3 (find the bug).** Below is an attempt at taming's adaptive weight (the formula is in the section
+# "Weighting the adversarial term"). It has three bugs: one makes it crash, one makes it push in the wrong
+# direction, one lets it explode. Find them by reasoning and by running it, then write a correct
+# `adaptive_weight_fixed` with the same arguments. (The training step calls `backward()` on the total loss
+# **after** the weight has been computed.)
+
+# %%
+def buggy_adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
+                          disc_weight: float = 1.0) -> torch.Tensor:
+    grads = [torch.autograd.grad(loss, last_layer)[0] for loss in (g_loss, rec_loss)]
+    ratio = grads[0].norm() / (grads[1].norm() + 1e-4)
+    return disc_weight * ratio
+
+
+def adaptive_weight_fixed(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
+                          disc_weight: float = 1.0) -> torch.Tensor:
+    """taming's adaptive weight of the adversarial term (calculate_adaptive_weight)."""
+    # YOUR CODE HERE
+    raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
+
+
+# %%
+checks.check_adaptive_weight(adaptive_weight_fixed)
+
+# %% [markdown]
+# **Predict, then measure.** Suppose the discriminator's logits were ten times larger (multiply its last
+# convolution by 10). What happens to $\lambda_d$, and to the adversarial push $\lambda_d \|\nabla_{last} L_G\|$
+# that the decoder's last layer receives? Decide, then run (this cell uses the package's `losses.adaptive_weight`,
+# which passes the same check):
+
+# %%
+x = train_images[:BATCH].to(device)
+x_hat, _ = model(x)
+rec = losses.l1_loss(x_hat, x)
+for scale in (1.0, 10.0):
+    g_loss = scale * losses.generator_loss(hinge_disc(x_hat))  # the same as scaling the last conv by `scale`
+    lam = losses.adaptive_weight(rec, g_loss, model.last_layer, disc_weight=0.75)
+    push = lam * torch.autograd.grad(g_loss, model.last_layer, retain_graph=True)[0].norm()
+    print(f"logits x{scale:>4g}: lambda_d = {lam:.4g}, adversarial push at the last layer {push:.4g}")
+
+# %% [markdown]
+# ## Going further
+#
+# - The paper ties the adversarial weight to the codebook weight ($\lambda_d + \lambda_{vq} = 1$, eq. 15). What
+#   would you expect to happen to codebook usage if you raised $\lambda_d$ to 0.5 in the three-branch run above?
+#   Try it, and look at the perplexity that `pipeline.train_ivqvae` logs.
+# - With the real VGG16 file, which of LPIPS' five layers carries most of the distance for a one-pixel shift,
+#   and which for noise? Use `lpips_by_layer` from above.
+# - The adaptive weight compares gradients at the decoder's *last* layer only. Would the answer change much at
+#   another layer? Compute both ratios for `model.decoder.conv_in.weight` and `model.last_layer` during a run.
+# - A PatchGAN of `n_layers = 2` judges patches of the size you computed in exercise 2 on 32 px faces. What
+#   does a discriminator whose patch covers the whole face learn that a smaller one cannot?
 
 # %% [markdown]
 # ## Summary
@@ -595,11 +687,11 @@ checks.check_adaptive_weight(adaptive_weight)
 # - `losses.NLayerDiscriminator` is a PatchGAN (GroupNorm by default, for batch size 1);
 #   `losses.generator_loss` is eq. 13 and `losses.hinge_d_loss` is what eq. 14 means: the printed
 #   form has no minimum.
-# - `losses.HybridLoss` combines everything (eq. 15) with either the paper's `λ_d + λ_vq = 1` or
+# - `losses.HybridLoss` combines everything (eq. 15) with either the paper's $\lambda_d + \lambda_{vq} = 1$ or
 #   taming's adaptive weight, gates the adversarial part with `disc_start` (E11), logs every
 #   term, and stops with the step and the term when a loss becomes NaN or inf.
 #
 # Next: chapter 05 assembles the IVQ-VAE and trains it end to end with this loss.
 
 # %%
-print(f"chapter run time: {time.perf_counter() - chapter_start:.1f} s on {device}")
+print(f"chapter run time: {fftd_course.chapter_seconds():.1f} s on {device}")

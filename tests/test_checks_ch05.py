@@ -58,3 +58,50 @@ test_reference_passes_wrong_fails_stub_not_attempted, test_strict_mode_raises_on
     CASES)
 
 
+
+
+def influence(model, indices, row, col, new_code):
+    edited = indices.clone()
+    edited[:, row, col] = new_code
+    return (model.decode_indices(edited) - model.decode_indices(indices)).abs().mean(dim=1)
+
+
+def influence_in_place(model, indices, row, col, new_code):  # edits the caller's grid
+    before = model.decode_indices(indices)
+    indices[:, row, col] = new_code
+    return (model.decode_indices(indices) - before).abs().mean(dim=1)
+
+
+def influence_transposed(model, indices, row, col, new_code):
+    return influence(model, indices, col, row, new_code)
+
+
+def influence_signed(model, indices, row, col, new_code):
+    edited = indices.clone()
+    edited[:, row, col] = new_code
+    return (model.decode_indices(edited) - model.decode_indices(indices)).mean(dim=1)
+
+
+def influence_summed_channels(model, indices, row, col, new_code):
+    return 3 * influence(model, indices, row, col, new_code)
+
+
+INFLUENCE_CASES = [(checks.check_code_influence, influence,
+                    [influence_in_place, influence_transposed, influence_signed, influence_summed_channels])]
+
+test_influence_reference_passes_wrong_fails, test_influence_strict_mode_raises = contract_tests(INFLUENCE_CASES)
+
+
+def test_the_chapters_buggy_step_fails(lenient_env):
+    def buggy(model, loss, opt_ae, opt_d, x, step):  # chapter 05's exercise 2, as given to the learner
+        reconstruction, quantized = model(x)
+        total, ae_logs = loss(x, reconstruction, step, last_layer=model.last_layer)
+        total.backward()
+        opt_ae.zero_grad()
+        opt_ae.step()
+        loss_d, disc_logs = loss.discriminator_loss(x, reconstruction, step)
+        loss_d.backward()
+        opt_d.step()
+        return {**ae_logs, **disc_logs}
+
+    assert checks.check_training_step(buggy).status == "fail"

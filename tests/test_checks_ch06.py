@@ -1,84 +1,116 @@
 """Chapter 06 checks: the reference answers pass, plausible wrong answers fail (and raise in strict mode),
 stubs are "not attempted"."""
 
+import torch
+
 from fftd_course import checks
 from fftd_course import diffusion as D
 
 from check_contract import contract_tests
 
 
-def _gather(alpha_bar, t, x0):
-    return alpha_bar[t].view(-1, *([1] * (x0.ndim - 1)))
+def leading(T, n):
+    return D.ddim_timesteps(T, n, "leading")
 
 
-def q_sample(x0, t, noise, alpha_bar):
-    ab = _gather(alpha_bar, t, x0)
-    return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+def leading_ascending(T, n):  # the right set, in the wrong order
+    return leading(T, n).flip(0)
 
 
-def q_sample_no_sqrt(x0, t, noise, alpha_bar):  # variances used as amplitudes
-    ab = _gather(alpha_bar, t, x0)
-    return ab * x0 + (1 - ab) * noise
+def leading_float_stride(T, n):  # T / n instead of the integer stride
+    return (torch.arange(n - 1, -1, -1) * (T / n)).round().long()
 
 
-def q_sample_paper_index(x0, t, noise, alpha_bar):  # treats t as the paper's 1-based t
-    ab = _gather(alpha_bar, (t - 1).clamp(min=0), x0)
-    return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+def leading_from_one(T, n):  # counts the multiples from 1, as if timesteps were the paper's 1-based t
+    return torch.arange(n, 0, -1) * (T // n)
 
 
-def q_sample_first_alpha(x0, t, noise, alpha_bar):  # one alpha_bar for the whole batch
-    ab = alpha_bar[t[0]]
-    return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+def sample_reference(model, x_T, timesteps, alpha_bar):
+    x, ts = x_T, timesteps.tolist()
+    for i, t in enumerate(ts):
+        a_next = alpha_bar[ts[i + 1]] if i + 1 < len(ts) else torch.ones((), dtype=alpha_bar.dtype)
+        x = D.ddim_step(x, model(x, torch.full((len(x),), t), None), alpha_bar[t], a_next)
+    return x
 
 
-def ddim_step(x_t, eps, a_t, a_prev, eta, noise):
-    x0 = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-    sigma = D.ddim_sigma(a_t, a_prev, eta)
-    return a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).sqrt() * eps + sigma * noise
+def sample_as_given_in_the_chapter(model, x_T, timesteps, alpha_bar):  # the last step lands on index 0
+    x = x_T
+    for t, t_target in zip(timesteps.tolist(), timesteps.tolist()[1:] + [0]):
+        x = D.ddim_step(x, model(x, torch.full((len(x),), t), None), alpha_bar[t], alpha_bar[t_target])
+    return x
 
 
-def ddim_step_no_sigma_in_direction(x_t, eps, a_t, a_prev, eta, noise):
-    x0 = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-    sigma = D.ddim_sigma(a_t, a_prev, eta)
-    return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps + sigma * noise
+def sample_minus_one_wraps(model, x_T, timesteps, alpha_bar):  # -1 as "clean", but used as an index
+    x = x_T
+    for t, t_target in zip(timesteps.tolist(), timesteps.tolist()[1:] + [-1]):
+        x = D.ddim_step(x, model(x, torch.full((len(x),), t), None), alpha_bar[t], alpha_bar[t_target])
+    return x
 
 
-def ddim_step_sign(x_t, eps, a_t, a_prev, eta, noise):
-    x0 = (x_t + (1 - a_t).sqrt() * eps) / a_t.sqrt()
-    sigma = D.ddim_sigma(a_t, a_prev, eta)
-    return a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).sqrt() * eps + sigma * noise
+def sample_paper_index(model, x_T, timesteps, alpha_bar):  # calls the model with the paper's 1-based t
+    x, ts = x_T, timesteps.tolist()
+    for i, t in enumerate(ts):
+        a_next = alpha_bar[ts[i + 1]] if i + 1 < len(ts) else torch.ones((), dtype=alpha_bar.dtype)
+        x = D.ddim_step(x, model(x, torch.full((len(x),), t + 1), None), alpha_bar[t], a_next)
+    return x
 
 
-def ddim_step_deterministic_only(x_t, eps, a_t, a_prev, eta, noise):
-    return D.ddim_step(x_t, eps, a_t, a_prev, 0.0)
+def sample_neighbour_not_subsequence(model, x_T, timesteps, alpha_bar):  # steps to t - 1, not the next element
+    x = x_T
+    for t in timesteps.tolist():
+        a_next = alpha_bar[t - 1] if t > 0 else torch.ones((), dtype=alpha_bar.dtype)
+        x = D.ddim_step(x, model(x, torch.full((len(x),), t), None), alpha_bar[t], a_next)
+    return x
 
 
-def sigma(a_t, a_prev, eta):
-    return eta * ((1 - a_prev) / (1 - a_t)).sqrt() * (1 - a_t / a_prev).sqrt()
+def invert(model, x0, timesteps, alpha_bar, iterations):
+    x, a_here = x0, torch.ones((), dtype=alpha_bar.dtype)
+    for t in timesteps.flip(0).tolist():
+        tv = torch.full((len(x),), t)
+        up = D.ddim_step(x, model(x, tv, None), a_here, alpha_bar[t])
+        for _ in range(iterations):
+            up = D.ddim_step(x, model(up, tv, None), a_here, alpha_bar[t])
+        x, a_here = up, alpha_bar[t]
+    return x
 
 
-def sigma_no_ratio(a_t, a_prev, eta):
-    return eta * (1 - a_t / a_prev).sqrt()
+def invert_ignores_iterations(model, x0, timesteps, alpha_bar, iterations):
+    return invert(model, x0, timesteps, alpha_bar, 0)
 
 
-def sigma_squared(a_t, a_prev, eta):  # the variance, not the standard deviation
-    return eta * (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
+def invert_moves_the_start(model, x0, timesteps, alpha_bar, iterations):  # restarts each refinement from the estimate
+    x, a_here = x0, torch.ones((), dtype=alpha_bar.dtype)
+    for t in timesteps.flip(0).tolist():
+        tv = torch.full((len(x),), t)
+        for _ in range(iterations + 1):
+            x = D.ddim_step(x, model(x, tv, None), a_here, alpha_bar[t])
+            a_here_next = alpha_bar[t]
+        a_here = a_here_next
+    return x
+
+
+def invert_from_first_index(model, x0, timesteps, alpha_bar, iterations):  # starts at alpha_bar[0], not clean data
+    x, a_here = x0, alpha_bar[0]
+    for t in timesteps.flip(0).tolist():
+        tv = torch.full((len(x),), t)
+        up = D.ddim_step(x, model(x, tv, None), a_here, alpha_bar[t])
+        for _ in range(iterations):
+            up = D.ddim_step(x, model(up, tv, None), a_here, alpha_bar[t])
+        x, a_here = up, alpha_bar[t]
+    return x
 
 
 CASES = [
-    (checks.check_q_sample, q_sample, [q_sample_no_sqrt, q_sample_paper_index, q_sample_first_alpha]),
-    (checks.check_ddim_step, ddim_step, [ddim_step_no_sigma_in_direction, ddim_step_sign, ddim_step_deterministic_only]),
-    (checks.check_ddim_sigma, sigma, [sigma_no_ratio, sigma_squared]),
+    (checks.check_leading_timesteps, leading, [leading_ascending, leading_float_stride, leading_from_one]),
+    (checks.check_ddim_sampler, sample_reference,
+     [sample_as_given_in_the_chapter, sample_minus_one_wraps, sample_paper_index, sample_neighbour_not_subsequence]),
+    (checks.check_exact_inversion, invert, [invert_ignores_iterations, invert_moves_the_start, invert_from_first_index]),
 ]
 
 test_reference_passes_wrong_fails_stub_not_attempted, test_strict_mode_raises_on_every_wrong_answer = contract_tests(
     CASES)
 
 
-def test_package_versions_pass_their_own_checks(lenient_env):
-    assert checks.check_ddim_step(D.ddim_step)
-    assert checks.check_ddim_sigma(D.ddim_sigma)
-
-
-def test_q_sample_message_names_the_index_convention(lenient_env):
-    assert "0-based" in checks.check_q_sample(q_sample_paper_index).message
+def test_messages_name_the_convention(lenient_env):
+    assert "0-based" in checks.check_ddim_sampler(sample_paper_index).message
+    assert "LongTensor" in checks.check_leading_timesteps(lambda T, n: leading(T, n).float()).message

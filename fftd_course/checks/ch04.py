@@ -1,72 +1,96 @@
-"""Checks for chapter 04 (the hybrid loss, eq. 13-15): hinge loss, generator loss, adaptive weight."""
+"""Checks for chapter 04 (the hybrid loss, eq. 13-15): the BCE discriminator loss (a variant of eq. 14), the
+receptive field of a PatchGAN, and taming's adaptive weight (a find-the-bug exercise)."""
 
 from __future__ import annotations
 
+import random
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from ..losses import adaptive_weight, generator_loss, hinge_d_loss
+from ..losses import NLayerDiscriminator, adaptive_weight
 from .core import CheckFailure, CheckResult, compare, fresh_seed, run_check
 
 # Logit maps of a PatchGAN: (batch, 1, H', W'); real and fake batches may differ in size.
 _LOGIT_SHAPES = [((4, 1, 6, 6), (4, 1, 6, 6)), ((2, 1, 3, 3), (2, 1, 3, 3)), ((3, 1, 5, 5), (7, 1, 2, 2))]
 
 
-def _logits(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
-    # Spread over [-3, 3] so that both sides of the hinge margins at +-1 are exercised.
-    return (torch.randn(shape, generator=g, dtype=torch.float64) * 1.5).requires_grad_(True)
+def _logits(shape: tuple[int, ...], g: torch.Generator, scale: float = 1.5) -> torch.Tensor:
+    # Spread over about [-3, 3] by default, so that both saturated and linear parts of the loss are exercised.
+    return (torch.randn(shape, generator=g) * scale).requires_grad_(True)
 
 
-def check_hinge_d_loss(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> CheckResult:
-    """``fn(logits_real, logits_fake)`` is ``1/2 (E[relu(1 - real)] + E[relu(1 + fake)])`` (eq. 14, E3)."""
+def _reference_vanilla_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """taming's ``vanilla_d_loss``: the halved binary cross-entropy, real labelled 1 and fake 0, on logits."""
+    real = F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real))
+    fake = F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake))
+    return 0.5 * (real + fake)
+
+
+def check_vanilla_d_loss(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> CheckResult:
+    """``fn(logits_real, logits_fake)`` is the BCE discriminator loss (taming's ``vanilla_d_loss``), finite everywhere."""
 
     def trial() -> None:
         g = torch.Generator().manual_seed(fresh_seed())
-        for shape_r, shape_f in _LOGIT_SHAPES:
-            real, fake = _logits(shape_r, g), _logits(shape_f, g)
+        cases = [(shape_r, shape_f, 1.5) for shape_r, shape_f in _LOGIT_SHAPES] + [((2, 1, 4, 4), (3, 1, 4, 4), 150.0)]
+        for shape_r, shape_f, scale in cases:
+            real, fake = _logits(shape_r, g, scale), _logits(shape_f, g, scale)
             real_ref, fake_ref = real.detach().clone().requires_grad_(True), fake.detach().clone().requires_grad_(True)
-            got, want = fn(real, fake), hinge_d_loss(real_ref, fake_ref)
-            what = f"hinge loss for real logits {shape_r} and fake logits {shape_f}"
+            what = (f"BCE loss for real logits {shape_r} and fake logits {shape_f}"
+                    + (f" (logits up to +-{scale * 3:.0f})" if scale > 10 else ""))
+            got, want = fn(real, fake), _reference_vanilla_d_loss(real_ref, fake_ref)
             compare(got, want, what)
             if not got.requires_grad:
                 raise CheckFailure(f"{what}: no gradient can flow back to the logits (did you detach or use .item()?)")
             got.backward()
             want.backward()
             if real.grad is None or fake.grad is None:
-                raise CheckFailure(f"{what}: no gradient reached the logits (did you detach or use .item()?)")
+                raise CheckFailure(f"{what}: no gradient reached the logits")
             compare(real.grad, real_ref.grad, f"{what}: gradient with respect to the real logits")
             compare(fake.grad, fake_ref.grad, f"{what}: gradient with respect to the fake logits")
 
-    return run_check("hinge_d_loss", trial,
-                     hint="0.5 * (F.relu(1 - logits_real).mean() + F.relu(1 + logits_fake).mean()); take the two means "
-                          "separately (the batches may differ in size) and keep the relus: without them this is eq. 14 "
-                          "as printed, which has no minimum.")
+    return run_check("vanilla_d_loss", trial,
+                     hint="a real patch should be called real and a fake one fake; average each map on its own, then "
+                          "halve their sum as in eq. 14. For large logits, never form the probability first: "
+                          "-log(sigma(d)) has a closed form in d alone that PyTorch provides as a stable function.")
 
 
-def check_generator_loss(fn: Callable[[torch.Tensor], torch.Tensor]) -> CheckResult:
-    """``fn(logits_fake)`` is ``-E[Dis(x_hat)]`` (eq. 13), with the right gradient."""
+def _reference_receptive_field(layers: list[tuple[int, int]]) -> int:
+    """Walk back from one output position: each layer maps a window of ``w`` outputs to ``(w - 1) s + k`` inputs."""
+    window = 1
+    for kernel, stride in reversed(layers):
+        window = (window - 1) * stride + kernel
+    return window
+
+
+def _conv_layers(disc: nn.Module) -> list[tuple[int, int]]:
+    return [(m.kernel_size[0], m.stride[0]) for m in disc.modules() if isinstance(m, nn.Conv2d)]
+
+
+def check_receptive_field(fn: Callable[[list[tuple[int, int]]], int]) -> CheckResult:
+    """``fn(layers)`` is the receptive field of a stack of ``(kernel, stride)`` convolutions, first layer first."""
 
     def trial() -> None:
-        g = torch.Generator().manual_seed(fresh_seed())
-        for _, shape in _LOGIT_SHAPES:
-            fake = _logits(shape, g)
-            fake_ref = fake.detach().clone().requires_grad_(True)
-            got, want = fn(fake), generator_loss(fake_ref)
-            compare(got, want, f"generator loss for logits {shape}")
-            if not got.requires_grad:
-                raise CheckFailure(f"generator loss for logits {shape}: no gradient can flow back to the logits "
-                                   "(did you detach or use .item()?)")
-            got.backward()
-            want.backward()
-            if fake.grad is None:
-                raise CheckFailure(f"generator loss for logits {shape}: no gradient reached the logits")
-            compare(fake.grad, fake_ref.grad, f"gradient of the generator loss for logits {shape}")
+        for n in (1, 2, 3, 4):
+            disc = NLayerDiscriminator(ndf=4, n_layers=n)
+            layers = _conv_layers(disc)
+            got = fn(layers)
+            if int(got) != disc.receptive_field:
+                raise CheckFailure(f"PatchGAN with n_layers={n}, layers {layers}: you say {got}, "
+                                   f"its logits see {disc.receptive_field} px")
+        rng = random.Random(fresh_seed())
+        for _ in range(20):
+            layers = [(rng.randint(1, 7), rng.randint(1, 3)) for _ in range(rng.randint(1, 6))]
+            got, want = fn(list(layers)), _reference_receptive_field(layers)
+            if int(got) != want:
+                raise CheckFailure(f"layers {layers} (kernel, stride), first layer first: you say {got}, expected {want}")
 
-    return run_check("generator_loss", trial,
-                     hint="minus the mean over every logit of every image: -logits_fake.mean(). The autoencoder wants "
-                          "the discriminator to call its reconstructions real (large logits).")
+    return run_check("receptive_field", trial,
+                     hint="a layer's kernel spans k of its inputs; how many input pixels lie between two neighbouring "
+                          "inputs of that layer depends on the strides of the layers before it, not on its own "
+                          "stride. Check a small case by hand: two 3x3 layers of stride 1, then of stride 2.")
 
 
 def _adaptive_setup(g: torch.Generator, channels: int, size: int, zero_adversarial: bool = False):
@@ -93,14 +117,17 @@ def check_adaptive_weight(fn: Callable[..., torch.Tensor]) -> CheckResult:
             want = adaptive_weight(rec, g_loss, last, disc_weight)
             got = fn(rec, g_loss, last, disc_weight)
             if isinstance(got, torch.Tensor) and got.requires_grad:
-                raise CheckFailure(f"{what}: the weight still requires grad; .detach() it (it is a weight, not a "
-                                   "quantity to optimise)")
+                raise CheckFailure(f"{what}: the weight still requires grad; it is a weight, not a quantity to "
+                                   "optimise, so no gradient should flow through it")
             compare(torch.as_tensor(got, dtype=torch.float64), want, what, atol=1e-6, rtol=1e-5)
             try:  # the training step still needs the graph after the weight was computed
                 (rec + want * g_loss).backward()
             except RuntimeError:
-                raise CheckFailure(f"{what}: the loss graph was freed; pass retain_graph=True to torch.autograd.grad") from None
+                raise CheckFailure(f"{what}: the loss graph was freed while computing the weight, so the training "
+                                   "step's backward() fails afterwards") from None
 
     return run_check("adaptive_weight", trial,
-                     hint="torch.autograd.grad(loss, last_layer, retain_graph=True)[0] for both losses, then "
-                          "disc_weight * ||g_rec|| / (||g_G|| + 1e-4), clamped to [0, 1e4] and detached.")
+                     hint="three questions. Which gradient norm belongs on top, if the weighted adversarial push at "
+                          "the last layer should match the reconstruction's push? What does autograd free after a "
+                          "gradient call unless told to keep it, and who needs the graph later? What should the "
+                          "weight be when the adversarial gradient is zero?")

@@ -40,7 +40,8 @@ def check_reconstruct(fn: Callable[[IVQVAE, torch.Tensor], tuple[torch.Tensor, t
                                    "not the plain nearest codes")
 
     return run_check("reconstruct", trial,
-                     hint="z = model.encode(x); q = model.quantize(z); return model.decode(q.z_q), q.loss")
+                     hint="three parts in the order of Algorithm 1; the quantizer returns several things: which one "
+                          "carries the straight-through gradient (chapter 03), and which one is L_vq?")
 
 
 def check_training_step(fn: Callable[..., dict]) -> CheckResult:
@@ -65,6 +66,38 @@ def check_training_step(fn: Callable[..., dict]) -> CheckResult:
                 compare(got.detach(), want.detach(), f"after step {step}, discriminator parameter {name}", atol=1e-5)
 
     return run_check("training_step", trial,
-                     hint="forward, loss(x, x_hat, step, vq_loss=..., last_layer=model.last_layer), zero_grad/backward/"
-                          "step for the autoencoder; then loss.discriminator_loss(x, x_hat, step) and, if it is not None, "
-                          "the same three calls for the discriminator.")
+                     hint="four questions. Does every term of eq. 15 reach the autoencoder's loss (which one trains the "
+                          "codebook)? When are old gradients cleared, relative to backward and the optimizer's step? "
+                          "Are the discriminator's gradients ever cleared? What does the discriminator's loss return "
+                          "before its start step (E11)?")
+
+
+def _reference_code_influence(model: IVQVAE, indices: torch.Tensor, row: int, col: int, new_code: int) -> torch.Tensor:
+    with torch.no_grad():
+        before = model.decode_indices(indices)
+        after = model.decode_indices(torch.where(
+            (torch.arange(indices.shape[1]).view(-1, 1) == row) & (torch.arange(indices.shape[2]) == col),
+            torch.full_like(indices, new_code), indices))
+    return (after - before).abs().mean(dim=1)
+
+
+def check_code_influence(fn: Callable[[IVQVAE, torch.Tensor, int, int, int], torch.Tensor]) -> CheckResult:
+    """``fn(model, indices, row, col, new_code)``: the per-pixel change ``(B, H, W)`` when one code is replaced."""
+
+    def trial() -> None:
+        seed = fresh_seed()
+        model = _tiny_model(seed).eval()
+        g = torch.Generator().manual_seed(seed)
+        for batch, row, col in [(3, 0, 0), (2, 1, 3), (1, 3, 2)]:  # row != col: rows and columns must not be swapped
+            indices = torch.randint(0, 32, (batch, 4, 4), generator=g)
+            new_code = int((indices[0, row, col] + 1 + torch.randint(0, 30, (), generator=g)) % 32)
+            original = indices.clone()
+            got = fn(model, indices, row, col, new_code)
+            if not torch.equal(indices, original):
+                raise CheckFailure("your function changed the caller's indices; edit a copy")
+            compare(got, _reference_code_influence(model, indices, row, col, new_code),
+                    f"change map for {batch} grid(s), code ({row}, {col}) replaced by {new_code}")
+
+    return run_check("code_influence", trial,
+                     hint="decode the grid twice, once as given and once with the one entry (row, col) of every image "
+                          "replaced; which quantity is per pixel, and over which dimension do you average?")

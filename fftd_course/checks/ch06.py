@@ -1,85 +1,117 @@
-"""Checks for chapter 06 (diffusion math and the DDIM sampler, eq. 26-29)."""
+"""Checks for chapter 06 (diffusion math and the DDIM sampler, eq. 26-29, Algorithm 3): the leading spacing,
+a sampler with its off-by-one repaired, and exact DDIM inversion by fixed-point iteration."""
 
 from __future__ import annotations
 
+import random
 from typing import Callable
 
 import torch
 
-from ..diffusion import Diffusion, beta_schedule, ddim_sigma, ddim_step
+from ..diffusion import DDIMSampler, Diffusion, beta_schedule, ddim_step
+from ..mixture import toy_mixture_2d
 from .core import CheckFailure, CheckResult, compare, fresh_seed, run_check
 
-SHAPES = [(4, 3, 8, 8), (5, 4, 4, 4), (7, 2)]
+
+def _reference_leading(T: int, num_steps: int) -> torch.Tensor:
+    stride = T // num_steps
+    return torch.tensor([stride * k for k in reversed(range(num_steps))], dtype=torch.long)
 
 
-def _alpha_bars(g: torch.Generator, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample ``(alpha_bar_t, alpha_bar_prev)`` with ``alpha_bar_prev > alpha_bar_t``, shaped ``(B, 1, ..., 1)``."""
-    ab = Diffusion(beta_schedule("linear_rescaled", 500)).alpha_bar
-    t = torch.randint(1, 500, (shape[0],), generator=g)
-    t_prev = (t - torch.randint(1, 60, (shape[0],), generator=g)).clamp(min=-1)
-    ab_t = ab[t].float()
-    ab_prev = torch.where(t_prev >= 0, ab[t_prev.clamp(min=0)], torch.ones(())).float()
-    view = (-1,) + (1,) * (len(shape) - 1)
-    return ab_t.view(view), ab_prev.view(view)
+def check_leading_timesteps(fn: Callable[[int, int], torch.Tensor]) -> CheckResult:
+    """``fn(T, num_steps)`` is DDIM's 'leading' sub-sequence (0-based, noisiest first), a LongTensor."""
+
+    def trial() -> None:
+        rng = random.Random(fresh_seed())
+        cases = [(500, 50), (500, 300), (500, 1), (500, 500), (1000, 7)]
+        cases += [(T, rng.randint(1, T)) for T in (rng.randint(2, 60) for _ in range(10))]
+        for T, n in cases:
+            got, want = fn(T, n), _reference_leading(T, n)
+            what = f"leading timesteps for T={T}, {n} step(s)"
+            if not isinstance(got, torch.Tensor) or got.dtype != torch.long:
+                raise CheckFailure(f"{what}: return a LongTensor (timesteps are indices), got "
+                                   f"{getattr(got, 'dtype', type(got).__name__)}")
+            if got.shape != want.shape or not torch.equal(got, want):
+                raise CheckFailure(f"{what}: got {got.tolist()[:6]}{' ...' if got.numel() > 6 else ''}, "
+                                   f"expected {want.tolist()[:6]}{' ...' if want.numel() > 6 else ''}")
+
+    return run_check("leading_timesteps", trial,
+                     hint="the stride is an integer division; the sequence starts at 0 (its smallest element) and "
+                          "the sampler visits it from the noisiest end: which order does the sampler expect?")
 
 
-def check_q_sample(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> CheckResult:
-    """``fn(x0, t, noise, alpha_bar)`` is eq. 28 for 0-based ``t`` ``(B,)``, like :meth:`Diffusion.q_sample`."""
+class _RecordingModel:
+    """Wraps the analytic mixture model and checks every call's timesteps: (B,) integer indices in [0, T)."""
+
+    def __init__(self, diffusion: Diffusion):
+        self.inner, self.T, self.calls = toy_mixture_2d().eps_model(diffusion), diffusion.T, []
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if not isinstance(t, torch.Tensor) or t.dtype not in (torch.long, torch.int32) or t.shape != (len(x),):
+            raise CheckFailure(f"the model was called with t = {t!r}; pass a LongTensor of shape ({len(x)},)")
+        if int(t.min()) < 0 or int(t.max()) >= self.T:
+            raise CheckFailure(f"the model was called at index {int(t.max()) if int(t.max()) >= self.T else int(t.min())},"
+                               f" outside 0 .. {self.T - 1}: timesteps are 0-based indices")
+        self.calls.append(int(t[0]))
+        return self.inner(x, t, y)
+
+
+def check_ddim_sampler(fn: Callable[..., torch.Tensor]) -> CheckResult:
+    """``fn(model, x_T, timesteps, alpha_bar)`` samples like ``DDIMSampler(..., eta=0).sample``."""
 
     def trial() -> None:
         g = torch.Generator().manual_seed(fresh_seed())
-        for shape, (kind, T) in zip(SHAPES, [("linear_rescaled", 500), ("linear", 500), ("cosine", 40)]):
+        for kind, T, steps, spacing in [("linear_rescaled", 100, 10, "trailing"), ("linear", 60, 7, "linspace"),
+                                        ("cosine", 40, 1, "trailing"), ("linear_rescaled", 30, 30, "leading")]:
             diffusion = Diffusion(beta_schedule(kind, T))
-            x0, noise = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
-            t = torch.randint(0, T, (shape[0],), generator=g)
-            t[0], t[-1] = 0, T - 1  # both ends: index 0 is the paper's t = 1, index T - 1 its t = T
-            got = fn(x0, t, noise, diffusion.alpha_bar.float())
-            compare(got, diffusion.q_sample(x0, t, noise), f"q_sample on a {shape} batch ({kind} schedule, T={T})")
+            sampler = DDIMSampler(diffusion, steps, spacing=spacing)
+            x_T = torch.randn(64, 2, generator=g, dtype=torch.float64)
+            model = _RecordingModel(diffusion)
+            got = fn(model, x_T, sampler.timesteps.clone(), diffusion.alpha_bar.clone())
+            what = f"{steps} {spacing} steps of a {kind} schedule with T={T}"
+            if model.calls != sampler.timesteps.tolist():
+                raise CheckFailure(f"{what}: the model was called at {model.calls[:8]}, expected "
+                                   f"{sampler.timesteps.tolist()[:8]} (one call per timestep, noisiest first)")
+            compare(got, sampler.sample(model.inner, x_T), f"samples after {what}", atol=1e-5, rtol=1e-5)
 
-    return run_check("q_sample", trial,
-                     hint="look up alpha_bar[t] (0-based, no t - 1), reshape it to (B, 1, ..., 1) so it broadcasts over "
-                          "x0, then sqrt(alpha_bar) * x0 + sqrt(1 - alpha_bar) * noise.")
-
-
-def check_ddim_step(fn: Callable[..., torch.Tensor]) -> CheckResult:
-    """``fn(x_t, eps, alpha_bar_t, alpha_bar_prev, eta, noise)`` is eq. 29, like :func:`fftd_course.diffusion.ddim_step`."""
-
-    def trial() -> None:
-        g = torch.Generator().manual_seed(fresh_seed())
-        for shape in SHAPES:
-            ab_t, ab_prev = _alpha_bars(g, shape)
-            x_t, eps, noise = (torch.randn(shape, generator=g) for _ in range(3))
-            for eta in (0.0, 0.5, 1.0):
-                got = fn(x_t, eps, ab_t, ab_prev, eta, noise)
-                compare(got, ddim_step(x_t, eps, ab_t, ab_prev, eta, noise), f"one DDIM step with eta={eta} on a {shape} batch")
-        # The last step of a sampler goes to clean data: alpha_bar_prev = 1 returns the x0 estimate itself.
-        x_t, eps = torch.randn(3, 2, generator=g), torch.randn(3, 2, generator=g)
-        ab_t = torch.full((3, 1), 0.3)
-        compare(fn(x_t, eps, ab_t, torch.ones(3, 1), 0.0, torch.zeros(3, 2)), (x_t - 0.7**0.5 * eps) / 0.3**0.5,
-                "the last step (alpha_bar_prev = 1), which must return z0_hat")
-
-    return run_check("ddim_step", trial,
-                     hint="z0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t); sigma = ddim_sigma(a_t, a_prev, eta); "
-                          "x_prev = sqrt(a_prev) z0_hat + sqrt(1 - a_prev - sigma**2) eps + sigma * noise.")
+    return run_check("ddim_sampler", trial,
+                     hint="the paper's alpha_0 = 1 (clean data) has no index in the table (see the conventions "
+                          "section): where does the last step of your loop land, and which alpha_bar does it use?")
 
 
-def check_ddim_sigma(fn: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]) -> CheckResult:
-    """``fn(alpha_bar_t, alpha_bar_prev, eta)`` is the sigma of eq. 29, like :func:`fftd_course.diffusion.ddim_sigma`."""
+def _reference_inversion(model, x0: torch.Tensor, timesteps: torch.Tensor, alpha_bar: torch.Tensor,
+                         iterations: int) -> torch.Tensor:
+    levels = [1.0] + [alpha_bar[t] for t in timesteps.flip(0).tolist()]
+    x = x0
+    for k, t in enumerate(timesteps.flip(0).tolist()):
+        t_vec = torch.full((len(x0),), t, dtype=torch.long)
+        estimate = x
+        for _ in range(iterations + 1):  # the first pass evaluates the model at the start point: the package's step
+            estimate = ddim_step(x, model(estimate, t_vec, None), levels[k], levels[k + 1])
+        x = estimate
+    return x
+
+
+def check_exact_inversion(fn: Callable[..., torch.Tensor]) -> CheckResult:
+    """``fn(model, x0, timesteps, alpha_bar, iterations)``: DDIM inversion refined by fixed-point iteration."""
 
     def trial() -> None:
         g = torch.Generator().manual_seed(fresh_seed())
-        for shape in SHAPES:
-            ab_t, ab_prev = _alpha_bars(g, shape)
-            for eta in (0.0, 0.3, 1.0):
-                compare(fn(ab_t, ab_prev, eta), ddim_sigma(ab_t, ab_prev, eta), f"sigma with eta={eta} for {shape[0]} pairs")
-        # eta = 1 between neighbouring timesteps must be DDPM's posterior std sqrt(beta_tilde) (DDPM eq. 7).
-        d = Diffusion(beta_schedule("linear", 100))
-        t = torch.arange(1, 100)
-        beta_tilde = d.betas[t] * (1 - d.alpha_bar[t - 1]) / (1 - d.alpha_bar[t])
-        got = fn(d.alpha_bar[t], d.alpha_bar[t - 1], 1.0)
-        if not isinstance(got, torch.Tensor) or not torch.allclose(got.double(), beta_tilde.sqrt(), rtol=1e-4, atol=1e-7):
-            raise CheckFailure("at eta = 1 between neighbouring timesteps sigma must equal DDPM's posterior std "
-                               "sqrt(beta_t (1 - a_prev) / (1 - a_t))")
+        diffusion = Diffusion(beta_schedule("linear_rescaled", 100))
+        model = toy_mixture_2d().eps_model(diffusion)
+        for steps in (5, 12):
+            sampler = DDIMSampler(diffusion, steps)
+            x0 = toy_mixture_2d().sample(48, g)[0]
+            got = fn(model, x0, sampler.timesteps.clone(), diffusion.alpha_bar.clone(), 0)
+            compare(got, sampler.invert(model, x0), f"{steps} steps with iterations=0 (must equal DDIMSampler.invert)",
+                    atol=1e-5, rtol=1e-5)
+            for iterations in (1, 3):
+                got = fn(model, x0, sampler.timesteps.clone(), diffusion.alpha_bar.clone(), iterations)
+                compare(got, _reference_inversion(model, x0, sampler.timesteps, diffusion.alpha_bar, iterations),
+                        f"{steps} steps with iterations={iterations}", atol=1e-5, rtol=1e-5)
 
-    return run_check("ddim_sigma", trial,
-                     hint="sigma = eta * sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev).")
+    return run_check("exact_inversion", trial,
+                     hint="per upward step, the equation to satisfy is eq. 29 with eta = 0, read from the noisier point "
+                          "down to the point you start from; only the model's input changes between refinements, and "
+                          "the starting point and the two alpha_bar values stay the same. Where does the first step "
+                          "start (which alpha_bar belongs to clean data)?")
