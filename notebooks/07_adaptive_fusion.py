@@ -580,7 +580,7 @@ print("p_avg equals p_max on one token:", torch.equal(u.mean(1), u.amax(1)))
 # against a freshly initialised `AdaptiveFusion` to the last digit (run the cell). It has **three** bugs.
 
 # %%
-def fuse_buggy(x1: torch.Tensor, x2: torch.Tensor, f: fusion.AdaptiveFusion) -> torch.Tensor:
+def buggy_fuse(x1: torch.Tensor, x2: torch.Tensor, f: fusion.AdaptiveFusion) -> torch.Tensor:
     """Eq. 18-25 with f's weights, as one function. It has three bugs."""
     x = torch.cat([x1, x2], dim=-1)                                        # (B, L, 2D)
     b, n, d2 = x.shape
@@ -595,11 +595,11 @@ def fuse_buggy(x1: torch.Tensor, x2: torch.Tensor, f: fusion.AdaptiveFusion) -> 
 
 
 with torch.no_grad():
-    torch.testing.assert_close(fuse_buggy(x1, x2, fresh), fresh(x1, x2))
-print("fuse_buggy agrees with a fresh AdaptiveFusion")
+    torch.testing.assert_close(buggy_fuse(x1, x2, fresh), fresh(x1, x2))
+print("buggy_fuse agrees with a fresh AdaptiveFusion")
 
 # %% [markdown]
-# Why can no test on a fresh fusion see these bugs? Use that to find them (try `fuse_buggy` on a fusion whose
+# Why can no test on a fresh fusion see these bugs? Use that to find them (try `buggy_fuse` on a fusion whose
 # weights you moved, as in section 3, and compare the intermediate results with eq. 18-25), then write the
 # corrected function. The check runs it against `AdaptiveFusion` with moved weights on 4×4, 2×2 and 1×1 grids.
 # (One of the bugs cannot show on the 1×1 grid: which, and why?)

@@ -36,7 +36,6 @@
 
 # %%
 import json
-import time
 
 import matplotlib.pyplot as plt
 import torch
@@ -44,6 +43,7 @@ import torch
 import fftd_course
 from fftd_course import checks, data, judge, metrics, pipeline, viz
 from fftd_course.fftd import FFTD, count_parameters
+from fftd_course.timing import Stopwatch
 
 # One CPU thread: the FFTD's tensors are tiny (16 tokens of 64 numbers), and threads that wait for each
 # other cost more than they save, above all on a shared machine.
@@ -180,10 +180,10 @@ plt.show()
 # %%
 torch.manual_seed(0)
 fresh = FFTD("toy").to(device)
-t0 = time.perf_counter()
-history, ema = pipeline.train_fftd(fresh, schedule, z_train * scale, train_labels, FFTD_STEPS,
-                                   batch_size=FFTD_BATCH, lr=1e-3, ema_decay=0.999, seed=0)
-train_seconds = time.perf_counter() - t0
+with Stopwatch(device) as clock:
+    history, ema = pipeline.train_fftd(fresh, schedule, z_train * scale, train_labels, FFTD_STEPS,
+                                       batch_size=FFTD_BATCH, lr=1e-3, ema_decay=0.999, seed=0)
+train_seconds = clock.seconds
 losses = torch.tensor(history["loss"])
 print(f"{FFTD_STEPS} steps of batch {FFTD_BATCH} in {train_seconds:.1f} s ({count_parameters(fresh):,} parameters): "
       f"loss {losses[:20].mean():.3f} over the first 20 steps, {losses[-20:].mean():.3f} over the last 20")
@@ -264,9 +264,9 @@ print(f"judge accuracy on {N_HELD} held-out faces: {acc_real:.1%}; on their stag
 
 # %%
 labels = torch.arange(len(CLASSES)).repeat_interleave(N_PER_CLASS)
-t0 = time.perf_counter()
-result = toy.generate(labels, num_steps=50, guidance_scale=2.0, seed=1)
-ms_per_image = 1000 * (time.perf_counter() - t0) / len(labels)
+with Stopwatch(device) as clock:
+    result = toy.generate(labels, num_steps=50, guidance_scale=2.0, seed=1)
+ms_per_image = 1000 * clock.seconds / len(labels)
 fig = viz.show_class_grid(result.images, labels, CLASSES, per_class=min(N_PER_CLASS, 12))
 plt.show()
 acc_samples = judge.accuracy(the_judge, result.images, labels)
@@ -429,9 +429,9 @@ real_features = judge_features(held_images)
 reference = metrics.fid_from_features(judge_features(rec_held[:len(labels)]), real_features).value
 step_rows = []
 for steps in (5, 10, 25, 50, 100):
-    t0 = time.perf_counter()
-    images = toy.sample(labels, num_steps=steps, guidance_scale=2.0, seed=5)
-    ms = 1000 * (time.perf_counter() - t0) / len(labels)
+    with Stopwatch(device) as clock:
+        images = toy.sample(labels, num_steps=steps, guidance_scale=2.0, seed=5)
+    ms = 1000 * clock.seconds / len(labels)
     fd = metrics.fid_from_features(judge_features(images), real_features).value
     step_rows.append((steps, judge.accuracy(the_judge, images, labels), fd, ms))
     print(f"{steps:3d} steps: accuracy {step_rows[-1][1]:6.1%}, judge-feature FD {fd:7.2f}, {ms:6.2f} ms per image")
@@ -532,8 +532,8 @@ checks.check_decode_sample(decode_sample)
 #
 # *My prediction:* ...
 #
-# Then write `off_code_distance(generator, num_steps, labels, seed=0)`: sample `labels` with
-# `generator.generate(labels, num_steps=num_steps, seed=seed)` (its default guidance) and return the mean
+# Then write `off_code_distance(generator, num_steps, labels, seed=0)`: sample `labels` with the generator's
+# `generate` method (its default guidance; pass the step count and the seed on) and return the mean
 # Euclidean distance between each sampled latent vector and its nearest code, measured in stage 1's own
 # space, over every position of every sample, as a Python float.
 

@@ -69,7 +69,7 @@ def transposed(gate):  # in x out instead of out x in
     return [(c.weight[:, :, 1, 1].T, c.bias) for c in _convs(gate)]
 
 
-# Exercise 3: find the three bugs (the chapter's fuse_buggy).
+# Exercise 3: find the three bugs (the chapter's buggy_fuse).
 def flawed_fuse(reshape_bug=False, norm_bug=False, order_bug=False):
     def fuse(x1, x2, f):
         x = torch.cat([x1, x2], dim=-1)
