@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save-weights", type=Path, default=None,
                    help="also save the generator here (LatentDiffusion.save, float16 weights) with a provenance .json "
                         "beside it; the samples and measures then come from the saved file")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for training and sampling: the toy models' tensors are tiny, one thread runs them "
+                        "fastest, and a second thread that spins while waiting makes them many times slower on a busy "
+                        "machine. FID's Inception network always uses PyTorch's default thread count")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -112,9 +116,20 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
 
     ``argv``: the command-line arguments, recorded in the report (default ``sys.argv[1:]``).
     """
+    all_threads = torch.get_num_threads()
+    try:
+        return _run(args, argv, all_threads)
+    finally:
+        torch.set_num_threads(all_threads)  # a caller (a test, a notebook) gets its thread count back
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None, all_threads: int) -> dict:
     from .fftd import FFTD, get_config as fftd_config
 
     start = time.perf_counter()
+    if args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     progress = not args.quiet
     torch.manual_seed(args.seed)
     out: Path = args.out
@@ -203,6 +218,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     fid_values: dict[str, dict | None] = {"trained": None, "untrained": None, "reconstructions": None}
     if not args.no_fid:
         t0 = time.perf_counter()
+        torch.set_num_threads(all_threads)  # large convolutions: every thread helps
         try:
             f_real = metrics.inception_features(x_held, progress=progress)
             for key, imgs in (("trained", samples), ("untrained", base_samples), ("reconstructions", rec_held)):
@@ -229,7 +245,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         "command": " ".join(["python -m fftd_course.demo", *(sys.argv[1:] if argv is None else argv)]),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "device": "cpu"},
+                    "torch_threads": {"training_and_sampling": args.threads, "fid": all_threads}, "device": "cpu"},
         "versions": {"fftd_course": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "stage1": {
             "config": "toy-f8", "steps": args.stage1_steps, "batch_size": args.stage1_batch, "lr": args.stage1_lr,
