@@ -39,7 +39,6 @@ Initialisation is one method, :meth:`FFTD.initialize_weights`, which says why ea
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -48,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import Downsample, Upsample
+from .configs import count_parameters, named_config
 from .fusion import FUSIONS, Fusion, grid_to_tokens, make_fusion, tokens_to_grid
 
 __all__ = ["FFTDConfig", "CONFIGS", "get_config", "patchify", "unpatchify", "timestep_embedding",
@@ -154,18 +154,7 @@ CONFIGS: dict[str, FFTDConfig] = {
 
 def get_config(name: str, **overrides) -> FFTDConfig:
     """A named configuration from :data:`CONFIGS` with fields replaced by ``overrides`` (e.g. ``fusion="add"``)."""
-    if name not in CONFIGS:
-        raise ValueError(f"unknown FFTD configuration {name!r}; choose one of {sorted(CONFIGS)}")
-    try:
-        return dataclasses.replace(CONFIGS[name], **overrides)
-    except TypeError as e:
-        fields = sorted(f.name for f in dataclasses.fields(FFTDConfig))
-        raise ValueError(f"{e}; FFTDConfig fields are {fields}") from None
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return named_config(CONFIGS, name, "FFTD", **overrides)
 
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:

@@ -33,7 +33,6 @@ Choices the paper leaves open (numbered in ``docs/ERRATA.md``), named where the 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -41,6 +40,7 @@ import torch
 from torch import nn
 
 from .blocks import AttnBlock, Downsample, ResBlock, Upsample, group_norm, swish
+from .configs import count_parameters, named_config
 from .quantize import FiniteScalarQuantizer, Quantizer, QuantizerOutput, VectorQuantizer, fsq_levels_for
 
 __all__ = ["IVQVAEConfig", "CONFIGS", "get_config", "Encoder", "Decoder", "IVQVAE", "count_parameters"]
@@ -158,18 +158,7 @@ CONFIGS: dict[str, IVQVAEConfig] = {
 
 def get_config(name: str, **overrides) -> IVQVAEConfig:
     """A named configuration from :data:`CONFIGS`, with fields replaced by ``overrides`` (e.g. ``quantizer="fsq"``)."""
-    if name not in CONFIGS:
-        raise ValueError(f"unknown IVQ-VAE configuration {name!r}; choose one of {sorted(CONFIGS)}")
-    try:
-        return dataclasses.replace(CONFIGS[name], **overrides)
-    except TypeError as e:
-        fields = sorted(f.name for f in dataclasses.fields(IVQVAEConfig))
-        raise ValueError(f"{e}; IVQVAEConfig fields are {fields}") from None
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return named_config(CONFIGS, name, "IVQ-VAE", **overrides)
 
 
 class _Level(nn.Module):

@@ -34,9 +34,10 @@ import pickle
 import warnings
 import zipfile
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -145,6 +146,17 @@ def cosine_lr(total_steps: int, warmup_steps: int = 0, final: float = 0.02) -> C
 
 # ---- Algorithm 2: latents of the frozen stage 1 ---------------------------------------------------
 
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[torch.device]:
+    """Run ``model`` in eval mode inside the block (its train/eval mode is restored afterwards); yields its device."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield next(model.parameters()).device
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def encode_latents(ivqvae: IVQVAE, images: torch.Tensor, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
     """The quantized latents ``z_q`` of ``images`` ``(N, 3, H, W)`` in ``[-1, 1]`` (Algorithm 2, step 2).
@@ -155,16 +167,11 @@ def encode_latents(ivqvae: IVQVAE, images: torch.Tensor, batch_size: int = 256, 
     """
     if images.ndim != 4:
         raise ValueError(f"images must be a (N, C, H, W) tensor, got shape {tuple(images.shape)}")
-    device = next(ivqvae.parameters()).device
-    was_training = ivqvae.training
-    ivqvae.eval()
-    try:
-        out = []
+    out = []
+    with _eval_mode(ivqvae) as device:
         for x in tqdm(images.split(batch_size), desc="encoding latents", disable=not progress):
             z_e = ivqvae.encode(x.to(device))
             out.append(ivqvae.snap(z_e)[0].float().cpu())  # nearest code: the z_q of the forward pass, no side effects
-    finally:
-        ivqvae.train(was_training)
     return torch.cat(out)
 
 
@@ -191,18 +198,13 @@ def decode_latents(ivqvae: IVQVAE, z: torch.Tensor, scale: float, requantize: bo
     """
     if z.ndim != 4 or z.shape[1] != ivqvae.config.z_channels:
         raise ValueError(f"decode_latents expects latents (B, {ivqvae.config.z_channels}, h, w), got {tuple(z.shape)}")
-    device = next(ivqvae.parameters()).device
-    was_training = ivqvae.training
-    ivqvae.eval()
-    try:
-        out = []
+    out = []
+    with _eval_mode(ivqvae) as device:
         for zb in z.split(batch_size):
             zb = zb.to(device).float() / scale
             if requantize:
                 zb = ivqvae.snap(zb)[0]
             out.append(ivqvae.decode(zb).to(z.device))
-    finally:
-        ivqvae.train(was_training)
     return torch.cat(out)
 
 
