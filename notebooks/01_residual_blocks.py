@@ -72,7 +72,7 @@ plt.show()
 # %% [markdown]
 # ## Normalisation at batch size 1: GroupNorm, not BatchNorm
 #
-# The paper trains with **batch size 1** (its section 4.2). BatchNorm normalises each channel with
+# The paper trains with **batch size 1** (its section 4.2; [E9](../docs/ERRATA.md#e9)). BatchNorm normalises each channel with
 # statistics over the *batch*, and in evaluation it switches to running averages collected during
 # training. With one image per batch those two regimes disagree, and on a $1\times 1$ feature map BatchNorm
 # cannot even compute a variance. GroupNorm normalises each sample on its own, over groups of channels,

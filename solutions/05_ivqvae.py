@@ -168,7 +168,7 @@ for step in range(3):
 #   missing, this chapter trains *without* the perceptual term rather than with a random VGG16, whose
 #   distances are not perceptual and would only cost time. The next cell says which happened.
 # - **Quantizer**: 256 codes with k-means initialisation and dead-code replacement (chapter 03).
-# - Adam at learning rate $5 \cdot 10^{-4}$ with batch 16 on a CPU (the paper: $10^{-4}$, batch 1, 4 million steps).
+# - Adam at learning rate $5 \cdot 10^{-4}$ with batch 16 on a CPU (the paper: $10^{-4}$, batch 1, 4 million steps; [E9](../docs/ERRATA.md#e9)).
 
 # %%
 def make_loss() -> losses.HybridLoss:
