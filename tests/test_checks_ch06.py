@@ -63,8 +63,9 @@ def sample_neighbour_not_subsequence(model, x_T, timesteps, alpha_bar):  # steps
     return x
 
 
-def invert(model, x0, timesteps, alpha_bar, iterations):
-    x, a_here = x0, torch.ones((), dtype=alpha_bar.dtype)
+def invert(model, x0, timesteps, alpha_bar, iterations, start=None):
+    """Reference inversion; ``start`` replaces clean data's alpha_bar = 1 (for the wrong answer below)."""
+    x, a_here = x0, torch.ones((), dtype=alpha_bar.dtype) if start is None else start
     for t in timesteps.flip(0).tolist():
         tv = torch.full((len(x),), t)
         up = D.ddim_step(x, model(x, tv, None), a_here, alpha_bar[t])
@@ -90,14 +91,7 @@ def invert_moves_the_start(model, x0, timesteps, alpha_bar, iterations):  # rest
 
 
 def invert_from_first_index(model, x0, timesteps, alpha_bar, iterations):  # starts at alpha_bar[0], not clean data
-    x, a_here = x0, alpha_bar[0]
-    for t in timesteps.flip(0).tolist():
-        tv = torch.full((len(x),), t)
-        up = D.ddim_step(x, model(x, tv, None), a_here, alpha_bar[t])
-        for _ in range(iterations):
-            up = D.ddim_step(x, model(up, tv, None), a_here, alpha_bar[t])
-        x, a_here = up, alpha_bar[t]
-    return x
+    return invert(model, x0, timesteps, alpha_bar, iterations, start=alpha_bar[0])
 
 
 CASES = [
