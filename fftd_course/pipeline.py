@@ -47,7 +47,7 @@ from .diffusion import DDIMSampler, Diffusion, SamplerStep
 from .ivqvae import IVQVAE, IVQVAEConfig
 from .losses import HybridLoss
 
-__all__ = ["stage1_optimizers", "ivqvae_step", "train_ivqvae", "cosine_lr", "encode_latents", "latent_scale",
+__all__ = ["stage1_optimizers", "autocast", "ivqvae_update", "ivqvae_step", "fftd_update", "train_ivqvae", "cosine_lr", "encode_latents", "latent_scale",
            "decode_latents", "EMA", "fftd_step", "train_fftd", "SampleResult", "LatentDiffusion",
            "CheckpointError", "TOY_CHECKPOINT", "load_toy"]
 
@@ -66,6 +66,58 @@ def stage1_optimizers(model: IVQVAE, loss: HybridLoss, lr: float = 2e-4,
     return opt_ae, opt_d
 
 
+def autocast(device: torch.device | str, dtype: torch.dtype | None):
+    """``torch.autocast`` on ``device``'s type with ``dtype`` (e.g. ``torch.bfloat16``), or a no-op for ``None``."""
+    device_type = torch.device(device).type
+    return torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def ivqvae_update(model: IVQVAE, loss: HybridLoss, opt_ae: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
+                  batches: Sequence[torch.Tensor], step: int, *, forward: Callable | None = None,
+                  amp_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """One iteration of Algorithm 1 over the micro-batches ``batches`` (gradient accumulation); no host syncs.
+
+    For each micro-batch: ``x_hat, q = forward(x)`` (``forward`` defaults to ``model``; pass a compiled or
+    DDP-wrapped ``model`` there), the autoencoder's loss (eq. 15) divided by the number of micro-batches,
+    backward; then one optimizer step. From ``disc_start`` on, the discriminator's hinge loss (eq. 14, E3) on
+    the same micro-batches and one step of ``opt_d``. ``amp_dtype`` (e.g. ``torch.bfloat16``) runs the
+    forward passes under autocast. Returns every logged term averaged over the micro-batches, as detached
+    0-dim tensors (reading them with ``float`` is what synchronises a GPU; do that only when logging).
+    """
+    forward = forward if forward is not None else model
+    device = batches[0].device
+    n = len(batches)
+    model.train()
+    opt_ae.zero_grad(set_to_none=True)
+    sums_ae: dict[str, torch.Tensor] = {}
+    sums_d: dict[str, torch.Tensor] = {}
+
+    def add(sums: dict[str, torch.Tensor], logs: dict[str, torch.Tensor]) -> None:
+        for k, v in logs.items():
+            sums[k] = sums[k] + v.float() / n if k in sums else v.float() / n
+
+    fakes = []
+    for x in batches:
+        with autocast(device, amp_dtype):
+            x_hat, q = forward(x)
+            total, logs = loss(x, x_hat, step, vq_loss=q.loss, last_layer=model.last_layer)
+        (total / n).backward()
+        fakes.append(x_hat.detach())
+        add(sums_ae, {**logs, "perplexity": q.perplexity.detach()})
+    opt_ae.step()
+    if loss.discriminator_active(step):
+        opt_d.zero_grad(set_to_none=True)
+    for x, x_hat in zip(batches, fakes):
+        with autocast(device, amp_dtype):
+            d_loss, d_logs = loss.discriminator_loss(x, x_hat, step)
+        if d_loss is not None:
+            (d_loss / n).backward()
+        add(sums_d, d_logs)
+    if loss.discriminator_active(step):
+        opt_d.step()
+    return {**sums_ae, **sums_d}
+
+
 def ivqvae_step(model: IVQVAE, loss: HybridLoss, opt_ae: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
                 x: torch.Tensor, step: int) -> dict[str, float]:
     """One iteration of Algorithm 1 on the batch ``x``; returns every logged term as a float.
@@ -74,21 +126,9 @@ def ivqvae_step(model: IVQVAE, loss: HybridLoss, opt_ae: torch.optim.Optimizer, 
     2. the autoencoder's loss ``L_rec + L_P + lambda_d L_G + lambda_vq L_vq`` (eq. 15) and an Adam step;
     3. from ``disc_start`` on, the discriminator's hinge loss (eq. 14, E3) and an Adam step.
     A NaN or inf in any term stops with the step and the term's name (``losses.NonFiniteLossError``).
+    This is :func:`ivqvae_update` on one batch, read back as floats (the full-scale trainer uses that one).
     """
-    model.train()
-    x_hat, q = model(x)
-    total, logs = loss(x, x_hat, step, vq_loss=q.loss, last_layer=model.last_layer)
-    opt_ae.zero_grad(set_to_none=True)
-    total.backward()
-    opt_ae.step()
-    d_loss, d_logs = loss.discriminator_loss(x, x_hat, step)
-    if d_loss is not None:
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
-    out = {k: float(v) for k, v in {**logs, **d_logs}.items()}
-    out["perplexity"] = float(q.perplexity)
-    return out
+    return {k: float(v) for k, v in ivqvae_update(model, loss, opt_ae, opt_d, [x], step).items()}
 
 
 def train_ivqvae(model: IVQVAE, loss: HybridLoss, images: torch.Tensor, steps: int, batch_size: int = 32,
@@ -237,11 +277,16 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> float:
-        """Move the average towards ``model``'s current parameters; returns the decay used."""
+        """Move the average towards ``model``'s current parameters; returns the decay used.
+
+        ``model`` is the trained module itself (not a compiled or DDP wrapper). One fused ``lerp`` over all
+        parameters (``torch._foreach_lerp_``), no host-device synchronisation.
+        """
         d = self.decay_at(self.num_updates)
         ema_params = dict(self.model.named_parameters())
-        for name, p in model.named_parameters():
-            ema_params[name].lerp_(p.detach(), 1.0 - d)
+        names = [name for name, _ in model.named_parameters()]
+        torch._foreach_lerp_([ema_params[name] for name in names], [p.detach() for _, p in model.named_parameters()],
+                             1.0 - d)
         ema_buffers = dict(self.model.named_buffers())
         for name, b in model.named_buffers():
             ema_buffers[name].copy_(b)
@@ -287,6 +332,34 @@ def _check_latents_and_labels(model: nn.Module, latents: torch.Tensor, labels: t
                          f"which label dropout inserts itself); got values from {int(labels.min())} to {int(labels.max())}")
 
 
+def fftd_update(model: nn.Module, diffusion: Diffusion, optimizer: torch.optim.Optimizer, ema: "EMA | None",
+                batches: Sequence[tuple[torch.Tensor, torch.Tensor | None]], *, forward: Callable | None = None,
+                generator: torch.Generator | None = None, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """One iteration of Algorithm 2 over the micro-batches ``batches`` of ``(z0, y)``; returns the mean loss.
+
+    For each micro-batch: ``t ~ U{0..T-1}``, ``eps ~ N(0, I)``, ``z_t`` by eq. 28 and the loss
+    ``||eps - eps_theta(z_t, t, y)||^2`` (eq. 27, ``diffusion.loss``; the model drops labels to the null label
+    itself in train mode), divided by the number of micro-batches, backward; then one optimizer step and
+    ``ema.update(model)``. ``forward`` (default ``model``) is what is called: a compiled or DDP-wrapped
+    ``model``. ``amp_dtype`` runs the forward under autocast. The loss comes back as a detached 0-dim tensor:
+    no host-device synchronisation here.
+    """
+    forward = forward if forward is not None else model
+    n = len(batches)
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    total = None
+    for z0, y in batches:
+        with autocast(z0.device, amp_dtype):
+            loss = diffusion.loss(forward, z0, y, generator=generator) / n
+        loss.backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    optimizer.step()
+    if ema is not None:
+        ema.update(model)
+    return total
+
+
 def fftd_step(model: nn.Module, diffusion: Diffusion, optimizer: torch.optim.Optimizer, ema: EMA | None,
               z0: torch.Tensor, y: torch.Tensor | None, generator: torch.Generator | None = None) -> float:
     """One iteration of Algorithm 2 on the batch ``z0`` (scaled latents) with labels ``y``; returns the loss.
@@ -294,15 +367,9 @@ def fftd_step(model: nn.Module, diffusion: Diffusion, optimizer: torch.optim.Opt
     ``t ~ U{0..T-1}``, ``eps ~ N(0, I)``, ``z_t`` by eq. 28, loss ``||eps - eps_theta(z_t, t, y)||^2``
     (eq. 27, ``diffusion.loss``; the model drops labels to the null label itself in train mode), one
     optimizer step, then ``ema.update``. No checks here: :func:`train_fftd` checks its inputs once.
+    This is :func:`fftd_update` on one batch, read back as a float.
     """
-    model.train()
-    loss = diffusion.loss(model, z0, y, generator=generator)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    if ema is not None:
-        ema.update(model)
-    return float(loss.detach())
+    return float(fftd_update(model, diffusion, optimizer, ema, [(z0, y)], generator=generator))
 
 
 def train_fftd(model: nn.Module, diffusion: Diffusion, latents: torch.Tensor, labels: torch.Tensor | None,
