@@ -149,6 +149,8 @@ CONFIGS: dict[str, FFTDConfig] = {
     "paper-p4": _paper(patch_size=4),
     # CPU toy on the 4x4x4 latent of the IVQ-VAE toy-f8: same structure, narrow.
     "toy": FFTDConfig(input_size=4, in_channels=4, hidden_size=64, num_heads=4, num_classes=3),
+    # The trainer's small64 preset (64 px images, 4x4x4 latents): twice the toy's width.
+    "small": FFTDConfig(input_size=4, in_channels=4, hidden_size=128, num_heads=4, num_classes=3),
 }
 
 

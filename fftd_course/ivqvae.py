@@ -33,6 +33,8 @@ Choices the paper leaves open (numbered in ``docs/ERRATA.md``), named where the 
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from dataclasses import dataclass
 
@@ -153,6 +155,9 @@ CONFIGS: dict[str, IVQVAEConfig] = {
     "toy-f4": _toy((1, 1, 2)),
     "toy-f8": _toy((1, 1, 2, 4)),
     "toy-f16": _toy((1, 1, 2, 4, 4)),
+    # The trainer's small64 preset: 64 px images, f = 16 -> the paper's 4x4 latent grid; the toys' widths, and
+    # 1024 codes (4,000 images make 64,000 assignments per epoch, enough to use them all).
+    "small-f16": dataclasses.replace(_toy((1, 1, 2, 2, 4)), resolution=64, num_codes=1024),
 }
 
 
