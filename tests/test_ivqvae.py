@@ -15,7 +15,7 @@ TOY = [n for n in CONFIGS if n.startswith("toy")]
 
 
 def test_named_configurations_have_the_stated_factors():
-    want = {"paper-f8": 8, "paper-f16": 16, "paper-f32": 32, "paper-f64": 64, "toy-f4": 4, "toy-f8": 8, "toy-f16": 16}
+    want = {"paper-f8": 8, "paper-f16": 16, "paper-f32": 32, "paper-f64": 64, "toy-f4": 4, "toy-f8": 8, "toy-f16": 16, "small-f16": 16}
     assert {n: CONFIGS[n].f for n in CONFIGS} == want
     for name in PAPER:
         c = CONFIGS[name]
