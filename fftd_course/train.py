@@ -86,7 +86,7 @@ class TrainConfig:
     lr_final_factor: float = 0.02    # cosine schedule: the last step's factor on lr
     weight_decay: float = 0.0        # AdamW weight decay (stage 2; DiT uses 0)
     beta1: float = 0.9               # Adam(W) betas; stage 1 uses the GAN betas (0.5, 0.9) of taming
-    beta2: float = 0.999
+    beta2: float = 0.999             # Adam(W) second-moment decay
     # --- stage 1: the hybrid loss (eq. 15)
     lpips: str = "vgg"               # "vgg" (the real LPIPS, needs torchvision's VGG16 file), "random" (wiring only), "off"
     perceptual_weight: float = 1.0   # weight of L_P
