@@ -36,6 +36,16 @@ def losses(run_dir, key):
     return [(h["step"], h[key]) for h in lines if key in h]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: one thread runs them fastest, and a second one that spins while another process
+    holds the core (a shared CPU) made the in-process runs 20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def stage1(tmp_path_factory):
     out = tmp_path_factory.mktemp("stage1") / "s1"
@@ -169,9 +179,9 @@ def test_damaged_and_foreign_checkpoints_get_clear_errors(tmp_path):
     latest.write_bytes(latest.read_bytes()[:1000])
     with pytest.raises(T.CheckpointError, match="damaged"):
         T.train(config.replace(steps=4), progress=False)
-    ckpt = torch.load(T.latest_checkpoint(tmp_path / "run").with_name("x.pt") if False else REPO / "fftd_course" /
-                      "weights" / "toy_latent_diffusion.pt", weights_only=True)
-    assert "format" in ckpt
+    with pytest.raises(T.CheckpointError, match="not a training checkpoint"):
+        T.train(config.replace(steps=4), resume=REPO / "fftd_course" / "weights" / "toy_latent_diffusion.pt",
+                progress=False)
 
 
 def test_nan_guard_stops_without_writing_a_checkpoint(tmp_path, stage1, monkeypatch):
