@@ -8,7 +8,10 @@ Stages 2-3 (section 3.3): :mod:`.diffusion` (eq. 26-30: schedules, DDIM and DDPM
 hourglass, section 3.2, eq. 16-17).
 Training and sampling: :mod:`.pipeline` (Algorithms 1-3, eq. 30; ``LatentDiffusion`` holds both stages,
 ``load_toy()`` the committed toy generator). Evaluation: :mod:`.metrics` (L1, LPIPS, FID, eq. 31),
-:mod:`.judge` (class accuracy of toy samples). ``python -m fftd_course.demo`` (:mod:`.demo`) is ``make demo``.
+:mod:`.judge` (class accuracy of toy samples). ``python -m fftd_course.demo`` (:mod:`.demo`) is ``make demo``;
+``python -m fftd_course.bench`` (:mod:`.bench`) measures training and sampling throughput on the current device.
+Full-scale training: :mod:`.train` (``TrainConfig``, presets, the trainer for both stages) and
+``python -m fftd_course`` (:mod:`.cli`: train-ivqvae, train-fftd, sample, fid, bench, toy-data).
 Data: :mod:`.data` (toy animal faces, image folders, the trainer's data order).
 Course machinery: :mod:`.checks` (exercise checks), :mod:`.assignments` (solutions -> student notebooks),
 :mod:`.viz` (pictures), :mod:`.timing` (measurement clocks), :mod:`.configs` (what the named configurations share).
