@@ -246,11 +246,11 @@ PRESETS: dict[str, dict[str, TrainConfig]] = {
     # Any folder of 64 px images (class sub-folders = labels), f = 16 -> a 4x4x4 latent; both stages on about
     # 4,000 images in about 30 minutes on a 2-core CPU (chapter 10 and the README give the measured times).
     "small64": _preset(
-        dict(model="small-f16", data="", resolution=64, steps=1200, batch_size=32, lr=3e-4, beta1=0.5, beta2=0.9,
-             lr_schedule="cosine", warmup_steps=50, lpips="vgg", disc_start=800, disc_layers=2, num_workers=2,
+        dict(model="small-f16", data="", resolution=64, steps=800, batch_size=16, lr=3e-4, beta1=0.5, beta2=0.9,
+             lr_schedule="cosine", warmup_steps=50, lpips="vgg", disc_start=500, disc_layers=2, num_workers=0,
              log_every=50, sample_every=400, ckpt_every=200, out="runs/small64/ivqvae"),
-        dict(model="small", out="runs/small64/fftd", steps=2500, batch_size=64, lr=1e-3, lr_schedule="cosine",
-             warmup_steps=100, ema_decay=0.999, log_every=100, sample_every=1250, ckpt_every=500)),
+        dict(model="small", out="runs/small64/fftd", steps=2000, batch_size=64, lr=1e-3, lr_schedule="cosine",
+             warmup_steps=100, ema_decay=0.999, log_every=100, sample_every=1000, ckpt_every=500)),
     # CelebA-HQ 256 px, unconditional (a folder without class sub-folders): the paper's f = 64 autoencoder and
     # FFTD at the batch sizes a GPU wants (errata E9: the paper's batch size 1 wastes a GPU and needs 4e6 steps).
     "celebahq256": _preset(
