@@ -84,10 +84,10 @@ else:                                                        # a smoke run: the 
         toy_images=256, steps=40, batch_size=16, disc_start=20, kmeans_batches=2, log_every=5, sample_every=20,
         ckpt_every=20, out=str(RUNS / "ivqvae"))
     stage2 = train.get_preset(PRESET, "fftd").replace(
-        stage1=stage1.out, toy_images=256, steps=60, batch_size=32, warmup_steps=10, log_every=5, sample_every=0, ckpt_every=20,
-        sample_steps=10, out=str(RUNS / "fftd"))
+        stage1=stage1.out, toy_images=256, steps=60, batch_size=32, warmup_steps=10, log_every=5, sample_every=0,
+        ckpt_every=20, sample_steps=10, out=str(RUNS / "fftd"))
     N_FID, RESUME_STEPS, RESUME_RTOL = 24, 12, 0.0
-print(f"{PRESET}: stage 1 {stage1.steps} x {stage1.batch_size}, stage 2 {stage2.steps} x {stage2.batch_size}, in {RUNS}/")
+print(f"{PRESET}: stage 1 {stage1.steps} x {stage1.batch_size}, stage 2 {stage2.steps} x {stage2.batch_size}; {RUNS}/")
 
 # %% [markdown]
 # ## 1. The configuration, and why
@@ -103,10 +103,11 @@ print(f"{PRESET}: stage 1 {stage1.steps} x {stage1.batch_size}, stage 2 {stage2.
 # %%
 def preset_table(stage: str) -> None:
     configs = {name: train.get_preset(name, stage) for name in train.PRESETS}
-    differ = [f for f in train.FIELDS if f not in ("out", "stage1") and len({repr(getattr(c, f)) for c in configs.values()}) > 1]
+    values = {f: [getattr(c, f) if getattr(c, f) != "" else "(yours)" for c in configs.values()] for f in train.FIELDS}
     print(f"{'stage ' + stage:<16}" + "".join(f"{name:>13}" for name in configs))
-    for f in differ:
-        print(f"{f:<16}" + "".join(f"{getattr(c, f) if getattr(c, f) != '' else '(yours)'!s:>13}" for c in configs.values()))
+    for f, row in values.items():
+        if f not in ("out", "stage1") and len(set(map(repr, row))) > 1:     # only what differs
+            print(f"{f:<16}" + "".join(f"{v!s:>13}" for v in row))
 
 
 preset_table("ivqvae")
@@ -115,8 +116,9 @@ preset_table("fftd")
 
 # %% [markdown]
 # `toy32` is what `make demo` trains on a CPU; `small64` is a small 64 px configuration for any folder of
-# images (`(yours)`: `data` names it); `celebahq256` and `afhq256` are the paper's data at its 256 px, with the paper's f = 64 autoencoder (`paper-f64`) and FFTD (`paper`); `paper` is the paper's
-# own recipe (`docs/PAPER.md`, section 4.2). A bad value is refused by name, with what to do:
+# images (`(yours)`: `data` names it); `celebahq256` and `afhq256` are the paper's data at its 256 px, with
+# the paper's f = 64 autoencoder (`paper-f64`) and FFTD (`paper`); `paper` is the paper's own recipe
+# (`docs/PAPER.md`, section 4.2). A bad value is refused by name, with what to do:
 
 # %%
 try:
@@ -165,10 +167,12 @@ for name, n in SIZES.items():
 # $$B = m \cdot a \cdot g .$$
 #
 # Each micro-batch's loss is divided by $a$ (and DDP averages over the $g$ GPUs), so the step's gradient
-# is the mean over all $B$ images: the same as one big batch, because no layer of either network mixes the
-# images of a batch (no BatchNorm). So the choice between $a$ and $g$ is about memory and time, not
-# results: $a$ trades time for memory, $g$ buys time. `batch_size` must split evenly; exercise 1 asks what
-# the trainer makes of a configuration.
+# is the mean over all $B$ images. For stage 2 that is the gradient of one big batch (up to the order of
+# floating-point additions): no layer of the FFTD mixes the images of a batch (no BatchNorm). Stage 1 is
+# close to it, not equal: the adaptive weight of the adversarial term (eq. 15, chapter 04) is computed from
+# each micro-batch's own gradients. So the choice between $a$ and $g$ is about memory and time: $a$ trades
+# time for memory, $g$ buys time. `batch_size` must split evenly; exercise 1 asks what the trainer makes of
+# a configuration.
 #
 # ## 2. Launching and monitoring
 #
@@ -259,7 +263,8 @@ newest = sorted((Path(stage1.out) / "images").glob("reconstructions-*.png"))[-1]
 plt.figure(figsize=(8, 2.4))
 plt.imshow(plt.imread(newest)), plt.axis("off"), plt.title(newest.name, fontsize=9)
 plt.show()
-#
+
+# %% [markdown]
 # ## 3. Stopping and resuming
 #
 # A long run will be interrupted: a job's time limit, a pre-empted cloud machine, a Ctrl-C. The trainer
@@ -281,14 +286,16 @@ second = train.train(split, progress=False)      # resume=True (the default): th
 print(f"second call: {second.status} at step {second.step}")
 
 # %%
-keys = sorted(set.intersection(*(set(h) for h in uninterrupted.history + second.history)) - {"step", "lr", "images_per_s"})
+logged = set.intersection(*(set(h) for h in uninterrupted.history + second.history))
+keys = sorted(logged - {"step", "lr", "images_per_s"})                 # every loss term and statistic
 a = torch.tensor([[h[k] for k in keys] for h in uninterrupted.history])
 b = torch.tensor([[h[k] for k in keys] for h in second.history])   # the log of both calls
 shown = [keys.index(k) for k in ("l1", "vq", "perplexity", "total") if k in keys]
 print(f"{'step':>4}  " + "".join(f"{keys[i]:>12}" for i in shown) + "   (uninterrupted / stopped and resumed)")
 for step in range(RESUME_STEPS // 2 - 2, RESUME_STEPS // 2 + 3):
     print(f"{step + 1:>4}  " + "".join(f"{a[step, i]:>12.7f}" for i in shown))
-    print(f"{'':>4}  " + "".join(f"{b[step, i]:>12.7f}" for i in shown) + ("   <- resumed here" if step == RESUME_STEPS // 2 else ""))
+    mark = "   <- resumed here" if step == RESUME_STEPS // 2 else ""
+    print(f"{'':>4}  " + "".join(f"{b[step, i]:>12.7f}" for i in shown) + mark)
 print(f"largest difference over {len(keys)} logged terms x {RESUME_STEPS} steps: {(a - b).abs().max().item()}")
 torch.testing.assert_close(b, a, rtol=RESUME_RTOL, atol=RESUME_RTOL)   # CPU: 0, bit for bit
 
@@ -398,19 +405,22 @@ for steps in paper_ms:
 print(f"{'DDIM steps':>10}{'paper (ms)':>12}{'this machine (ms)':>19}")
 for steps in paper_ms:
     print(f"{steps:>10}{paper_ms[steps]:>12}{ours_ms[steps]:>19.0f}")
+print(f"500 steps / 50 steps: paper {paper_ms[500] / paper_ms[50]:.1f}x, this machine {ours_ms[500] / ours_ms[50]:.1f}x")
 name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU, 1 thread"
 print(f"this machine: {name}; FFTD {stage2.model} ({sum(p.numel() for p in generator.fftd.parameters()):,} "
       f"parameters), images of {stage1.resolution} px")
 
 # %% [markdown]
-# These are not the same experiment, and the table says so only by its labels: a different model size
-# (the smoke run's FFTD is the toy one, the paper's has 14.98M parameters), a different image size
-# (the decoder's cost grows with the pixels), different hardware. What carries over is the shape: the time
-# grows in proportion to the number of steps, one (guided: two) FFTD calls each, so 500 steps cost ten
-# times 50. At one image per call a GPU mostly waits for kernel launches; batches of hundreds of images,
-# bf16 and `torch.compile` cut the time per image by orders of magnitude. `python -m fftd_course bench`
-# measures training and sampling throughput on the machine at hand, and `docs/BENCHMARKS.md` collects
-# the GPU numbers.
+# These are not the same experiment, and the columns say so only by their labels: another model size
+# (this run's FFTD has the parameters printed above, the paper's 14.98M, Table 2), another image size (the
+# decoder's cost grows with the pixels), other hardware. Compare shapes instead, through the printed
+# ratios. Every DDIM step is one FFTD call (two with guidance), so a time dominated by the steps grows ten
+# times from 50 to 500 steps. Where the ratio is well below 10, as in the paper's column, a large part of
+# the time per image does not depend on the steps (decoding a 256 px image, or a fixed overhead: the paper
+# does not say how it timed). At one image per call a GPU mostly waits for kernel launches; batches of
+# hundreds of images, bf16 and `torch.compile` cut the time per image by orders of magnitude.
+# `python -m fftd_course bench` measures training and sampling throughput on the machine at hand, and
+# `docs/BENCHMARKS.md` collects the GPU numbers.
 #
 # ## Exercises
 #
@@ -444,7 +454,9 @@ checks.check_training_plan(training_plan)
 
 # %%
 def images_in(config: train.TrainConfig) -> int:
-    return config.toy_images if config.data == "toy" else len(data.ImageFolder(config.data, config.resolution, verify=False))
+    if config.data == "toy":
+        return config.toy_images
+    return len(data.ImageFolder(config.data, config.resolution, verify=False))
 
 
 try:
@@ -480,8 +492,8 @@ class CrashHalfway:
 
 # %% [markdown]
 # It works until the machine dies in the middle of a save. Simulate that: save step 1, then crash while
-# saving step 2 over it (with a checkpoint every so many steps to the same "latest" file, or onto a full disk,
-# this is what happens):
+# saving step 2 over it (as a trainer that keeps one "latest" file does at every save; a killed job or a
+# full disk supplies the crash):
 
 # %%
 colleague = RUNS / "colleague" / "checkpoints"
@@ -553,7 +565,7 @@ checks.check_hours_for_steps(hours_for_steps, log=Path(stage2.out) / "log.jsonl"
 # %%
 try:
     ours = hours_for_steps(Path(stage2.out) / "log.jsonl", 4_000_000, 1)
-    print(f"at this run's logged speed ({stage2.model} FFTD, batch {stage2.batch_size}): {ours:.2f} hours for 4e6 images")
+    print(f"at this run's logged speed ({stage2.model} FFTD, batch {stage2.batch_size}): {ours:.2f} h for 4e6 images")
     print(f"the paper (Table 2): {5.7 * 4_000_000 / 400_000:.0f} hours for 4e6 steps of batch 1 on an RTX 4070 Super")
 except NotImplementedError:
     print("write hours_for_steps above first, then run this cell again")
@@ -568,24 +580,26 @@ except NotImplementedError:
 # - **Batch size 1 against batch size 32, at equal images.** Train stage 2 of the smoke configuration with
 #   `batch_size=1` for 32 times as many steps as with 32, same `lr`; then with `lr` scaled down. Compare the
 #   losses at equal images seen, and the wall time (E9).
-# - **Accumulation is a batch.** Train a few steps with `batch_size=32, grad_accum=1` and with
-#   `grad_accum=4` (same seed, same out folder kind). How close are the losses, and why not bit-identical?
-#   Which layer would break the equality if one network had it?
+# - **Accumulation is (almost) a batch.** Train a few steps of stage 2 with `batch_size=32, grad_accum=1`
+#   and with `grad_accum=4` (same seed, two out folders). How close are the losses, and why not
+#   bit-identical? Then stage 1, after `disc_start`: how much further apart, and which term is to blame?
+#   Which layer would break the equality in stage 2 if the FFTD had it?
 # - **Interrupt for real.** From a terminal, start `python -m fftd_course train-fftd ...` with the
 #   command line of section 2, press Ctrl-C once in the middle, run the same command again, and compare
 #   `log.jsonl` with an uninterrupted run's.
 # - **TensorBoard.** `tensorboard --logdir runs/` during a GPU run: the losses, images per second, the
 #   learning rate and the image grids, live.
 # - **FID against $n$.** Repeat section 4's real-versus-real FID for $n$ = 50, 100, 200, 500 (on a GPU,
-#   up to 10,000) and plot it against $1/n$: the bias shrinks roughly like $1/n$.
+#   up to 10,000) and plot it against $1/n$: the bias shrinks roughly like $1/n$ (Chong and Forsyth,
+#   [Effectively Unbiased FID](https://arxiv.org/abs/1911.07023), extrapolate it to $n = \infty$ that way).
 #
 # ## Summary
 #
 # - A run is one `TrainConfig`: a named preset, a file, options. The paper's recipe is the `paper` preset;
 #   its batch size 1 (E9) sees few images per step, remembers $10^4$ images in its EMA and leaves a GPU idle;
 #   the 256 px presets use 256 images per step.
-# - $B = m \cdot a \cdot g$: the batch of one step is split over GPUs and accumulation steps, and gives the
-#   same gradient as one big batch, since no layer mixes images.
+# - $B = m \cdot a \cdot g$: the batch of one step is split over GPUs and accumulation steps; in stage 2 this
+#   gives the gradient of one big batch, in stage 1 nearly (the adaptive weight sees one micro-batch).
 # - `train.train(config)`, `python -m fftd_course train-...` and `torchrun ... -m fftd_course train-...` run
 #   the same loop; a run folder holds its settings, a JSON log, TensorBoard files, image grids,
 #   checkpoints and the result.
