@@ -1,0 +1,176 @@
+"""Chapter 10 checks: the reference answers pass, plausible wrong answers fail (and raise in strict mode),
+stubs are "not attempted"; the batch-plan reference agrees with where a real (tiny) run stands in its data."""
+
+import json
+import os
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+
+from fftd_course import checks, train
+from fftd_course.checks import ch10
+
+from check_contract import contract_tests
+
+
+# ---- exercise 1: the batch plan ----
+
+def plan_ignores_gpus(config, n, gpus):
+    micro = config.batch_size // config.grad_accum
+    return micro, (n // micro) / config.grad_accum
+
+
+def plan_no_flips(config, n, gpus):  # forgets that stage 2 also trains on the mirrored images' latents
+    micro = config.batch_size // (config.grad_accum * gpus)
+    if micro < 1 or micro * config.grad_accum * gpus != config.batch_size:
+        raise ValueError("batch cannot be split")
+    return micro, ((n // gpus) // micro) / config.grad_accum
+
+
+def plan_rounds_up(config, n, gpus):  # counts a last, incomplete micro-batch
+    micro = config.batch_size // (config.grad_accum * gpus)
+    if micro < 1 or micro * config.grad_accum * gpus != config.batch_size:
+        raise ValueError("batch cannot be split")
+    items = n * (2 if config.stage == "fftd" and config.hflip else 1)
+    return micro, -(-(items // gpus) // micro) / config.grad_accum
+
+
+def plan_steps_are_micro_batches(config, n, gpus):  # forgets the accumulation in the step count
+    micro, steps = ch10.training_plan_reference(config, n, gpus)
+    return micro, steps * config.grad_accum
+
+
+def plan_never_refuses(config, n, gpus):
+    micro = max(1, config.batch_size // (config.grad_accum * gpus))
+    items = n * (2 if config.stage == "fftd" and config.hflip else 1)
+    return micro, ((items // gpus) // micro) / config.grad_accum
+
+
+# ---- exercise 2: atomic checkpoints ----
+
+def save_in_place(obj, path):  # the chapter's buggy_save_checkpoint
+    torch.save(obj, path)
+
+
+def save_after_deleting(obj, path):
+    Path(path).unlink(missing_ok=True)
+    torch.save(obj, path)
+
+
+def save_via_checkpoint_named_scratch(obj, path):  # the scratch file looks like a checkpoint of step 0
+    tmp = Path(path).with_name("ckpt-00000000.pt")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_and_forget_rename(obj, path):
+    torch.save(obj, str(path) + ".tmp")
+
+
+def save_and_keep_copy(obj, path):  # safe, but leaves its scratch file behind after every save
+    import shutil
+
+    tmp = str(path) + ".tmp"
+    torch.save(obj, tmp)
+    shutil.copyfile(tmp, path)
+
+
+def save_atomically_reference(obj, path):
+    train._atomic_save(obj, Path(path))
+
+
+# ---- exercise 3: hours from a log ----
+
+def _speeds(path):
+    lines = [json.loads(s) for s in Path(path).read_text().splitlines() if s.strip()]
+    return [h["images_per_s"] for h in lines if "images_per_s" in h]
+
+
+def hours_mean(path, steps, batch):
+    return steps * batch / statistics.mean(_speeds(path)) / 3600
+
+
+def hours_last_line(path, steps, batch):
+    return steps * batch / _speeds(path)[-1] / 3600
+
+
+def hours_lower_median(path, steps, batch):  # torch.median: the lower of the two middle values
+    return steps * batch / float(torch.tensor(_speeds(path)).median()) / 3600
+
+
+def hours_without_batch(path, steps, batch):
+    return steps / statistics.median(_speeds(path)) / 3600
+
+
+def hours_in_minutes(path, steps, batch):
+    return steps * batch / statistics.median(_speeds(path)) / 60
+
+
+CASES = [
+    (checks.check_training_plan, ch10.training_plan_reference,
+     [plan_ignores_gpus, plan_no_flips, plan_rounds_up, plan_steps_are_micro_batches, plan_never_refuses]),
+    (checks.check_save_checkpoint_atomically, save_atomically_reference,
+     [save_in_place, save_after_deleting, save_via_checkpoint_named_scratch, save_and_forget_rename,
+      save_and_keep_copy]),
+    (checks.check_hours_for_steps, ch10.hours_for_steps_reference,
+     [hours_mean, hours_last_line, hours_lower_median, hours_without_batch, hours_in_minutes]),
+]
+
+test_reference_passes_wrong_fails_stub_not_attempted, test_strict_mode_raises_on_every_wrong_answer = contract_tests(
+    CASES)
+
+
+def test_the_buggy_save_loses_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "ckpt-00000001.pt"
+    save_in_place({"step": 1}, path)
+    try:
+        save_in_place({"step": 2, "x": ch10.CrashHalfway()}, path)
+    except RuntimeError:
+        pass
+    try:
+        torch.load(path, weights_only=True)
+    except Exception:
+        return
+    raise AssertionError("the in-place save should leave a damaged file after a crash")
+
+
+@pytest.fixture
+def one_thread():
+    """The tiny models train fastest on one thread (and a second, spinning one is slow on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_plan_matches_where_a_real_run_stands_in_its_data(tmp_path, one_thread):
+    """Both stages, with accumulation: after S steps the checkpoint's data position is what the plan predicts."""
+    stage1 = train.get_preset("toy32", "ivqvae").replace(
+        toy_images=72, steps=7, batch_size=8, grad_accum=2, kmeans_batches=1, disc_start=100, log_every=7,
+        sample_every=0, ckpt_every=0, out=str(tmp_path / "s1"))
+    stage2 = train.get_preset("toy32", "fftd").replace(
+        stage1=str(tmp_path / "s1"), steps=5, batch_size=16, grad_accum=2, log_every=5, sample_every=0,
+        ckpt_every=0, sample_steps=2, out=str(tmp_path / "s2"))
+    for config in (stage1, stage2):
+        train.train(config, progress=False)
+        micro, per_epoch = ch10.training_plan_reference(config, 72, 1)
+        ckpt = torch.load(train.latest_checkpoint(config.out), weights_only=True)
+        position = ckpt["ranks"][0]["position"]
+        used = config.steps * config.grad_accum * micro      # items handed out to training steps
+        if config.stage == "ivqvae":  # and, before the first step, the k-means batches that initialise the codebook
+            used += config.kmeans_batches * micro
+        per_epoch_items = int(per_epoch * config.grad_accum) * micro
+        epoch, index = divmod(used, per_epoch_items)
+        if index == 0:  # the trainer moves to the next epoch only when it asks for the next item
+            epoch, index = epoch - 1, per_epoch_items
+        assert (position["epoch"], position["index"]) == (epoch, index), (config.stage, position, epoch, index)
+
+
+def test_the_real_log_is_checked_when_given(lenient_env, tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "images_per_s": v}) + "\n" for s, v in ((1, 10.0), (2, 30.0))))
+    assert checks.check_hours_for_steps(ch10.hours_for_steps_reference, log=log)
+    message = checks.check_hours_for_steps(hours_mean, log=log).message
+    assert "your" in message and "reference" in message
