@@ -13,6 +13,8 @@ optionally a YAML/TOML file, then command-line overrides). What the loop adds to
   fsync, rename) with the last ``keep_checkpoints`` kept, and an exact resume: model, EMA, optimizers,
   step, every RNG state and the position in the data order, so the losses after a resume equal those of
   an uninterrupted run. Checkpoints load with ``torch.load(weights_only=True)``;
+* gradient accumulation is one big batch for every term but stage 1's adaptive adversarial weight, which is
+  computed per micro-batch (and per process under DDP), as any implementation that accumulates must;
 * several GPUs: ``torchrun --nproc_per_node N -m fftd_course train-fftd ...`` runs DDP (rank 0 logs and
   writes checkpoints, every rank reads its own share of each epoch, the quantizer's dead-code replacement
   sums its counts over ranks and broadcasts rank 0's codebook).
@@ -244,7 +246,7 @@ PRESETS: dict[str, dict[str, TrainConfig]] = {
         dict(model="toy", out="runs/toy32/fftd", steps=3000, batch_size=64, lr=1e-3, lr_schedule="cosine",
              warmup_steps=100, ema_decay=0.999, log_every=100, sample_every=1000, ckpt_every=1000)),
     # Any folder of 64 px images (class sub-folders = labels), f = 16 -> a 4x4x4 latent; both stages on about
-    # 4,000 images in about 30 minutes on a 2-core CPU (chapter 10 and the README give the measured times).
+    # 4,000 images in about 30 minutes on a 2-core CPU (the README gives the measured times).
     "small64": _preset(
         dict(model="small-f16", data="", resolution=64, steps=800, batch_size=16, lr=3e-4, beta1=0.5, beta2=0.9,
              lr_schedule="cosine", warmup_steps=50, lpips="vgg", disc_start=500, disc_layers=2, num_workers=0,
@@ -690,9 +692,12 @@ class _Stage2(_Run):
         c = self.config
         self.ivqvae, self.stage1_meta = load_ivqvae(c.stage1, self.device)
         # The data and resolution stage 1 was trained on, unless this run names its own data folder.
+        # With the toy faces, the same faces as stage 1 (their count and seed come from stage 1's file).
         changes = {"resolution": self.ivqvae.config.resolution}
         if not c.data:
-            changes.update(data=self.stage1_meta.get("data", ""), toy_images=self.stage1_meta.get("toy_images", c.toy_images),
+            changes["data"] = self.stage1_meta.get("data", "")
+        if changes.get("data", c.data) == "toy" and self.stage1_meta.get("data") == "toy":
+            changes.update(toy_images=self.stage1_meta.get("toy_images", c.toy_images),
                            data_seed=self.stage1_meta.get("data_seed", c.data_seed))
         self.config = c = c.replace(**changes)
         self.latents, self.labels, self.class_names, self.scale = self._latents()
