@@ -29,6 +29,7 @@ sample of the diffusion model, eq. 30) to its nearest code, ``num_codes`` and ``
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -439,10 +440,13 @@ class VectorQuantizer(Quantizer):
         """
         if not self.replace_dead_codes:
             return 0
-        if isinstance(num_assignments, bool) or not isinstance(num_assignments, int) or num_assignments < 0:
-            raise ValueError(f"maintain expects the number of code assignments of the step as a Python int >= 0 "
+        # A Python (or NumPy) integer, never a tensor: reading a tensor's value here would synchronise.
+        is_int = hasattr(num_assignments, "__index__") and not isinstance(num_assignments, (bool, torch.Tensor))
+        n = operator.index(num_assignments) if is_int else -1
+        if n < 0:
+            raise ValueError(f"maintain expects the number of code assignments of the step as an int >= 0 "
                              f"(out.indices.numel()), got {num_assignments!r}")
-        self._assignments_since_check += num_assignments
+        self._assignments_since_check += n
         if self._assignments_since_check < self.usage_window:
             return 0
         return self.replace_dead_codes_now()

@@ -116,6 +116,8 @@ def test_host_side_counters_follow_the_state_dict():
     fresh.load_state_dict(vq.state_dict())
     assert not fresh._needs_init and fresh._assignments_since_check == 18
     assert "initialized" in vq.state_dict() and "counts_since_check" in vq.state_dict()
+    with pytest.raises(ValueError, match="numel"):
+        vq.maintain(torch.tensor(18))  # a tensor would be read on the host: the count is a Python int
 
 
 def test_lpips_compiles_and_its_range_check_stays_in_eager_cpu_mode(random_lpips):

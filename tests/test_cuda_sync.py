@@ -1,12 +1,13 @@
 """On a GPU the training and sampling hot paths read no value on the host.
 
 ``torch.cuda.set_sync_debug_mode("error")`` turns every call that makes the host wait for the GPU
-(``.item()``, ``bool(tensor)``, a blocking host -> device copy, ``nonzero``, ``bincount``...) into an error.
-Each test runs one warm-up step first (one-time work such as the schedule's copy to the GPU may synchronise),
-then the steps under test. Skipped without CUDA (CI has none); on a GPU machine run
-``pytest tests/test_cuda_sync.py``. Synchronisations that remain by design, and are not run here:
-``check_finite`` (one per call; a GPU trainer passes ``check_finite=False``), ``VectorQuantizer.maintain``
-when the usage window is full (one replacement per window), and ``Quantizer.usage()`` (logging).
+(``.item()``, ``bool(tensor)``, a blocking host -> device copy, ``nonzero``, ``bincount``...) into an error; it
+is a prototype that catches the common ones, not every one. Each test runs one warm-up step first (one-time
+work such as the schedule's copy to the GPU may synchronise), then the steps under test. Skipped without CUDA
+(CI has none); on a GPU machine run ``pytest tests/test_cuda_sync.py``. Synchronisations that remain by
+design, and are not run here: ``check_finite`` (one per call; a GPU trainer passes ``check_finite=False``),
+``VectorQuantizer.maintain`` when the usage window is full (one replacement per window), k-means initialisation
+(once), ``Quantizer.usage()`` (logging).
 """
 
 import warnings
