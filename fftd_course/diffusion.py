@@ -153,7 +153,7 @@ class Diffusion:
         key = (x.device, dtype)
         if key not in self._tables:  # one copy per device and dtype, not one transfer per call
             self._tables[key] = self.alpha_bar.to(device=x.device, dtype=dtype)
-        return self._tables[key][t.to(x.device)].view(-1, *([1] * (x.ndim - 1)))
+        return self._tables[key][t.to(x.device, non_blocking=True)].view(-1, *([1] * (x.ndim - 1)))
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """``x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise`` (eq. 28) for 0-based ``t`` ``(B,)``.
@@ -178,7 +178,7 @@ class Diffusion:
         b = x0.shape[0]
         if t is None:
             t = torch.randint(0, self.T, (b,), generator=generator, device=_generator_device(generator, x0))
-            t = t.to(x0.device)
+            t = t.to(x0.device, non_blocking=True)  # a CPU generator's draw: copied without waiting (_randn)
         if noise is None:
             noise = _randn(x0.shape, generator, x0.device, _work_dtype(x0.dtype))
         x_t = self.q_sample(x0, t, noise)
@@ -198,9 +198,11 @@ def _generator_device(generator: torch.Generator | None, x: torch.Tensor) -> tor
 
 
 def _randn(shape: torch.Size, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    # A CPU generator may drive CUDA sampling: draw where the generator lives, then move.
+    # A CPU generator may drive CUDA sampling: draw where the generator lives, then move. A blocking copy to
+    # the GPU would wait for every queued kernel (a synchronisation on each step); a non-blocking one from a
+    # fresh host tensor does not, and is safe host -> device (the bytes are staged before the call returns).
     draw_on = device if generator is None else generator.device
-    return torch.randn(shape, generator=generator, device=draw_on, dtype=dtype).to(device)
+    return torch.randn(shape, generator=generator, device=draw_on, dtype=dtype).to(device, non_blocking=True)
 
 
 def _coef(value: float | torch.Tensor) -> torch.Tensor:

@@ -30,9 +30,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Literal, Mapping
+from typing import Literal, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -170,7 +169,9 @@ class LPIPS(nn.Module):
 
     def forward(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         _check_pair(x_hat, x, "LPIPS")
-        if x.abs().max() > 1.5 or x_hat.abs().max() > 1.5:
+        # The range is checked only where reading values is free: on CPU tensors, outside torch.compile. On a
+        # GPU the check would stop the device on every call (a host-device synchronisation).
+        if _values_readable(x, x_hat) and (x.abs().max() > 1.5 or x_hat.abs().max() > 1.5):
             raise ValueError("LPIPS expects images in [-1, 1] (got values beyond +-1.5); map [0, 1] images with "
                              "x * 2 - 1 and [0, 255] ones with x / 127.5 - 1")
         return self.net(x_hat, x).flatten()  # (B, 1, 1, 1) -> (B,)
@@ -195,6 +196,12 @@ def _drop_own_keys(module: nn.Module, state_dict: dict, prefix: str, local_metad
 def _keep_own_weights(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
     # Loading a checkpoint must neither miss LPIPS' keys nor overwrite its weights: offer the current ones.
     state_dict.update(module.net.state_dict(prefix=prefix + "net."))
+
+
+def _values_readable(*tensors: torch.Tensor) -> bool:
+    # Reading a value (a comparison used in an `if`) of a CUDA tensor waits for the device; under torch.compile
+    # it would break the graph. Value checks run on CPU tensors in eager mode only (FFTD.check_inputs does the same).
+    return not torch.compiler.is_compiling() and all(t.device.type == "cpu" for t in tensors)
 
 
 def _check_pair(x_hat: torch.Tensor, x: torch.Tensor, who: str) -> None:
@@ -396,6 +403,14 @@ class HybridLoss(nn.Module):
     :meth:`discriminator_loss` returns the discriminator's ``(loss or None, logs)``. ``logs`` maps every
     term's name to a detached 0-dim tensor (call ``float()`` to print). Every term is checked with
     :func:`check_finite` (``check_finite=False`` turns that off).
+
+    On a GPU: :func:`check_finite` reads the terms on the host, one device synchronisation per call, by design
+    (the CPU chapters stop at the first NaN). A GPU trainer passes ``check_finite=False`` and runs its own guard
+    every few steps; then nothing in ``forward`` or :meth:`discriminator_loss` reads a value on the host.
+    ``torch.compile(fullgraph=True)`` traces both in one graph, with one exception: ``weighting="adaptive"``
+    once the discriminator is on, because :func:`adaptive_weight` calls ``torch.autograd.grad``, which
+    dynamo does not trace inside a graph. A trainer with the adaptive weight compiles the autoencoder, the
+    LPIPS network and the discriminator and leaves this small module eager.
     """
 
     def __init__(self, discriminator: nn.Module | None = None, perceptual: LPIPS | None = None, *,
@@ -440,16 +455,12 @@ class HybridLoss(nn.Module):
         note = ", perceptual on a RANDOM trunk (wiring only)" if self.random_trunk else ""
         return f"weighting={self.weighting} ({weights}), disc_start={self.disc_start}{note}"
 
-    @contextmanager
-    def _frozen_discriminator(self) -> Iterator[None]:
-        # The generator's loss must not fill the discriminator's .grad: freeze it while it judges x_hat.
-        flags = [p.requires_grad for p in self.discriminator.parameters()]
-        self.discriminator.requires_grad_(False)
-        try:
-            yield
-        finally:
-            for p, flag in zip(self.discriminator.parameters(), flags):
-                p.requires_grad_(flag)
+    def _judge_frozen(self, x_hat: torch.Tensor) -> torch.Tensor:
+        # The generator's loss must not fill the discriminator's .grad: it judges x_hat with detached copies of
+        # its parameters (same values, no gradient path), while the gradient still flows back to x_hat.
+        # Detaching, unlike toggling requires_grad, is traced by torch.compile in one graph.
+        frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
+        return torch.func.functional_call(self.discriminator, frozen, (x_hat,))
 
     def forward(self, x: torch.Tensor, x_hat: torch.Tensor, step: int, vq_loss: torch.Tensor | None = None,
                 last_layer: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -469,8 +480,7 @@ class HybridLoss(nn.Module):
         active = self.discriminator_active(step)
         g_loss, weight_g = zero, zero
         if active:
-            with self._frozen_discriminator():
-                g_loss = generator_loss(self.discriminator(x_hat))
+            g_loss = generator_loss(self._judge_frozen(x_hat))
             if self.weighting == "paper":
                 weight_g = zero + self.lambda_d
             elif torch.is_grad_enabled():

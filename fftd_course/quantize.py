@@ -29,6 +29,7 @@ sample of the diffusion model, eq. 30) to its nearest code, ``num_codes`` and ``
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -213,8 +214,19 @@ def _unflatten(flat: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
     return flat.reshape(b, h, w, -1).permute(0, 3, 1, 2)  # (B*H*W, C) -> (B, C, H, W)
 
 
+def _code_counts(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
+    """How often each code occurs in ``indices`` (any shape): ``(num_codes,)`` long, like ``bincount``.
+
+    ``torch.bincount`` sizes its output from the largest index, which on CUDA reads that value on the host (a
+    device synchronisation) and under torch.compile is a data-dependent shape; a scatter-add into a tensor of
+    the known size ``num_codes`` is neither. Used in the forward passes; :func:`codebook_usage` keeps bincount.
+    """
+    flat = indices.reshape(-1).long()
+    return torch.zeros(num_codes, dtype=torch.long, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
+
+
 def _batch_perplexity(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
-    p = torch.bincount(indices.reshape(-1), minlength=num_codes).float() / max(1, indices.numel())
+    p = _code_counts(indices, num_codes).float() / max(1, indices.numel())
     return torch.exp(-(p * torch.log(p.clamp(min=1e-10))).sum())
 
 
@@ -261,7 +273,10 @@ class Quantizer(nn.Module):
             raise ValueError(f"lookup expects code indices of shape (B, H, W), got shape {tuple(indices.shape)}")
         if indices.dtype.is_floating_point or indices.dtype == torch.bool:
             raise ValueError(f"code indices must be an integer tensor, got dtype {indices.dtype}")
-        if indices.numel() and (indices.min() < 0 or indices.max() >= self.num_codes):
+        # Values are checked only where reading them is free: CPU tensors outside torch.compile (on a GPU an
+        # out-of-range index stops with a device-side assert instead of a synchronisation on every call).
+        if (not torch.compiler.is_compiling() and indices.device.type == "cpu" and indices.numel()
+                and (indices.min() < 0 or indices.max() >= self.num_codes)):
             raise ValueError(f"code indices must lie in [0, {self.num_codes - 1}], got values from "
                              f"{int(indices.min())} to {int(indices.max())}")
 
@@ -301,6 +316,16 @@ class VectorQuantizer(Quantizer):
     Under ``torch.distributed`` the counts are summed over ranks and rank 0's replacement is broadcast,
     so that every rank keeps the same codebook. Both are collective calls: every rank must reach the check
     on the same step, which holds when all ranks use the same batch size.
+
+    On a GPU the forward reads no tensor value on the host (no device synchronisation), and under
+    ``torch.compile(fullgraph=True)`` it is one graph: the decisions "initialise now?" and "is the window
+    full?" use Python counters that mirror the buffers (``initialized``, ``counts_since_check``), restored
+    from them by ``load_state_dict``; the number of assignments per step is a static shape. In eager mode
+    the forward calls :meth:`maintain` itself. A compiled forward does only the tensor bookkeeping (usage
+    window, counts, buffer of recent outputs), so **a compiled training step calls**
+    ``quantizer.maintain(n)`` **after each step**, with ``n = out.indices.numel()`` (``B * h * w``); the
+    replacement then happens on the same steps as in eager mode. k-means initialisation cannot run inside a
+    compiled forward: run one eager training step or :meth:`init_codebook` before compiling.
     """
 
     def __init__(self, num_codes: int, dim: int, beta: float = 0.25, *, l2_normalize: bool = False,
@@ -325,6 +350,9 @@ class VectorQuantizer(Quantizer):
         self.register_buffer("recent_z", torch.zeros(self.buffer_size, dim))
         self.register_buffer("recent_z_count", torch.zeros((), dtype=torch.long))
         self.register_buffer("replaced_total", torch.zeros((), dtype=torch.long))
+        # Host-side mirrors of the buffers, so that the forward's decisions cost no device synchronisation.
+        self._needs_init = bool(kmeans_init)  # not initialized
+        self._assignments_since_check = 0  # counts_since_check.sum()
 
     def extra_repr(self) -> str:
         return (f"num_codes={self.num_codes}, dim={self.dim}, beta={self.beta}, l2_normalize={self.l2_normalize}, "
@@ -350,6 +378,15 @@ class VectorQuantizer(Quantizer):
             z = F.normalize(z.float(), dim=1)
         self.codebook.copy_(kmeans(z, self.num_codes, self.kmeans_iters, normalize=self.l2_normalize))
         self.initialized.fill_(True)
+        self._needs_init = False
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        # Loading is no hot path: read the loaded buffers once to set their host-side mirrors.
+        self._needs_init = not bool(self.initialized)
+        self._assignments_since_check = int(self.counts_since_check.sum())
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         _check_latent(z, self.dim, "VectorQuantizer")
@@ -357,7 +394,11 @@ class VectorQuantizer(Quantizer):
         z_e = _flatten(z).float()  # (B, C, H, W) -> (BHW, C); quantize in float32 even under bf16 autocast
         if self.l2_normalize:
             z_e = F.normalize(z_e, dim=1)
-        if self.training and not bool(self.initialized):
+        if self.training and self._needs_init:
+            if torch.compiler.is_compiling():
+                raise RuntimeError("VectorQuantizer(kmeans_init=True) initialises its codebook on the first training "
+                                   "batch, which cannot run inside torch.compile: run one training step eagerly, or "
+                                   "call init_codebook(z_e) on encoder outputs, before compiling")
             self.init_codebook(z_e.detach())
         indices = nearest_code(z_e, self.codes())  # (BHW,)
         z_q = self._gather(indices)  # (BHW, C)
@@ -380,11 +421,35 @@ class VectorQuantizer(Quantizer):
         self._record_usage(indices)
         if not self.replace_dead_codes:
             return
-        self.counts_since_check += torch.bincount(indices, minlength=self.num_codes)
+        self.counts_since_check += _code_counts(indices, self.num_codes)
         self._push_recent(z_e)
-        # The codebook rows are not saved for backward (see _gather), so changing them here is safe.
-        if int(self.counts_since_check.sum()) >= self.usage_window:
-            self.replace_dead_codes_now()
+        if not torch.compiler.is_compiling():  # compiled: the trainer calls maintain() after the step
+            # The codebook rows are not saved for backward (see _gather), so changing them here is safe.
+            self.maintain(indices.numel())
+
+    @torch.no_grad()
+    def maintain(self, num_assignments: int) -> int:
+        """Count ``num_assignments`` more training assignments and replace dead codes when the window is full.
+
+        Returns how many codes moved (0 unless a check ran, and always 0 without ``replace_dead_codes``). The
+        count is a Python integer (a batch's ``B * h * w``, a static shape), so deciding costs no device
+        synchronisation; the replacement itself (:meth:`replace_dead_codes_now`) reads values once per window.
+        The eager forward calls this itself. A compiled training step calls ``quantizer.maintain(n)`` after
+        each step, with ``n = out.indices.numel()``, since a compiled forward makes no host decisions. Under
+        ``torch.distributed`` every rank reaches the check on the same step, as all count the same numbers.
+        """
+        if not self.replace_dead_codes:
+            return 0
+        # A Python (or NumPy) integer, never a tensor: reading a tensor's value here would synchronise.
+        is_int = hasattr(num_assignments, "__index__") and not isinstance(num_assignments, (bool, torch.Tensor))
+        n = operator.index(num_assignments) if is_int else -1
+        if n < 0:
+            raise ValueError(f"maintain expects the number of code assignments of the step as an int >= 0 "
+                             f"(out.indices.numel()), got {num_assignments!r}")
+        self._assignments_since_check += n
+        if self._assignments_since_check < self.usage_window:
+            return 0
+        return self.replace_dead_codes_now()
 
     @torch.no_grad()
     def _push_recent(self, z_e: torch.Tensor) -> None:
@@ -417,6 +482,7 @@ class VectorQuantizer(Quantizer):
         if distributed:
             torch.distributed.broadcast(self.codebook.data, src=0)
         self.counts_since_check.zero_()
+        self._assignments_since_check = 0
         self.replaced_total += moved
         return moved
 
