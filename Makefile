@@ -41,8 +41,14 @@ weights: $(VENV)/.dev-installed
 # Containers often run as root, which JupyterLab refuses unless told.
 LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
+# jupyter_config/labconfig/default_setting_overrides.json (found through JUPYTER_CONFIG_PATH) changes two
+# defaults: chapters' .py files open as notebooks (jupytext pairs them with the .ipynb) and JupyterLab asks
+# no questions about news. A learner's own settings still win. LAB_OPTS: extra options.
+LAB_ENV := JUPYTER_CONFIG_PATH="$(CURDIR)/jupyter_config$(if $(JUPYTER_CONFIG_PATH),:$(JUPYTER_CONFIG_PATH))"
+LAB_OPTS ?=
+
 lab: $(VENV)/.lab-installed
-	$(VENV)/bin/jupyter lab --notebook-dir=. $(LAB_FLAGS)
+	$(LAB_ENV) $(VENV)/bin/jupyter lab --notebook-dir=. $(LAB_FLAGS) $(LAB_OPTS)
 
 release: $(VENV)/.dev-installed
 	$(PY) -m fftd_course.assignments release
