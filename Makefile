@@ -3,6 +3,7 @@
 #   make demo      train both stages on the toy faces on the CPU, sample every class, measure; writes demo/
 #   make weights   remake the toy checkpoint committed in fftd_course/weights/ (same training as the demo)
 #   make lab       JupyterLab on the course
+#   make test-browser  headless Chromium drives `make lab` (chapter 06: Run All, its slider) and the html site
 #   make release   regenerate student notebooks and .ipynb pairs from solutions/*.py
 
 PYTHON ?= python3
@@ -15,7 +16,7 @@ PY := $(VENV)/bin/python
 # a quiet machine (CI) it made chapter 03 1.4x and chapter 05's training 2x slower (2-core machine).
 TEST_ENV := FFTD_STRICT_CHECKS=1 FFTD_STATIC_PLOTS=1 MPLBACKEND=Agg PYTHONUNBUFFERED=1
 
-.PHONY: test demo weights lab release check-sync clean
+.PHONY: test test-browser demo weights lab release check-sync clean
 
 $(VENV)/.dev-installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +26,11 @@ $(VENV)/.dev-installed: pyproject.toml
 
 $(VENV)/.lab-installed: $(VENV)/.dev-installed
 	$(PY) -m pip install -e ".[dev,lab]"
+	touch $@
+
+# Playwright only: it drives the system's Chromium (browser_tests/ensure_chromium.sh), never its own downloads.
+$(VENV)/.browser-installed: $(VENV)/.lab-installed
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(PY) -m pip install -e ".[dev,lab,browser]"
 	touch $@
 
 test: $(VENV)/.dev-installed
@@ -43,12 +49,23 @@ LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 # jupyter_config/labconfig/default_setting_overrides.json (found through JUPYTER_CONFIG_PATH) changes two
 # defaults: chapters' .py files open as notebooks (jupytext pairs them with the .ipynb) and JupyterLab asks
-# no questions about news. A learner's own settings still win. LAB_OPTS: extra options.
+# no questions about news. A learner's own settings still win. LAB_OPTS: extra options (browser tests).
 LAB_ENV := JUPYTER_CONFIG_PATH="$(CURDIR)/jupyter_config$(if $(JUPYTER_CONFIG_PATH),:$(JUPYTER_CONFIG_PATH))"
 LAB_OPTS ?=
 
 lab: $(VENV)/.lab-installed
 	$(LAB_ENV) $(VENV)/bin/jupyter lab --notebook-dir=. $(LAB_FLAGS) $(LAB_OPTS)
+
+# A real browser on what a learner sees: browser_tests/test_browser.py starts `make lab` and a server for the
+# html site (built by `make html` when site/ is missing), drives headless Chromium, saves screenshots in
+# test-artifacts/. Not part of `make test` (it needs Chromium: installed with apt-get when missing).
+test-browser: $(VENV)/.browser-installed
+	@set -e; chromium="$$(sh browser_tests/ensure_chromium.sh)"; echo "test-browser: Chromium: $$chromium"; \
+	if [ ! -f site/index.html ]; then \
+	  if $(MAKE) -n html >/dev/null 2>&1; then $(MAKE) html; \
+	  else echo "test-browser: no site/index.html and no 'make html' target: the site checks will be skipped"; fi; \
+	fi; \
+	FFTD_CHROMIUM="$$chromium" FFTD_BROWSER_REQUIRED=1 PYTHONUNBUFFERED=1 $(PY) -m pytest browser_tests -v --durations=5
 
 release: $(VENV)/.dev-installed
 	$(PY) -m fftd_course.assignments release
