@@ -3,7 +3,8 @@
 #   make demo      train both stages on the toy faces on the CPU, sample every class, measure; writes demo/
 #   make weights   remake the toy checkpoint committed in fftd_course/weights/ (same training as the demo)
 #   make lab       JupyterLab on the course
-#   make release   regenerate student notebooks and .ipynb pairs from solutions/*.py
+#   make release   regenerate student notebooks and .ipynb pairs from solutions/*.py (a student notebook holding
+#                  a learner's edits is kept and reported; FORCE=1 replaces it after a backup in backups/)
 
 PYTHON ?= python3
 VENV := .venv
@@ -45,7 +46,7 @@ lab: $(VENV)/.lab-installed
 	$(VENV)/bin/jupyter lab --notebook-dir=. $(LAB_FLAGS)
 
 release: $(VENV)/.dev-installed
-	$(PY) -m fftd_course.assignments release
+	$(PY) -m fftd_course.assignments release $(if $(FORCE),--force,)
 
 check-sync: $(VENV)/.dev-installed
 	$(PY) -m fftd_course.assignments check
