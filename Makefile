@@ -4,7 +4,8 @@
 #   make weights   remake the toy checkpoint committed in fftd_course/weights/ (same training as the demo)
 #   make lab       JupyterLab on the course
 #   make test-browser  headless Chromium drives `make lab` (chapter 06: Run All, its slider) and the html site
-#   make release   regenerate student notebooks and .ipynb pairs from solutions/*.py
+#   make release   regenerate student notebooks and .ipynb pairs from solutions/*.py (a student notebook holding
+#                  a learner's edits is kept and reported; FORCE=1 replaces it after a backup in backups/)
 
 PYTHON ?= python3
 VENV := .venv
@@ -68,7 +69,7 @@ test-browser: $(VENV)/.browser-installed
 	FFTD_CHROMIUM="$$chromium" FFTD_BROWSER_REQUIRED=1 PYTHONUNBUFFERED=1 $(PY) -m pytest browser_tests -v --durations=5
 
 release: $(VENV)/.dev-installed
-	$(PY) -m fftd_course.assignments release
+	$(PY) -m fftd_course.assignments release $(if $(FORCE),--force,)
 
 check-sync: $(VENV)/.dev-installed
 	$(PY) -m fftd_course.assignments check

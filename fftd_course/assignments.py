@@ -14,32 +14,52 @@ Notebooks carry no outputs and deterministic cell ids, so releasing twice gives 
 rewrites nothing and lists every file that a release would change (a stale student notebook, a
 ``.ipynb`` that differs from its ``.py``), comparing contents, never file times.
 
+**A learner's work is never overwritten.** ``notebooks/.release-manifest.json`` holds the SHA-256 of
+every student file as release last wrote it. A student notebook whose ``.py`` or ``.ipynb`` differs
+from that (a learner wrote an answer, or ran it and saved the outputs) is left alone and reported;
+``--force`` replaces it after copying both files to ``backups/<time>/notebooks/``.
+
+Every ``.ipynb`` carries nbgrader's cell metadata: a cell with a solution block (or its stub) is an
+answer cell ``answer_<name>``, a cell calling ``checks.check_<name>(...)`` at its top level is a graded,
+locked test cell ``check_<name>`` worth one point (learners cannot edit or delete it in JupyterLab).
+``python -m fftd_course.assignments grade`` (see :mod:`fftd_course.grading`) scores submissions from
+these cells; an instructor who uses nbgrader can run ``generate_assignment`` / ``autograde`` on
+``solutions/`` instead (with ``FFTD_GRADING=1``, so that a check that does not pass raises).
+
 Usage::
 
-    python -m fftd_course.assignments release   # what `make release` runs
-    python -m fftd_course.assignments check     # exit status 1 and a list if anything is stale
+    python -m fftd_course.assignments release [--force]   # what `make release` runs
+    python -m fftd_course.assignments check               # exit status 1 and a list if anything is stale
+    python -m fftd_course.assignments grade SUBMISSION... [--csv FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import re
+import shutil
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jupytext
 import nbformat
 from jupytext.config import JupytextConfiguration, load_jupytext_configuration_file
 
-__all__ = ["BEGIN", "END", "AssignmentError", "strip_solutions", "canonical_text", "to_notebook", "planned_files",
-           "release", "check", "main"]
+__all__ = ["BEGIN", "END", "MANIFEST", "AssignmentError", "strip_solutions", "canonical_text", "grading_metadata",
+           "to_notebook", "planned_files", "Release", "release", "check", "main"]
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
 STUB = ("# YOUR CODE HERE", 'raise NotImplementedError("Exercise: write your code here, then run the check cell below.")')
 
 ROOT = Path(__file__).resolve().parent.parent
+MANIFEST = Path("notebooks") / ".release-manifest.json"  # relative to the course root
+CHECK_CALL = re.compile(r"^checks\.(check_\w+)\(", re.M)  # a graded check: a top-level call in a code cell
+DEFINITION = re.compile(r"^[ \t]*(?:def|class)[ \t]+(\w+)", re.M)
 
 
 class AssignmentError(ValueError):
@@ -89,12 +109,47 @@ def canonical_text(text: str, root: Path = ROOT) -> str:
     return jupytext.writes(jupytext.reads(text, fmt="py:percent", config=config), fmt="py:percent", config=config)
 
 
+def grading_metadata(source: str, where: str = "<cell>") -> dict | None:
+    """nbgrader's metadata for a code cell: an answer cell, a graded check cell, or ``None``.
+
+    An answer cell holds a solution block (or, in a student notebook, its stub) and is named after the
+    first function or class it defines; a check cell calls ``checks.check_<name>(...)`` at its top level
+    (indented calls, e.g. under ``with checks.lenient():``, are demonstrations, not graded).
+    """
+    checks = CHECK_CALL.findall(source)
+    is_answer = any(line.strip() in (BEGIN, STUB[1]) for line in source.splitlines())
+    if is_answer and checks:
+        raise AssignmentError(f"{where}: an exercise and its graded check must sit in separate cells")
+    if is_answer:
+        names = DEFINITION.findall(source)
+        if not names:
+            raise AssignmentError(f"{where}: a solution block must sit inside a function or class the cell defines")
+        return {"nbgrader": {"grade": False, "grade_id": f"answer_{names[0]}", "locked": False,
+                             "schema_version": 3, "solution": True, "task": False}}
+    if len(checks) > 1:
+        raise AssignmentError(f"{where}: one graded check per cell, found {', '.join(checks)}")
+    if checks:
+        return {"deletable": False, "editable": False,  # JupyterLab keeps learners from changing the check
+                "nbgrader": {"grade": True, "grade_id": checks[0], "locked": True, "points": 1,
+                             "schema_version": 3, "solution": False, "task": False}}
+    return None
+
+
 def to_notebook(text: str, name: str, root: Path = ROOT) -> str:
-    """The ``.ipynb`` JSON for percent-format ``text``: no outputs, cell ids derived from ``name``."""
+    """The ``.ipynb`` JSON for percent-format ``text``: no outputs, cell ids derived from ``name``, nbgrader metadata."""
     config = _config(root)
     nb = jupytext.reads(text, fmt="py:percent", config=config)
+    seen: dict[str, int] = {}
     for i, cell in enumerate(nb.cells):
         cell["id"] = hashlib.sha1(f"{name}:{i}".encode()).hexdigest()[:12]
+        meta = grading_metadata(cell.source, f"{name}, cell {i}") if cell.cell_type == "code" else None
+        if meta:
+            grade_id = meta["nbgrader"]["grade_id"]
+            if grade_id in seen:
+                raise AssignmentError(f"{name}: cells {seen[grade_id]} and {i} are both {grade_id!r}; "
+                                      "nbgrader needs one cell per exercise and per check")
+            seen[grade_id] = i
+            cell.metadata.update(meta)
     jupytext_text = jupytext.writes(nb, fmt="ipynb", config=config)
     nbformat.validate(nbformat.reads(jupytext_text, as_version=4))
     return jupytext_text
@@ -129,21 +184,90 @@ def _current(path: Path) -> str | None:
     return path.read_text(encoding="utf-8") if path.exists() else None
 
 
-def release(root: Path = ROOT) -> list[Path]:
-    """Write every planned file whose content differs; return the paths written."""
-    written = []
-    for item in planned_files(root):
-        if _current(item.path) != item.text:
-            item.path.parent.mkdir(parents=True, exist_ok=True)
-            item.path.write_text(item.text, encoding="utf-8")
-            written.append(item.path)
-    return written
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _read_manifest(root: Path) -> dict[str, str]:
+    path = root / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8"))["sha256"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise AssignmentError(f"{path} is damaged ({e}); restore it with git (git checkout -- {MANIFEST})") from None
+
+
+def _manifest_text(hashes: dict[str, str]) -> str:
+    return json.dumps({"about": "SHA-256 of each student notebook as `make release` last wrote it: a file that differs "
+                                "holds a learner's work, which release leaves alone unless --force (a backup is kept).",
+                       "sha256": dict(sorted(hashes.items()))}, indent=1) + "\n"
+
+
+@dataclass
+class Release:
+    """What :func:`release` did: files written, student notebooks kept because they hold edits, backups made."""
+
+    written: list[Path] = field(default_factory=list)
+    kept: list[Path] = field(default_factory=list)
+    backups: list[Path] = field(default_factory=list)
+
+
+def _student_key(path: Path) -> str | None:
+    # The manifest names student files by their name inside notebooks/.
+    return path.name if path.parent.name == "notebooks" else None
+
+
+def release(root: Path = ROOT, force: bool = False) -> Release:
+    """Write every planned file whose content differs, except student notebooks that hold a learner's edits.
+
+    A chapter's student pair (``.py`` and ``.ipynb``) is edited when either file differs from what the last
+    release wrote (the manifest); both are then kept as they are (listed in ``Release.kept``), unless
+    ``force``, which first copies them to ``backups/<time>/notebooks/`` (``Release.backups``).
+    """
+    manifest = _read_manifest(root)
+    planned = planned_files(root)
+    edited: set[str] = set()  # chapter stems whose student pair holds edits
+    for item in planned:
+        key = _student_key(item.path)
+        current = _current(item.path)
+        if key and current is not None and current != item.text and manifest.get(key) != _sha(current):
+            edited.add(item.path.stem)
+    result = Release()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for item in planned:
+        key = _student_key(item.path)
+        current = _current(item.path)
+        if current == item.text:
+            if key:
+                manifest[key] = _sha(current)
+            continue
+        if key and item.path.stem in edited:
+            if not force:
+                result.kept.append(item.path)
+                continue
+            backup = root / "backups" / stamp / "notebooks" / item.path.name
+            backup.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(item.path, backup)
+            result.backups.append(backup)
+        item.path.parent.mkdir(parents=True, exist_ok=True)
+        item.path.write_text(item.text, encoding="utf-8")
+        result.written.append(item.path)
+        if key:
+            manifest[key] = _sha(item.text)
+    manifest_path = root / MANIFEST
+    if _current(manifest_path) != _manifest_text(manifest):
+        manifest_path.write_text(_manifest_text(manifest), encoding="utf-8")
+        result.written.append(manifest_path)
+    return result
 
 
 def check(root: Path = ROOT) -> list[str]:
     """Every way the repository differs from a fresh release (empty when all is in sync)."""
+    planned = planned_files(root)
+    hashes = _read_manifest(root)
     problems = []
-    for item in planned_files(root):
+    for item in planned:
         current = _current(item.path)
         rel = item.path.relative_to(root)
         if current is None:
@@ -154,7 +278,10 @@ def check(root: Path = ROOT) -> list[str]:
             else:
                 why = "not in jupytext's canonical form" if item.path.suffix == ".py" else "differs from its .py"
             problems.append(f"{rel}: {why}")
-    expected = {item.path for item in planned_files(root)}
+        key = _student_key(item.path)
+        if key and hashes.get(key) != _sha(item.text):
+            problems.append(f"{MANIFEST}: does not record {key} as released")
+    expected = {item.path for item in planned}
     for folder in ("notebooks", "solutions"):
         for path in sorted((root / folder).glob("[0-9][0-9]_*.*")):
             if path.suffix in (".py", ".ipynb") and path not in expected:
@@ -162,18 +289,41 @@ def check(root: Path = ROOT) -> list[str]:
     return problems
 
 
+def _course_root(given: Path | None) -> Path:
+    return given or (Path.cwd() if (Path.cwd() / "solutions").is_dir() else ROOT)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fftd_course.assignments", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["release", "check"], help="release: write student notebooks; check: list what is stale")
-    parser.add_argument("--root", type=Path, default=None, help="course repository (default: the one this package sits in, or the current folder)")
+    root_help = "course repository (default: the current folder if it has solutions/, else the one this package sits in)"
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("release", help="write student notebooks (never over a learner's edits without --force)",
+                       description="Regenerate solutions/*.ipynb and the student notebooks in notebooks/. A student "
+                                   "notebook that holds a learner's edits is left alone and reported.")
+    p.add_argument("--force", action="store_true",
+                   help="also replace student notebooks holding edits, after copying them to backups/<time>/notebooks/")
+    p.add_argument("--root", type=Path, default=None, help=root_help)
+    p = sub.add_parser("check", help="list every file a release would change (exit status 1 if any)")
+    p.add_argument("--root", type=Path, default=None, help=root_help)
+    from . import grading  # noqa: PLC0415 (the grader's imports are not needed to release)
+
+    grading.add_arguments(sub.add_parser("grade", help="run submitted notebooks in fresh kernels and score each exercise",
+                                         description=grading.__doc__.split("\n\n")[0]))
     args = parser.parse_args(argv)
-    root = args.root or (Path.cwd() if (Path.cwd() / "solutions").is_dir() else ROOT)
+    if args.command == "grade":
+        return grading.run(args)
+    root = _course_root(args.root)
     try:
         if args.command == "release":
-            written = release(root)
-            for path in written:
+            done = release(root, force=args.force)
+            for path in done.backups:
+                print(f"backed up {path.relative_to(root)}")
+            for path in done.written:
                 print(f"wrote {path.relative_to(root)}")
-            print(f"release: {len(written)} file(s) changed")
+            for path in done.kept:
+                print(f"kept {path.relative_to(root)}: it holds changes made after the last release (a learner's work?)")
+            print(f"release: {len(done.written)} file(s) changed" + (f", {len(done.kept)} edited student file(s) left "
+                  "alone; `make release FORCE=1` (--force) replaces them after a backup" if done.kept else ""))
             return 0
         problems = check(root)
     except AssignmentError as e:

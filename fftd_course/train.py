@@ -252,7 +252,7 @@ PRESETS: dict[str, dict[str, TrainConfig]] = {
              lr_schedule="cosine", warmup_steps=50, lpips="vgg", disc_start=500, disc_layers=2, num_workers=0,
              log_every=50, sample_every=400, ckpt_every=200, out="runs/small64/ivqvae"),
         dict(model="small", out="runs/small64/fftd", steps=2000, batch_size=64, lr=1e-3, lr_schedule="cosine",
-             warmup_steps=100, ema_decay=0.999, log_every=100, sample_every=1000, ckpt_every=500)),
+             warmup_steps=100, ema_decay=0.999, num_workers=0, log_every=100, sample_every=1000, ckpt_every=500)),
     # CelebA-HQ 256 px, unconditional (a folder without class sub-folders): the paper's f = 64 autoencoder and
     # FFTD at the batch sizes a GPU wants (errata E9: the paper's batch size 1 wastes a GPU and needs 4e6 steps).
     "celebahq256": _preset(

@@ -92,14 +92,15 @@ def course_copy(tmp_path):
     for name in ("solutions", "notebooks"):
         shutil.copytree(ROOT / name, tmp_path / name)
     shutil.copy(ROOT / "jupytext.toml", tmp_path / "jupytext.toml")
-    assignments.release(tmp_path)  # start in sync whatever the state of the repository (tested above)
+    assignments.release(tmp_path, force=True)  # start in sync whatever the state of the repository (tested above)
+    shutil.rmtree(tmp_path / "backups", ignore_errors=True)
     return tmp_path
 
 
 def test_release_twice_changes_nothing(course_copy):
     assignments.release(course_copy)
     before = {p: p.read_bytes() for p in course_copy.rglob("*") if p.is_file()}
-    assert assignments.release(course_copy) == []
+    assert assignments.release(course_copy) == assignments.Release()
     assert before == {p: p.read_bytes() for p in course_copy.rglob("*") if p.is_file()}
 
 
@@ -113,7 +114,7 @@ def test_check_detects_stale_student_and_unpaired_ipynb(course_copy):
     assert assignments.check(course_copy) == []
     # A hand edit of the student's .py outside a block makes it stale; an edited .ipynb is unpaired.
     stu = course_copy / "notebooks" / "00_setup_and_tour.py"
-    stu.write_text(stu.read_text().replace("# # 00 · Setup", "# # 00 · Set-up"))
+    stu.write_text(stu.read_text().replace("# # 00 · Setup", "# # 00 · Set-up"))  # (a learner's edit, for release)
     ipynb = course_copy / "solutions" / "00_setup_and_tour.ipynb"
     ipynb.write_text(ipynb.read_text().replace("import", "import  ", 1))
     problems = assignments.check(course_copy)
@@ -135,3 +136,63 @@ def test_command_line(course_copy, capsys):
     (course_copy / "solutions" / "00_setup_and_tour.py").write_text("def f():\n    ### BEGIN SOLUTION\n")
     assert assignments.main(["release", "--root", str(course_copy)]) == 2
     assert "never closed" in capsys.readouterr().err
+
+
+LEARNER_ANSWER = "    return (x + 1) * 0.5  # my answer"
+
+
+def _answer_in_student_notebook(course: Path) -> Path:
+    stu = course / "notebooks" / "03_vector_quantization.py"
+    text = stu.read_text()
+    assert "raise NotImplementedError" in text
+    stu.write_text(text.replace('    raise NotImplementedError("Exercise: write your code here, then run the check cell below.")',
+                                LEARNER_ANSWER, 1))
+    return stu
+
+
+def test_release_leaves_a_learners_answer_alone_and_says_so(course_copy, capsys):
+    stu = _answer_in_student_notebook(course_copy)
+    edited = stu.read_text()
+    sol = course_copy / "solutions" / "03_vector_quantization.py"  # the instructor changes the chapter meanwhile
+    sol.write_text(sol.read_text().replace("# # 03", "# # 03 ", 1))
+    assert assignments.main(["release", "--root", str(course_copy)]) == 0
+    out = capsys.readouterr().out
+    assert stu.read_text() == edited
+    assert "kept notebooks/03_vector_quantization.py: it holds changes made after the last release" in out
+    assert "wrote solutions/03_vector_quantization.ipynb" in out and "FORCE=1" in out
+    assert not (course_copy / "backups").exists()
+    # Other chapters still follow their solutions; the kept pair is reported by check, not silently fixed.
+    assert "notebooks/03_vector_quantization.py: stale: it no longer matches its solution" in assignments.check(course_copy)
+
+
+def test_release_force_replaces_after_a_backup(course_copy, capsys):
+    stu = _answer_in_student_notebook(course_copy)
+    edited = stu.read_text()
+    assert assignments.main(["release", "--force", "--root", str(course_copy)]) == 0
+    out = capsys.readouterr().out
+    assert LEARNER_ANSWER not in stu.read_text() and "raise NotImplementedError" in stu.read_text()
+    backups = list((course_copy / "backups").glob("*/notebooks/03_vector_quantization.py"))
+    assert len(backups) == 1 and backups[0].read_text() == edited
+    assert f"backed up {backups[0].relative_to(course_copy)}" in out
+    assert assignments.check(course_copy) == []
+
+
+def test_notebook_outputs_saved_by_a_learner_are_kept(course_copy):
+    """Running a chapter in the lab and saving (outputs in the .ipynb) is a learner's work too."""
+    ipynb = course_copy / "notebooks" / "00_setup_and_tour.ipynb"
+    nb = json.loads(ipynb.read_text())
+    code = next(c for c in nb["cells"] if c["cell_type"] == "code")
+    code["outputs"], code["execution_count"] = [{"output_type": "stream", "name": "stdout", "text": "ran it\n"}], 1
+    ipynb.write_text(json.dumps(nb))
+    saved = ipynb.read_text()
+    sol = course_copy / "solutions" / "00_setup_and_tour.py"
+    sol.write_text(sol.read_text().replace("# # 00 · Setup", "# # 00 · Setup ", 1))
+    done = assignments.release(course_copy)
+    assert ipynb.read_text() == saved and ipynb in done.kept
+    assert course_copy / "notebooks" / "00_setup_and_tour.py" in done.kept  # the pair stays together
+
+
+def test_damaged_manifest_is_a_clear_error(course_copy):
+    (course_copy / assignments.MANIFEST).write_text("{not json")
+    with pytest.raises(AssignmentError, match="damaged"):
+        assignments.release(course_copy)

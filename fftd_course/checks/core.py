@@ -10,7 +10,9 @@ shapes, new seeds each call) and prints one of three verdicts:
 A failed check does not raise in a learner's notebook, so "Run All" reaches the end. When the
 environment variable ``FFTD_STRICT_CHECKS=1`` is set (``make test`` sets it) a FAIL raises
 :class:`ExerciseFailed`, so a wrong answer in ``solutions/`` fails the test run. "Not attempted" never
-raises: student notebooks are tested with their stubs in place.
+raises: student notebooks are tested with their stubs in place. ``FFTD_GRADING=1`` (for nbgrader's
+``autograde``, which counts a test cell as passed when it does not raise) makes every verdict but PASS
+raise, "not attempted" included. ``python -m fftd_course.assignments grade`` reads verdicts instead.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import torch
 from torch import nn
 
 __all__ = ["CheckResult", "CheckFailure", "ExerciseFailed", "run_check", "fresh_seed", "compare", "load_reference_weights",
-           "strict", "lenient"]
+           "strict", "grading", "lenient"]
 
 STRICT_ENV = "FFTD_STRICT_CHECKS"
+GRADING_ENV = "FFTD_GRADING"
 
 
 class CheckFailure(AssertionError):
@@ -73,6 +76,11 @@ class CheckResult:
         pass
 
 
+def grading() -> bool:
+    """Whether every verdict but PASS raises (``FFTD_GRADING=1``: nbgrader's autograde scores raising cells 0)."""
+    return os.environ.get(GRADING_ENV) == "1" and _lenient_depth == 0
+
+
 def fresh_seed() -> int:
     """A new seed from the operating system, so every run of a check tries new inputs."""
     return random.SystemRandom().randrange(2**31)
@@ -85,6 +93,8 @@ def run_check(name: str, trial: Callable[[], None], hint: str = "") -> CheckResu
     except NotImplementedError:
         result = CheckResult(name, "not attempted", "replace the `raise NotImplementedError` line with your code, then run this cell again")
         print(f"[ ] {name}: not attempted yet - {result.message}.")
+        if grading():
+            raise ExerciseFailed(f"{name}: not attempted")
         return result
     except CheckFailure as e:
         result = CheckResult(name, "fail", str(e) + (f"\n    hint: {hint}" if hint else ""))
@@ -95,7 +105,7 @@ def run_check(name: str, trial: Callable[[], None], hint: str = "") -> CheckResu
         print(f"[x] {name}: PASS")
         return result
     print(f"[!] {name}: FAIL\n    {result.message}")
-    if strict():
+    if strict() or grading():
         raise ExerciseFailed(f"{name}: {result.message}")
     return result
 
