@@ -6,6 +6,8 @@
 #   make test-browser  headless Chromium drives `make lab` (chapter 06: Run All, its slider) and the html site
 #   make release   regenerate student notebooks and .ipynb pairs from solutions/*.py (a student notebook holding
 #                  a learner's edits is kept and reported; FORCE=1 replaces it after a backup in backups/)
+#   make html      execute every solution chapter and write the course as a static site: site/index.html
+#   make syllabus  copy the chapter times of the last `make test` into SYLLABUS.md (and docs/chapter-times.json)
 
 PYTHON ?= python3
 VENV := .venv
@@ -17,7 +19,7 @@ PY := $(VENV)/bin/python
 # a quiet machine (CI) it made chapter 03 1.4x and chapter 05's training 2x slower (2-core machine).
 TEST_ENV := FFTD_STRICT_CHECKS=1 FFTD_STATIC_PLOTS=1 MPLBACKEND=Agg PYTHONUNBUFFERED=1
 
-.PHONY: test test-browser demo weights lab release check-sync clean
+.PHONY: test test-browser demo weights lab release check-sync html syllabus clean
 
 $(VENV)/.dev-installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -74,5 +76,14 @@ release: $(VENV)/.dev-installed
 check-sync: $(VENV)/.dev-installed
 	$(PY) -m fftd_course.assignments check
 
+# One page per chapter (site/NN_name.html) with every output and plot embedded, and the course map site/index.html.
+# Chapters run as under `make test` (static pictures for sliders, failed checks stop the build);
+# `$(PY) -m fftd_course.site --chapters 00,06` rebuilds a few.
+html: $(VENV)/.dev-installed
+	PYTHONUNBUFFERED=1 $(PY) -m fftd_course.site --out site
+
+syllabus: $(VENV)/.dev-installed
+	$(PY) -m fftd_course.syllabus update
+
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache site test-artifacts

@@ -42,7 +42,7 @@ def scanned_files(root: Path = ROOT) -> list[Path]:
     """Every file a learner reads, except this one."""
     files = [*root.glob("solutions/*.py"), *root.glob("notebooks/*.py"), *root.glob("fftd_course/**/*.py"),
              *root.glob("tests/**/*.py"), *root.glob("docs/*.md"), *root.glob("docs/*.py"), *root.glob("*.py"),
-             *root.glob("data_scripts/*"), root / "README.md", root / "Makefile", root / "pyproject.toml",
+             *root.glob("data_scripts/*"), root / "README.md", root / "SYLLABUS.md", root / "Makefile", root / "pyproject.toml",
              root / "environment.yml", root / ".ci" / "run"]
     me = Path(__file__).resolve()
     return sorted(p for p in files if p.is_file() and p.resolve() != me)
@@ -108,7 +108,7 @@ def test_errata_file_defines_a_numbered_sequence():
 
 def test_the_scan_covers_what_a_learner_reads():
     names = {p.relative_to(ROOT).as_posix() for p in scanned_files()}
-    for expected in ("README.md", "docs/PAPER.md", "docs/ERRATA.md", "fftd_course/diffusion.py",
+    for expected in ("README.md", "SYLLABUS.md", "docs/PAPER.md", "docs/ERRATA.md", "fftd_course/diffusion.py",
                      "solutions/06_ddim_math.py", "notebooks/06_ddim_math.py", "tests/test_diffusion.py"):
         assert expected in names
 
