@@ -50,7 +50,7 @@ import nbformat
 from jupytext.config import JupytextConfiguration, load_jupytext_configuration_file
 
 __all__ = ["BEGIN", "END", "MANIFEST", "AssignmentError", "strip_solutions", "canonical_text", "grading_metadata",
-           "to_notebook", "planned_files", "Release", "release", "check", "main"]
+           "to_notebook", "chapter_sources", "course_root", "planned_files", "Release", "release", "check", "main"]
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
@@ -161,11 +161,17 @@ class Planned:
     text: str
 
 
-def planned_files(root: Path = ROOT) -> list[Planned]:
-    """Every file a release writes, with the text it should hold."""
+def chapter_sources(root: Path = ROOT) -> list[Path]:
+    """``solutions/NN_name.py`` of every chapter, in order (release, grading, the site and the syllabus use it)."""
     solutions = sorted((root / "solutions").glob("[0-9][0-9]_*.py"))
     if not solutions:
         raise AssignmentError(f"no chapters found in {root / 'solutions'} (expected files named NN_name.py)")
+    return solutions
+
+
+def planned_files(root: Path = ROOT) -> list[Planned]:
+    """Every file a release writes, with the text it should hold."""
+    solutions = chapter_sources(root)
     planned = []
     for sol in solutions:
         solution = canonical_text(sol.read_text(encoding="utf-8"), root)
@@ -289,7 +295,8 @@ def check(root: Path = ROOT) -> list[str]:
     return problems
 
 
-def _course_root(given: Path | None) -> Path:
+def course_root(given: Path | None = None) -> Path:
+    """``given``, else the current folder if it holds ``solutions/``, else the repository this package sits in."""
     return given or (Path.cwd() if (Path.cwd() / "solutions").is_dir() else ROOT)
 
 
@@ -312,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "grade":
         return grading.run(args)
-    root = _course_root(args.root)
+    root = course_root(args.root)
     try:
         if args.command == "release":
             done = release(root, force=args.force)

@@ -93,10 +93,13 @@ class SubmissionReport:
 # ---- the released check cells ----------------------------------------------------------------------------------
 
 def _chapter_of(path: Path, root: Path) -> Path:
+    from .assignments import chapter_sources  # noqa: PLC0415
+
+    chapters = chapter_sources(root)
     m = re.match(r"(\d\d)_", path.name)
-    solutions = sorted((root / "solutions").glob(f"{m.group(1)}_*.py")) if m else []
+    solutions = [p for p in chapters if m and p.name.startswith(m.group(1) + "_")]
     if not solutions:
-        known = ", ".join(p.stem for p in sorted((root / "solutions").glob("[0-9][0-9]_*.py")))
+        known = ", ".join(p.stem for p in chapters)
         raise ValueError(f"{path}: cannot tell which chapter this is; name the file like its chapter (NN_name.ipynb "
                          f"or NN_name.py, one of: {known})")
     return solutions[0]
@@ -431,9 +434,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .assignments import _course_root  # noqa: PLC0415
+    from .assignments import course_root  # noqa: PLC0415
 
-    root = _course_root(args.root)
+    root = course_root(args.root)
     missing = [p for p in args.submissions if not Path(p).is_file()]
     if missing:
         print(f"error: no such file: {', '.join(missing)}", file=sys.stderr)

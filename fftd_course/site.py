@@ -103,9 +103,12 @@ def find_chapters(root: Path = ROOT) -> list[Chapter]:
     """Every chapter of ``root/solutions`` (``NN_name.py`` with its paired ``NN_name.ipynb``), in order."""
     import nbformat
 
-    sources = sorted((root / "solutions").glob("[0-9][0-9]_*.py"))
-    if not sources:
-        raise SiteError(f"no chapters found in {root / 'solutions'} (expected files named NN_name.py)")
+    from .assignments import AssignmentError, chapter_sources
+
+    try:
+        sources = chapter_sources(root)
+    except AssignmentError as e:
+        raise SiteError(str(e)) from None
     chapters = []
     for source in sources:
         notebook = source.with_suffix(".ipynb")
@@ -385,7 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=None,
                         help="course repository (default: the current folder if it has solutions/, else this package's)")
     args = parser.parse_args(argv)
-    root = args.root or (Path.cwd() if (Path.cwd() / "solutions").is_dir() else ROOT)
+    from .assignments import course_root  # noqa: PLC0415 (jupytext only when run)
+
+    root = course_root(args.root)
     only = None if args.chapters is None else [n.strip().zfill(2) for n in args.chapters.split(",") if n.strip()]
     start = time.perf_counter()
     try:

@@ -69,10 +69,12 @@ def artifact(seconds: dict[str, float], failed: set[str] | list[str] = ()) -> di
 
 
 def _chapters(root: Path) -> list[str]:
-    stems = [p.stem for p in sorted((root / "solutions").glob("[0-9][0-9]_*.py"))]
-    if not stems:
-        raise SyllabusError(f"no chapters found in {root / 'solutions'} (expected files named NN_name.py)")
-    return stems
+    from .assignments import AssignmentError, chapter_sources  # noqa: PLC0415
+
+    try:
+        return [p.stem for p in chapter_sources(root)]
+    except AssignmentError as e:
+        raise SyllabusError(str(e)) from None
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -232,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=None,
                         help="course repository (default: the current folder if it has solutions/, else this package's)")
     args = parser.parse_args(argv)
-    root = args.root or (Path.cwd() if (Path.cwd() / "solutions").is_dir() else ROOT)
+    from .assignments import course_root  # noqa: PLC0415 (jupytext only when run)
+
+    root = course_root(args.root)
     try:
         if args.command == "update":
             times = update(root, args.source, args.merge, args.note)

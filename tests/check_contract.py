@@ -7,9 +7,27 @@ a stub that raises ``NotImplementedError`` is "not attempted" in both modes and 
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 
 from fftd_course import checks
+
+
+SOLUTIONS = Path(__file__).resolve().parent.parent / "solutions"
+
+
+def chapter_function(chapter: str, name: str, **namespace):
+    """The function ``name`` exactly as ``solutions/<chapter>.py`` defines it (e.g. the buggy code an exercise
+    hands the learner), compiled alone with ``namespace`` as its globals, so a test follows the chapter's text."""
+    path = SOLUTIONS / f"{chapter}.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == name]
+    assert len(found) == 1, f"{path.name} defines {name} {len(found)} times at its top level"
+    namespace = {"__builtins__": __builtins__, **namespace}
+    exec(compile(ast.Module(body=found, type_ignores=[]), str(path), "exec"), namespace)
+    return namespace[name]
 
 
 def stub(*args, **kwargs):

@@ -15,3 +15,4 @@ def strict(monkeypatch):
 def lenient_env(monkeypatch):
     """Failed checks only print, as in a learner's notebook."""
     monkeypatch.delenv(core.STRICT_ENV, raising=False)
+    monkeypatch.delenv(core.GRADING_ENV, raising=False)  # (nbgrader's mode: every non-PASS verdict raises)

@@ -3,7 +3,7 @@
 
 from fftd_course import checks, pipeline
 
-from check_contract import contract_tests
+from check_contract import chapter_function, contract_tests
 
 
 def reconstruct_reference(model, x):
@@ -93,15 +93,6 @@ test_influence_reference_passes_wrong_fails, test_influence_strict_mode_raises =
 
 
 def test_the_chapters_buggy_step_fails(lenient_env):
-    def buggy(model, loss, opt_ae, opt_d, x, step):  # chapter 05's exercise 2, as given to the learner
-        reconstruction, quantized = model(x)
-        total, ae_logs = loss(x, reconstruction, step, last_layer=model.last_layer)
-        total.backward()
-        opt_ae.zero_grad()
-        opt_ae.step()
-        loss_d, disc_logs = loss.discriminator_loss(x, reconstruction, step)
-        loss_d.backward()
-        opt_d.step()
-        return {**ae_logs, **disc_logs}
+    buggy = chapter_function("05_ivqvae", "buggy_training_step")  # exercise 2, as given to the learner
 
     assert checks.check_training_step(buggy).status == "fail"

@@ -6,7 +6,7 @@ import torch
 from fftd_course import checks
 from fftd_course import diffusion as D
 
-from check_contract import contract_tests
+from check_contract import chapter_function, contract_tests
 
 
 def leading(T, n):
@@ -33,11 +33,8 @@ def sample_reference(model, x_T, timesteps, alpha_bar):
     return x
 
 
-def sample_as_given_in_the_chapter(model, x_T, timesteps, alpha_bar):  # the last step lands on index 0
-    x = x_T
-    for t, t_target in zip(timesteps.tolist(), timesteps.tolist()[1:] + [0]):
-        x = D.ddim_step(x, model(x, torch.full((len(x),), t), None), alpha_bar[t], alpha_bar[t_target])
-    return x
+# The chapter's buggy sampler as the learner gets it: the last step lands on index 0.
+sample_as_given_in_the_chapter = chapter_function("06_ddim_math", "buggy_ddim_sample", torch=torch, diffusion=D)
 
 
 def sample_minus_one_wraps(model, x_T, timesteps, alpha_bar):  # -1 as "clean", but used as an index
