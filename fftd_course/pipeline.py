@@ -30,19 +30,19 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import pickle
 import warnings
-import zipfile
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, ContextManager, Iterator, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checkpoints import CheckpointError, atomic_save
+from .checkpoints import load as load_checkpoint
 from .diffusion import DDIMSampler, Diffusion, SamplerStep
 from .ivqvae import IVQVAE, IVQVAEConfig
 from .losses import HybridLoss
@@ -74,15 +74,19 @@ def autocast(device: torch.device | str, dtype: torch.dtype | None):
 
 def ivqvae_update(model: IVQVAE, loss: HybridLoss, opt_ae: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
                   batches: Sequence[torch.Tensor], step: int, *, forward: Callable | None = None,
-                  amp_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+                  amp_dtype: torch.dtype | None = None,
+                  no_sync: Callable[[], ContextManager] | None = None) -> dict[str, torch.Tensor]:
     """One iteration of Algorithm 1 over the micro-batches ``batches`` (gradient accumulation); no host syncs.
 
     For each micro-batch: ``x_hat, q = forward(x)`` (``forward`` defaults to ``model``; pass a compiled or
     DDP-wrapped ``model`` there), the autoencoder's loss (eq. 15) divided by the number of micro-batches,
     backward; then one optimizer step. From ``disc_start`` on, the discriminator's hinge loss (eq. 14, E3) on
     the same micro-batches and one step of ``opt_d``. ``amp_dtype`` (e.g. ``torch.bfloat16``) runs the
-    forward passes under autocast. Returns every logged term averaged over the micro-batches, as detached
-    0-dim tensors (reading them with ``float`` is what synchronises a GPU; do that only when logging).
+    forward passes under autocast. ``no_sync`` (DDP's ``no_sync`` of the wrapper) runs every micro-batch but
+    the last under it, so gradients are all-reduced once per step. A compiled ``forward`` makes no host
+    decisions in the quantizer: this step then calls ``quantizer.maintain(n)`` itself, so no caller has to.
+    Returns every logged term averaged over the micro-batches, as detached 0-dim tensors (reading them with
+    ``float`` is what synchronises a GPU; do that only when logging).
     """
     forward = forward if forward is not None else model
     device = batches[0].device
@@ -97,14 +101,18 @@ def ivqvae_update(model: IVQVAE, loss: HybridLoss, opt_ae: torch.optim.Optimizer
             sums[k] = sums[k] + v.float() / n if k in sums else v.float() / n
 
     fakes = []
-    for x in batches:
-        with autocast(device, amp_dtype):
-            x_hat, q = forward(x)
-            total, logs = loss(x, x_hat, step, vq_loss=q.loss, last_layer=model.last_layer)
-        (total / n).backward()
+    for i, x in enumerate(batches):
+        with _accumulating(no_sync, i < n - 1):
+            with autocast(device, amp_dtype):
+                x_hat, q = forward(x)
+                total, logs = loss(x, x_hat, step, vq_loss=q.loss, last_layer=model.last_layer)
+            (total / n).backward()
         fakes.append(x_hat.detach())
         add(sums_ae, {**logs, "perplexity": q.perplexity.detach()})
     opt_ae.step()
+    if forward is not model and hasattr(forward, "_orig_mod") and hasattr(model.quantizer, "maintain"):
+        # A compiled forward leaves dead-code replacement to the caller (VectorQuantizer.maintain): done here.
+        model.quantizer.maintain(sum(len(x) for x in batches) * model.config.latent_size ** 2)
     if loss.discriminator_active(step):
         opt_d.zero_grad(set_to_none=True)
     for x, x_hat in zip(batches, fakes):
@@ -116,6 +124,11 @@ def ivqvae_update(model: IVQVAE, loss: HybridLoss, opt_ae: torch.optim.Optimizer
     if loss.discriminator_active(step):
         opt_d.step()
     return {**sums_ae, **sums_d}
+
+
+def _accumulating(no_sync: Callable[[], ContextManager] | None, local: bool) -> ContextManager:
+    """``no_sync()`` for a micro-batch whose gradients stay local (all but the last of a step), else a no-op."""
+    return no_sync() if (no_sync is not None and local) else nullcontext()
 
 
 def ivqvae_step(model: IVQVAE, loss: HybridLoss, opt_ae: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
@@ -334,25 +347,28 @@ def _check_latents_and_labels(model: nn.Module, latents: torch.Tensor, labels: t
 
 def fftd_update(model: nn.Module, diffusion: Diffusion, optimizer: torch.optim.Optimizer, ema: "EMA | None",
                 batches: Sequence[tuple[torch.Tensor, torch.Tensor | None]], *, forward: Callable | None = None,
-                generator: torch.Generator | None = None, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, amp_dtype: torch.dtype | None = None,
+                no_sync: Callable[[], ContextManager] | None = None) -> torch.Tensor:
     """One iteration of Algorithm 2 over the micro-batches ``batches`` of ``(z0, y)``; returns the mean loss.
 
     For each micro-batch: ``t ~ U{0..T-1}``, ``eps ~ N(0, I)``, ``z_t`` by eq. 28 and the loss
     ``||eps - eps_theta(z_t, t, y)||^2`` (eq. 27, ``diffusion.loss``; the model drops labels to the null label
     itself in train mode), divided by the number of micro-batches, backward; then one optimizer step and
     ``ema.update(model)``. ``forward`` (default ``model``) is what is called: a compiled or DDP-wrapped
-    ``model``. ``amp_dtype`` runs the forward under autocast. The loss comes back as a detached 0-dim tensor:
-    no host-device synchronisation here.
+    ``model``. ``amp_dtype`` runs the forward under autocast; ``no_sync`` (DDP's ``no_sync``) keeps the gradients
+    of all but the last micro-batch local. The loss comes back as a detached 0-dim tensor: no host-device
+    synchronisation here.
     """
     forward = forward if forward is not None else model
     n = len(batches)
     model.train()
     optimizer.zero_grad(set_to_none=True)
     total = None
-    for z0, y in batches:
-        with autocast(z0.device, amp_dtype):
-            loss = diffusion.loss(forward, z0, y, generator=generator) / n
-        loss.backward()
+    for i, (z0, y) in enumerate(batches):
+        with _accumulating(no_sync, i < n - 1):
+            with autocast(z0.device, amp_dtype):
+                loss = diffusion.loss(forward, z0, y, generator=generator) / n
+            loss.backward()
         total = loss.detach() if total is None else total + loss.detach()
     optimizer.step()
     if ema is not None:
@@ -417,10 +433,6 @@ def train_fftd(model: nn.Module, diffusion: Diffusion, latents: torch.Tensor, la
 
 
 # ---- Algorithm 3 and eq. 30: both stages in one object -------------------------------------------------
-
-class CheckpointError(ValueError):
-    """A LatentDiffusion checkpoint is damaged, from another format, or does not match the code."""
-
 
 CHECKPOINT_FORMAT = "fftd_course.LatentDiffusion/1"
 TOY_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "toy_latent_diffusion.pt"
@@ -542,6 +554,22 @@ class LatentDiffusion(nn.Module):
         """
         if (classes is None) == (n is None):
             raise ValueError("pass either classes (names or labels, one image each) or n (unconditional samples)")
+
+        def number(value) -> float:  # NaN for anything that is not a real number, so the checks below refuse it
+            try:
+                return math.nan if isinstance(value, (bool, str)) else float(value)
+            except (TypeError, ValueError, RuntimeError):
+                return math.nan
+
+        if n is not None and (isinstance(n, bool) or not number(n).is_integer() or number(n) < 1):
+            raise ValueError(f"n must be a positive integer (the number of unconditional images), got {n!r}")
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps must be an integer >= 1 (DDIM steps), got {num_steps!r}")
+        if not (math.isfinite(number(guidance_scale)) and number(guidance_scale) >= 0):
+            raise ValueError(f"guidance_scale must be a finite number >= 0 (0: the unconditional model, 1: no "
+                             f"guidance, larger: stronger guidance), got {guidance_scale!r}")
+        if not (math.isfinite(number(eta)) and number(eta) >= 0):
+            raise ValueError(f"eta must be a finite number >= 0 (0: deterministic DDIM), got {eta!r}")
         y = self.labels(classes) if classes is not None else torch.full((int(n),), self.null_label, dtype=torch.long)
         c = _model_config(self.fftd)
         shape = (len(y), c.in_channels, c.input_size, c.input_size)
@@ -598,11 +626,11 @@ class LatentDiffusion(nn.Module):
         }
 
     def save(self, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
-        """Write the checkpoint to ``path`` (parent folders are created; weights stored as ``dtype``); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(self.checkpoint(dtype), path)
-        return path
+        """Write the checkpoint to ``path`` atomically (parent folders are created; weights stored as ``dtype``).
+
+        A crash during the write leaves the previous file at ``path`` as it was (``checkpoints.atomic_save``).
+        """
+        return atomic_save(self.checkpoint(dtype), path)
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "LatentDiffusion":
@@ -617,15 +645,9 @@ class LatentDiffusion(nn.Module):
         if not path.is_file():
             raise FileNotFoundError(f"no LatentDiffusion checkpoint at {path}; write one with LatentDiffusion.save "
                                     "(the committed toy checkpoint is remade by `make weights`)")
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError) as e:
-            raise CheckpointError(f"{path} is damaged or not a PyTorch checkpoint ({type(e).__name__}: {e}); "
-                                  "remake it (`make weights` for the toy checkpoint)") from None
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-            found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-            raise CheckpointError(f"{path} is not a LatentDiffusion checkpoint (format {found!r}, expected "
-                                  f"{CHECKPOINT_FORMAT!r})")
+        ckpt = load_checkpoint(path, CHECKPOINT_FORMAT, "LatentDiffusion checkpoint",
+                               remedy="use a latent_diffusion.pt written by train-fftd (or remake the toy checkpoint "
+                                      "with `make weights`)")
         try:
             ivqvae = IVQVAE(_config_from_dict(IVQVAEConfig, ckpt["ivqvae_config"]))
             ivqvae.load_state_dict(ckpt["ivqvae"])

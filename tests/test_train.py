@@ -164,7 +164,8 @@ def test_a_checkpoint_interrupted_while_written_is_never_the_latest(tmp_path, mo
         T.train(config, progress=False)
     monkeypatch.setattr(torch, "save", real_save)
     assert T.latest_checkpoint(tmp_path / "run") == good
-    assert any(p.name.startswith(".tmp-") for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert not any(p.name.startswith(".tmp-") for p in (tmp_path / "run" / "checkpoints").iterdir()), \
+        "the failed write's temporary file was left behind"
     assert T.train(config, progress=False).status == "finished"
 
 
@@ -185,14 +186,16 @@ def test_damaged_and_foreign_checkpoints_get_clear_errors(tmp_path):
 
 
 def test_nan_guard_stops_without_writing_a_checkpoint(tmp_path, stage1, monkeypatch):
-    real = T.fftd_update
+    from fftd_course.training.stages import latent_diffusion
+
+    real = latent_diffusion.fftd_update
 
     def poisoned(*args, **kwargs):
         return real(*args, **kwargs) * float("nan")
 
-    monkeypatch.setattr(T, "fftd_update", poisoned)
+    monkeypatch.setattr(latent_diffusion, "fftd_update", poisoned)
     config = tiny("fftd", stage1=str(stage1), steps=6, log_every=2, ckpt_every=2, out=str(tmp_path / "nan"))
-    with pytest.raises(NonFiniteLossError, match="steps 0-1"):
+    with pytest.raises(NonFiniteLossError, match="step 0: the loss term 'loss'"):
         T.train(config, progress=False)
     assert T.latest_checkpoint(tmp_path / "nan") is None
 

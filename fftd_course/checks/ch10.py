@@ -28,16 +28,16 @@ __all__ = ["check_training_plan", "check_save_checkpoint_atomically", "check_hou
 def training_plan_reference(config: train_mod.TrainConfig, n_images: int, gpus: int) -> tuple[int, float]:
     """``(micro_batch, steps_per_epoch)`` of ``config`` on ``n_images`` images and ``gpus`` GPUs, read from the trainer.
 
-    The micro-batch is what the trainer's run computes (it raises ``ConfigError``, a ``ValueError``, when the
+    The micro-batch is what the trainer computes (``micro_batch``) (it raises ``ConfigError``, a ``ValueError``, when the
     batch cannot be split evenly); an epoch is one pass of the :class:`~fftd_course.data.EpochSampler` over the
     items the stage trains on (stage 2 with ``hflip``: the latents of every image and of its mirror image),
     each rank taking an equal share and dropping what does not fill a whole micro-batch. Gradient accumulation
     turns ``grad_accum`` micro-batches into one optimizer step, so the step count per epoch can be fractional.
     """
-    run = train_mod._Run(config, train_mod._Dist(0, gpus), torch.device("cpu"), progress=False)
+    micro = train_mod.micro_batch(config, gpus)
     items = n_images * (2 if config.stage == "fftd" and config.hflip else 1)
     per_rank = data_mod.EpochSampler(items, world_size=gpus).num_samples
-    return run.micro, (per_rank // run.micro) / config.grad_accum
+    return micro, (per_rank // micro) / config.grad_accum
 
 
 def _plan_cases(seed: int) -> list[tuple[train_mod.TrainConfig, int, int]]:
