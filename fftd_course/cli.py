@@ -32,8 +32,10 @@ def _field_help() -> dict[str, str]:
 def _add_train_args(p: argparse.ArgumentParser, stage: str) -> None:
     from .training import FIELDS, STAGES, get_preset
 
-    p.add_argument("--preset", default="toy32", choices=sorted(STAGES[stage].presets),
-                   help="the starting configuration (default toy32); the options below change it")
+    presets = sorted(STAGES[stage].presets)
+    first = "toy32" if "toy32" in presets else presets[0]
+    p.add_argument("--preset", default=first, choices=presets,
+                   help=f"the starting configuration (default {first}); the options below change it")
     p.add_argument("--config", metavar="FILE", help="a YAML or TOML file of settings (applied after the preset)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", metavar="CKPT", help="resume from this checkpoint (default: the latest in --out)")
@@ -44,9 +46,9 @@ def _add_train_args(p: argparse.ArgumentParser, stage: str) -> None:
     for name in FIELDS:
         if name == "stage":
             continue
-        default = getattr(get_preset("toy32", stage), name)
+        default = getattr(get_preset(first, stage), name)
         settings.add_argument(f"--{name.replace('_', '-')}", dest=f"set_{name}", metavar=type(default).__name__.upper(),
-                              help=f"{helps.get(name, '')} (toy32: {default!r})")
+                              help=f"{helps.get(name, '')} ({first}: {default!r})")
 
 
 def _train(args: argparse.Namespace, stage: str) -> int:
@@ -183,11 +185,11 @@ def _check_parents(path: Path, option: str, given: str) -> None:
             return
 
 
-def _output_file(given: str, option: str, image: bool = False) -> Path:
+def _output_file(given: str, option: str, example: str, image: bool = False) -> Path:
     """Refuse an output file path that cannot be written (a folder, under a file, no image extension) before work."""
     path = Path(given).expanduser()
     if path.is_dir():
-        raise _UsageError(f"{option} {given}: that is a folder; give a file name, e.g. {path / 'samples.png'}")
+        raise _UsageError(f"{option} {given}: that is a folder; give a file name, e.g. {path / example}")
     _check_parents(path, option, given)
     if image:
         from PIL import Image
@@ -235,7 +237,7 @@ def _sample(args: argparse.Namespace) -> int:
     device = _device(args)
     if args.grid is None and args.folder is None:
         args.grid = "samples.png"
-    grid = _output_file(args.grid, "--grid", image=True) if args.grid else None
+    grid = _output_file(args.grid, "--grid", "samples.png", image=True) if args.grid else None
     folder = _output_folder(args.folder, "--folder") if args.folder else None
     ld = LatentDiffusion.load(args.checkpoint, device)
     _check_steps(ld, args.steps)
@@ -317,7 +319,7 @@ def _fid(args: argparse.Namespace) -> int:
 
     device = _device(args)
     ref = Path(args.ref).expanduser()
-    save_stats = _output_file(args.save_ref_stats, "--save-ref-stats") if args.save_ref_stats else None
+    save_stats = _output_file(args.save_ref_stats, "--save-ref-stats", "ref_stats.pt") if args.save_ref_stats else None
     ld = LatentDiffusion.load(args.checkpoint, device)
     _check_steps(ld, args.steps)
     # Everything the user gave is checked before the Inception network loads and any image is generated.

@@ -14,7 +14,7 @@ from ... import ivqvae as ivqvae_mod
 from ...checkpoints import CheckpointError, atomic_save
 from ...checkpoints import load as load_checkpoint
 from ...losses import LPIPS, HybridLoss, NLayerDiscriminator, lpips_weights_available
-from ...pipeline import _config_from_dict, _eval_mode, ivqvae_update
+from ...pipeline import _config_from_dict, _eval_mode, ivqvae_update, stage1_optimizers
 from ..config import TrainConfig
 from ..distributed import average_gradients, ddp
 from ..registry import register
@@ -108,10 +108,8 @@ class IVQVAEStage(Stage):
         self.loss = HybridLoss(NLayerDiscriminator(n_layers=c.disc_layers), self._perceptual(),
                                perceptual_weight=c.perceptual_weight if c.lpips != "off" else 0.0,
                                disc_start=c.disc_start, disc_weight=c.disc_weight, check_finite=False).to(device)
-        fused, betas = device.type == "cuda", (c.beta1, c.beta2)
-        self.optimizers = {
-            "ae": torch.optim.Adam(self._model.parameters(), lr=c.lr, betas=betas, fused=fused),
-            "disc": torch.optim.Adam(self.loss.discriminator.parameters(), lr=c.lr, betas=betas, fused=fused)}
+        opt_ae, opt_d = stage1_optimizers(self._model, self.loss, c.lr, (c.beta1, c.beta2), fused=device.type == "cuda")
+        self.optimizers = {"ae": opt_ae, "disc": opt_d}
         if d.on:  # the discriminator is not wrapped in DDP (it also judges x_hat frozen): average by hand
             self.optimizers["disc"].register_step_pre_hook(lambda *_: average_gradients(self.loss.discriminator))
         self.data_order = self.sampler(len(self.dataset))
