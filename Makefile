@@ -71,19 +71,19 @@ test-browser: $(VENV)/.browser-installed
 	FFTD_CHROMIUM="$$chromium" FFTD_BROWSER_REQUIRED=1 PYTHONUNBUFFERED=1 $(PY) -m pytest browser_tests -v --durations=5
 
 release: $(VENV)/.dev-installed
-	$(PY) -m fftd_course.assignments release $(if $(FORCE),--force,)
+	$(PY) -m fftd_course.course.assignments release $(if $(FORCE),--force,)
 
 check-sync: $(VENV)/.dev-installed
-	$(PY) -m fftd_course.assignments check
+	$(PY) -m fftd_course.course.assignments check
 
 # One page per chapter (site/NN_name.html) with every output and plot embedded, and the course map site/index.html.
 # Chapters run as under `make test` (static pictures for sliders, failed checks stop the build);
-# `$(PY) -m fftd_course.site --chapters 00,06` rebuilds a few.
+# `$(PY) -m fftd_course.course.site --chapters 00,06` rebuilds a few.
 html: $(VENV)/.dev-installed
-	PYTHONUNBUFFERED=1 $(PY) -m fftd_course.site --out site
+	PYTHONUNBUFFERED=1 $(PY) -m fftd_course.course.site --out site
 
 syllabus: $(VENV)/.dev-installed
-	$(PY) -m fftd_course.syllabus update
+	$(PY) -m fftd_course.course.syllabus update
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache site test-artifacts

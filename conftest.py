@@ -1,7 +1,7 @@
 """Repository-wide pytest hooks: report how long each chapter took to execute.
 
 A run that executed chapters also writes the table to ``test-artifacts/chapter-times.json`` with the date and
-the machine; ``python -m fftd_course.syllabus update`` copies it into SYLLABUS.md (``make syllabus``).
+the machine; ``python -m fftd_course.course.syllabus update`` copies it into SYLLABUS.md (``make syllabus``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"{_chapter_seconds[path]:7.1f} s  {path}")
     terminalreporter.write_line(f"{sum(_chapter_seconds.values()):7.1f} s  in all")
 
-    from fftd_course.syllabus import artifact
+    from fftd_course.course.syllabus import artifact
 
     ARTIFACT.parent.mkdir(exist_ok=True)
     ARTIFACT.write_text(json.dumps(artifact(_chapter_seconds, _chapter_failed), indent=2) + "\n", encoding="utf-8")

@@ -1,20 +1,32 @@
-"""fftd_course: the package the FFTD course builds, one module per idea.
+"""fftd_course: the package the FFTD course builds, in layers; each layer imports only from the ones above it.
 
-Stage 1 (IVQ-VAE, section 3.1): :mod:`.blocks` (eq. 1-10), :mod:`.quantize` (L_vq, codebook usage),
-:mod:`.losses` (eq. 11-15), :mod:`.ivqvae` (the autoencoder and its configurations).
-Stages 2-3 (section 3.3): :mod:`.diffusion` (eq. 26-30: schedules, DDIM and DDPM samplers),
-:mod:`.mixture` (a Gaussian mixture whose optimal noise predictor is known in closed form),
-:mod:`.fusion` (AdaptiveFusion, eq. 18-25, and the plain fusions of Table 9), :mod:`.fftd` (the FFTD
-hourglass, section 3.2, eq. 16-17).
-Training and sampling: :mod:`.pipeline` (Algorithms 1-3, eq. 30; ``LatentDiffusion`` holds both stages,
-``load_toy()`` the committed toy generator). Evaluation: :mod:`.metrics` (L1, LPIPS, FID, eq. 31),
-:mod:`.judge` (class accuracy of toy samples). ``python -m fftd_course.demo`` (:mod:`.demo`) is ``make demo``;
-``python -m fftd_course.bench`` (:mod:`.bench`) measures training and sampling throughput on the current device.
-Full-scale training: :mod:`.train` (``TrainConfig``, presets, the trainer for both stages) and
-``python -m fftd_course`` (:mod:`.cli`: train-ivqvae, train-fftd, sample, fid, bench, toy-data).
-Data: :mod:`.data` (toy animal faces, image folders, the trainer's data order).
-Course machinery: :mod:`.checks` (exercise checks), :mod:`.assignments` (solutions -> student notebooks),
-:mod:`.viz` (pictures), :mod:`.timing` (measurement clocks), :mod:`.configs` (what the named configurations share).
+**Model (what the chapters teach), at the top level** so that learners type ``fftd_course.blocks``:
+stage 1 (IVQ-VAE, section 3.1): :mod:`.blocks` (eq. 1-10), :mod:`.quantize` (L_vq, codebook usage),
+:mod:`.losses` (eq. 11-15), :mod:`.ivqvae` (the autoencoder and its configurations); stages 2-3 (section 3.3):
+:mod:`.diffusion` (eq. 26-30: schedules, DDIM and DDPM samplers), :mod:`.mixture` (a Gaussian mixture whose
+optimal noise predictor is known in closed form), :mod:`.fusion` (AdaptiveFusion, eq. 18-25, and the plain
+fusions of Table 9), :mod:`.fftd` (the FFTD hourglass, section 3.2, eq. 16-17); :mod:`.pipeline` (Algorithms
+1-3, eq. 30; ``LatentDiffusion`` holds both stages, ``load_toy()`` the committed toy generator). Beside them
+the base they share: :mod:`.data` (toy animal faces, image folders, the trainer's data order), :mod:`.configs`
+(what the named configurations share), :mod:`.checkpoints` (files that hold work), :mod:`.viz` (pictures),
+:mod:`.timing` (measurement clocks), and this module (``setup_chapter``, ``default_device``).
+
+**Training** (:mod:`.training`, also importable as ``fftd_course.train``): the engine that trains both stages
+at full scale, its stages, settings and presets.
+
+**Evaluation** (:mod:`.evaluation`): measuring models: :mod:`.evaluation.metrics` (L1, LPIPS, FID, eq. 31),
+:mod:`.evaluation.judge` (class accuracy of toy samples), :mod:`.evaluation.bench` (training and sampling
+throughput on the current device).
+
+**Course machinery**: :mod:`.checks` (the exercise checks, one module per chapter; every notebook imports it
+by this name) and :mod:`.course` (releasing student notebooks, grading, the static site, the syllabus).
+
+**Command lines**, on top of everything: ``python -m fftd_course`` (:mod:`.cli`: train-ivqvae, train-fftd,
+sample, fid, bench, toy-data) and ``python -m fftd_course.demo`` (:mod:`.demo`, ``make demo``).
+
+The old flat names ``fftd_course.metrics``, ``.judge``, ``.bench``, ``.assignments``, ``.grading``, ``.site``
+and ``.syllabus`` stay importable (and runnable with ``python -m``) for released notebooks: each is the same
+module object as its new home. ``tests/test_layering.py`` enforces the layers and the absence of import cycles.
 """
 
 from __future__ import annotations

@@ -314,7 +314,7 @@ def _fid(args: argparse.Namespace) -> int:
 
     from .checkpoints import atomic_save
     from .data import ImageFolder
-    from .metrics import INCEPTION_DIM, FeatureStats, fid_from_features, inception_features, load_inception
+    from .evaluation.metrics import INCEPTION_DIM, FeatureStats, fid_from_features, inception_features, load_inception
     from .pipeline import LatentDiffusion
 
     device = _device(args)
@@ -379,9 +379,11 @@ def _toy_data(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import main as bench_main
+    from .evaluation.bench import main as bench_main
 
-    return bench_main(args.bench_args) or 0
+    rest = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args
+    bench_main(rest)  # it returns its report (a dict); failures raise
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -434,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=_device_arg, help="cpu, cuda, cuda:1 (default: CUDA if present)")
     p.set_defaults(func=_fid)
     p = sub.add_parser("bench", help="throughput of training and sampling on this device (Markdown + JSON)",
-                       description="Run fftd_course.bench; options after 'bench' go to it (see bench --help).",
+                       description="Run fftd_course.evaluation.bench; options after 'bench' go to it (see bench --help).",
                        add_help=False)
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_bench)
@@ -454,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .train import ConfigError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # everything after `bench` is bench's own (argparse.REMAINDER drops leading options)
+        argv = ["bench", "--", *argv[1:]] if len(argv) > 1 and argv[1] != "--" else argv
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

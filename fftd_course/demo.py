@@ -10,11 +10,11 @@
 3. trains stage 2 the same way (``toy32``, ``demo/runs/fftd``): the engine encodes the training set once
    with the frozen stage 1, scales the latents to unit variance (errata E16) and trains the
    class-conditional FFTD (3 classes, label dropout for guidance) with EMA (Algorithm 2);
-4. trains the class judge (:mod:`fftd_course.judge`) on the training faces and their stage-1
+4. trains the class judge (:mod:`fftd_course.evaluation.judge`) on the training faces and their stage-1
    reconstructions;
 5. samples every class with DDIM and classifier-free guidance (Algorithm 3, eq. 30), for the trained
    FFTD and for an untrained one (the baseline), and measures both: FID against held-out faces with the
-   real Inception weights (:mod:`fftd_course.metrics`) and class accuracy by the judge;
+   real Inception weights (:mod:`fftd_course.evaluation.metrics`) and class accuracy by the judge;
 6. writes ``demo/samples.png``, ``demo/reconstructions.png`` and ``demo/report.json`` and prints where
    they are. ``--save-weights PATH`` also saves the generator (``LatentDiffusion.save``) and a provenance
    file beside it: ``make weights`` writes the toy checkpoint committed with the package this way.
@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, data, judge, metrics, pipeline, training
+from . import __version__, data, pipeline, training
+from .evaluation import judge, metrics
 
 __all__ = ["build_parser", "main", "run"]
 

@@ -141,13 +141,13 @@ print("one batch:", tuple(batch.shape), tuple(batch_labels.shape))
 # | 02 attention | self-attention over pixels | eq. 8-10 | `blocks` |
 # | 03 vector quantization | codebook, straight-through gradient, collapse and its fixes | §3.1, L_vq | `quantize` |
 # | 04 hybrid loss | L1, LPIPS, PatchGAN discriminator, hinge loss, weighting | eq. 11-15 | `losses` |
-# | 05 IVQ-VAE | the stage-1 autoencoder trained end to end | §3.1, Alg. 1, Table 1 | `ivqvae`, `metrics` |
+# | 05 IVQ-VAE | the stage-1 autoencoder trained end to end | §3.1, Alg. 1, Table 1 | `ivqvae`, `evaluation.metrics` |
 # | 06 DDIM math | forward process, ε-loss, DDIM and DDPM samplers | eq. 26-30, Alg. 3 | `diffusion` |
 # | 07 adaptive fusion | channel and spatial gates that fuse two feature maps | eq. 18-25 | `fusion` |
 # | 08 FFTD | the multi-resolution Transformer hourglass | §3.2, eq. 16-17 | `fftd` |
 # | 09 latent diffusion | the two stages together, trained and sampled | Alg. 1-3 | `pipeline` |
 # | 10 full-scale CUDA training | the paper's 256 px configuration on GPUs | §4.2 | `train`, `cli` |
-# | 11 reproducing the paper | FID, the paper's tables, what holds up | eq. 31, Tables 1-9 | `metrics` |
+# | 11 reproducing the paper | FID, the paper's tables, what holds up | eq. 31, Tables 1-9 | `evaluation.metrics` |
 #
 # The paper has known errors (an impossible loss in eq. 14, a shape mismatch in eq. 19-20, a table
 # row that cannot come from its own model...). Each chapter that meets one explains it in a box

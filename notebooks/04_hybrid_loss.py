@@ -46,7 +46,8 @@ from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
 import fftd_course
-from fftd_course import checks, data, ivqvae, losses, metrics, pipeline, viz
+from fftd_course import checks, data, ivqvae, losses, pipeline, viz
+from fftd_course.evaluation import metrics
 
 device = fftd_course.setup_chapter(seed=0)
 ON_GPU = device.type == "cuda"

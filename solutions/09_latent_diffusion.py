@@ -41,7 +41,8 @@ import matplotlib.pyplot as plt
 import torch
 
 import fftd_course
-from fftd_course import checks, data, judge, metrics, pipeline, viz
+from fftd_course import checks, data, pipeline, viz
+from fftd_course.evaluation import judge, metrics
 from fftd_course.fftd import FFTD, count_parameters
 from fftd_course.timing import Stopwatch
 
@@ -240,7 +241,7 @@ print("versions:", provenance["versions"])
 # %% [markdown]
 # ## 5. A class judge
 #
-# To ask "is this sample a cat?" without looking, train a small classifier (`fftd_course.judge`). A
+# To ask "is this sample a cat?" without looking, train a small classifier (`fftd_course.evaluation.judge`). A
 # classifier trained on sharp faces alone calls the decoder's softer images almost at random, so it
 # learns from the faces **and** from their stage-1 reconstructions, with random blur. Its accuracy on
 # reconstructions of held-out faces is the ceiling for any sample: a sample cannot be more

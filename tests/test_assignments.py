@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fftd_course import assignments
-from fftd_course.assignments import BEGIN, END, AssignmentError
+from fftd_course.course import assignments
+from fftd_course.course.assignments import BEGIN, END, AssignmentError
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = sorted((ROOT / "solutions").glob("[0-9][0-9]_*.py"))

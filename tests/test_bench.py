@@ -1,11 +1,11 @@
-"""fftd_course.bench: the quick smoke bench on the CPU writes both files with every row; the report's logic."""
+"""fftd_course.evaluation.bench: the quick smoke bench on the CPU writes both files with every row; the report's logic."""
 
 import json
 
 import pytest
 import torch
 
-from fftd_course import bench
+from fftd_course.evaluation import bench
 
 
 @pytest.fixture(scope="module")

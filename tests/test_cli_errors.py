@@ -17,7 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fftd_course import cli, metrics
+from fftd_course import cli
+from fftd_course.evaluation import metrics
 from fftd_course.checkpoints import CheckpointError
 from fftd_course.data import DataError, ImageFolder
 from fftd_course.pipeline import TOY_CHECKPOINT, LatentDiffusion
@@ -338,3 +339,13 @@ def test_fid_refuses_a_folder_as_the_statistics_file(capsys, tmp_path):
     line = error_line(capsys, ["fid", TOY, "--device", "cpu", "--ref", str(tmp_path / "ref"),
                                "--save-ref-stats", str(tmp_path / "stats")])
     assert "--save-ref-stats" in line and "is a folder" in line
+
+
+def test_bench_gets_every_option_and_exits_0(monkeypatch):
+    from fftd_course.evaluation import bench
+
+    seen = []
+    monkeypatch.setattr(bench, "main", lambda argv: seen.append(argv) or {"rows": []})
+    assert cli.main(["bench", "--quick", "--device", "cpu"]) == 0
+    assert cli.main(["bench"]) == 0
+    assert seen == [["--quick", "--device", "cpu"], []]

@@ -19,6 +19,7 @@ from fftd_course.cli import main as cli_main
 from fftd_course.losses import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.usefixtures("one_thread")
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
@@ -34,14 +35,6 @@ def tiny(stage="ivqvae", **changes):
 def logged(run_dir, key):
     lines = [json.loads(s) for s in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
     return [(h["step"], h[key]) for h in lines if key in h]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

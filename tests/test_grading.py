@@ -1,4 +1,4 @@
-"""Grading submissions (fftd_course.grading) and nbgrader on solutions/: every way a submission can go wrong.
+"""Grading submissions (fftd_course.course.grading) and nbgrader on solutions/: every way a submission can go wrong.
 
 The submissions are chapter 00 (the fastest chapter) as a learner would hand it in: the solution, the fresh
 student notebook, one wrong answer, answers that raise or loop, a check replaced in the notebook, check cells
@@ -18,7 +18,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from fftd_course import assignments, grading
+from fftd_course.course import assignments, grading
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTER = "00_setup_and_tour"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fftd_course import judge
+from fftd_course.evaluation import judge
 from fftd_course.data import make_toy_faces
 
 

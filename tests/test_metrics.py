@@ -1,4 +1,4 @@
-"""Unit tests for fftd_course.metrics: FID (eq. 31) with the real Inception file, offline; reconstruction scores."""
+"""Unit tests for fftd_course.evaluation.metrics: FID (eq. 31) with the real Inception file, offline; reconstruction scores."""
 
 import subprocess
 import sys
@@ -9,7 +9,8 @@ import pytest
 import scipy.linalg
 import torch
 
-from fftd_course import data, losses, metrics
+from fftd_course import data, losses
+from fftd_course.evaluation import metrics
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def test_inception_file_is_found_without_importing_its_package():
         import sys
         sys.modules["cv2"] = None  # any `import cv2` now fails
         import torch
-        from fftd_course import metrics
+        from fftd_course.evaluation import metrics
         path = metrics.inception_path(verify=True)
         net = metrics.load_inception(device="cpu")
         assert path.name == "default_1.pt", path

@@ -1,4 +1,4 @@
-"""`make html` (fftd_course.site): the site built for one fast chapter, and the builder's parts.
+"""`make html` (fftd_course.course.site): the site built for one fast chapter, and the builder's parts.
 
 Building every chapter takes as long as running them all (`make html`); this builds one into a temporary
 folder and checks what a reader relies on: the course map lists every chapter, the page shows its plots as
@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from fftd_course import site
+from fftd_course.course import site
 
 ROOT = Path(__file__).resolve().parent.parent
 # The fastest chapter with a plot, measured on the project's shared 2-core CPU (see the commit that chose it).

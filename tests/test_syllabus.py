@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from fftd_course import syllabus
+from fftd_course.course import syllabus
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,6 +17,7 @@ from fftd_course.cli import main as cli_main
 from fftd_course.losses import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(stage="ivqvae", **changes):
@@ -34,16 +35,6 @@ def tiny(stage="ivqvae", **changes):
 def losses(run_dir, key):
     lines = [json.loads(s) for s in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
     return [(h["step"], h[key]) for h in lines if key in h]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one thread runs them fastest, and a second one that spins while another process
-    holds the core (a shared CPU) made the in-process runs 20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ environment variable ``FFTD_STRICT_CHECKS=1`` is set (``make test`` sets it) a F
 :class:`ExerciseFailed`, so a wrong answer in ``solutions/`` fails the test run. "Not attempted" never
 raises: student notebooks are tested with their stubs in place. ``FFTD_GRADING=1`` (for nbgrader's
 ``autograde``, which counts a test cell as passed when it does not raise) makes every verdict but PASS
-raise, "not attempted" included. ``python -m fftd_course.assignments grade`` reads verdicts instead.
+raise, "not attempted" included. ``python -m fftd_course.course.assignments grade`` reads verdicts instead.
 """
 
 from __future__ import annotations

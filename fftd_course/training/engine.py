@@ -231,8 +231,9 @@ class _Run:
 
     def _announce(self, path: Path, ckpt: dict) -> None:
         step, c = self.stage.step, self.config
-        if c.steps <= step:
-            raise ck.CheckpointError(f"{path} is at step {step}: steps={c.steps} leaves nothing to train; raise --steps")
+        if c.steps < step:
+            raise ck.CheckpointError(f"{path} is at step {step}, past steps={c.steps}: raise --steps, or resume from "
+                                     "an earlier checkpoint")
         if not self.d.main:
             return
         moved = ck.start_branch(self.out, step)
