@@ -137,24 +137,28 @@ class _RunFolder:
 
 
 class _Window:
-    """Logged terms summed on the device since the last log line, and the first step each went non-finite."""
+    """Logged terms summed on the device since the last log line, and the first step each went non-finite.
+
+    One stacked tensor for all terms: a step adds a handful of small device operations and reads nothing.
+    """
 
     def __init__(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
-        self.first_bad: dict[str, torch.Tensor] = {}
+        self.keys: list[str] = []
+        self.sums = torch.zeros(0)
+        self.first_bad = torch.zeros(0)
         self.steps = 0
-        self.images = 0
         self.started = time.perf_counter()
 
     def add(self, logs: dict[str, torch.Tensor], step: int) -> None:
-        for k, v in logs.items():
-            v = v.detach().float()
-            bad = torch.where(torch.isfinite(v), torch.full_like(v, math.inf), torch.full_like(v, float(step)))
-            if k in self.sums:
-                self.sums[k] = self.sums[k] + v
-                self.first_bad[k] = torch.minimum(self.first_bad[k], bad)
-            else:
-                self.sums[k], self.first_bad[k] = v.clone(), bad
+        keys = list(logs)
+        v = torch.stack([logs[k].detach().float().reshape(()) for k in keys])
+        bad = torch.where(torch.isfinite(v), math.inf, float(step))
+        if self.steps and keys != self.keys:  # the means of a log line need one set of terms
+            raise ValueError(f"a stage must log the same terms every step: {self.keys} then {keys}")
+        if self.steps:
+            self.sums, self.first_bad = self.sums + v, torch.minimum(self.first_bad, bad)
+        else:
+            self.keys, self.sums, self.first_bad = keys, v, bad
         self.steps += 1
 
     def reset(self) -> None:
@@ -268,11 +272,11 @@ class _Run:
 
     def raise_if_not_finite(self) -> None:
         """One host read of the window's first non-finite steps (over every rank); raises naming the first."""
-        keys = list(self.window.first_bad)
-        if not keys:
+        w = self.window
+        if not w.steps:
             return
-        first = all_reduce(torch.stack([self.window.first_bad[k] for k in keys]), self.d, "min").tolist()
-        bad = [(s, k) for s, k in zip(first, keys) if math.isfinite(s)]
+        first = all_reduce(w.first_bad.clone(), self.d, "min").tolist()
+        bad = [(s, k) for s, k in zip(first, w.keys) if math.isfinite(s)]
         if bad:
             step, term = min(bad)
             raise NonFiniteLossError(
@@ -285,9 +289,8 @@ class _Run:
         """A log line: the window's means over its steps and every rank, after the finite check."""
         self.raise_if_not_finite()
         w, step = self.window, self.stage.step
-        keys = list(w.sums)
-        means = all_reduce(torch.stack([w.sums[k] for k in keys]), self.d, "sum") / (self.d.world * w.steps)
-        values = dict(zip(keys, means.tolist()))
+        means = all_reduce(w.sums.clone(), self.d, "sum") / (self.d.world * max(w.steps, 1))
+        values = dict(zip(w.keys, means.tolist()))
         seconds = time.perf_counter() - w.started
         values.update(step=step, lr=lr, images_per_s=w.steps * self.config.batch_size / max(seconds, 1e-9))
         self.history.append(values)

@@ -65,11 +65,12 @@ class IVQVAEStage(Stage):
     log_key = "l1"
     presets: dict[str, dict[str, Any]] = {
         # The toy faces at 32 px (toy-f8: the paper's 4x4x4 latent grid) with `make demo`'s recipe: L1 + L_vq (no
-        # discriminator, no LPIPS: a few CPU minutes cannot use them), cosine lr; about 2 minutes on a CPU.
+        # discriminator, no LPIPS: a few CPU minutes cannot use them), cosine lr, k-means on the first batch;
+        # about 2 minutes on a CPU.
         "toy32": dict(model="toy-f8", data="toy", resolution=32, steps=1500, batch_size=32, lr=2e-3, beta1=0.5,
                       beta2=0.9, lr_schedule="cosine", warmup_steps=100, lpips="off", perceptual_weight=0.0,
-                      disc_start=1_000_000_000, disc_layers=2, hflip=False, num_workers=0, log_every=50,
-                      sample_every=500, ckpt_every=500, out="runs/toy32/ivqvae"),
+                      disc_start=1_000_000_000, disc_layers=2, hflip=False, kmeans_batches=1, num_workers=0,
+                      log_every=50, sample_every=500, ckpt_every=500, out="runs/toy32/ivqvae"),
         # Any folder of 64 px images (class sub-folders = labels), f = 16 -> a 4x4x4 latent; both stages on about
         # 4,000 images in about 30 minutes on a 2-core CPU (the README gives the measured times).
         "small64": dict(model="small-f16", data="", resolution=64, steps=800, batch_size=16, lr=3e-4, beta1=0.5,
