@@ -449,6 +449,8 @@ checks.check_training_plan(training_plan)
 
 # %%
 def images_in(config: train.TrainConfig) -> int:
+    if config.stage == "fftd" and not config.data:  # stage 2's data "" means stage 1's (its ivqvae.pt says which)
+        config = stage1
     if config.data == "toy":
         return config.toy_images
     return len(data.ImageFolder(config.data, config.resolution, verify=False))
