@@ -62,13 +62,25 @@ device = fftd_course.setup_chapter(threads=1)
 #   become labels). Without `FFTD_DATA`, `small64` trains on 4,000 toy faces written as 64 px PNG files by
 #   `data.export_toy_faces`. Rerunning the notebook resumes the run where it stopped.
 # - **CPU**: the `toy32` preset with 256 toy faces, a few dozen steps and no LPIPS: a fresh smoke run every time.
+#
+# The paper's data sets at 256 px come from one command each (`data_scripts/README.md`: sources, sizes,
+# licences). It downloads StarGAN v2's archive (resumable), records its SHA-256 on the first run and checks
+# it on every later one, checks the image counts, refuses unsafe archive entries, and writes centre-cropped
+# PNGs through the same `data.load_image` the trainer uses, plus FID statistics of each split:
+#
+# ```bash
+# python data_scripts/prepare.py afhq --root datasets/       # datasets/afhq-256/{train,val}/{cat,dog,wild}
+# FFTD_PRESET=afhq256 FFTD_DATA=datasets/afhq-256/train python solutions/10_full_scale_cuda_training.py  # on a GPU
+# python -m fftd_course fid runs/afhq256/fftd/latent_diffusion.pt --ref datasets/afhq-256/val-stats.pt
+# ```
 
 # %%
 if device.type == "cuda":                                    # the real thing
     PRESET = os.environ.get("FFTD_PRESET", "small64")
     DATA = os.environ.get("FFTD_DATA", "")
     if not DATA and PRESET != "small64":
-        raise ValueError(f"FFTD_PRESET={PRESET} trains at 256 px: set FFTD_DATA to your image folder (data_scripts/)")
+        raise ValueError(f"FFTD_PRESET={PRESET} trains at 256 px: set FFTD_DATA to your image folder "
+                         "(python data_scripts/prepare.py afhq --root datasets/ writes datasets/afhq-256/train)")
     if not DATA:
         DATA = "datasets/toy64"
         if not Path(DATA).exists():

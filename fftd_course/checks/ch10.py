@@ -176,10 +176,11 @@ def check_hours_for_steps(fn: Callable[[Path, int, int], float], log: str | Path
         rng = random.Random(fresh_seed())
         with tempfile.TemporaryDirectory() as tmp:
             cases = []
+            batches = rng.sample([1, 32, 256], 3)  # every batch size once: an answer that ignores it always fails
             for i, n_lines in enumerate((6, 7, 2)):
                 path = Path(tmp) / f"log{i}.jsonl"
                 _write_log(path, rng, n_lines)
-                cases.append((path, rng.choice([1, 32, 256]), rng.choice([4_000_000, 400_000, 12_345])))
+                cases.append((path, batches[i], rng.choice([4_000_000, 400_000, 12_345])))
             if log is not None:
                 cases.append((Path(log), 1, 4_000_000))
             for path, batch, steps in cases:
