@@ -79,8 +79,7 @@ if device.type == "cuda":                                    # the real thing
     PRESET = os.environ.get("FFTD_PRESET", "small64")
     DATA = os.environ.get("FFTD_DATA", "")
     if not DATA and PRESET != "small64":
-        raise ValueError(f"FFTD_PRESET={PRESET} trains at 256 px: set FFTD_DATA to your image folder "
-                         "(python data_scripts/prepare.py afhq --root datasets/ writes datasets/afhq-256/train)")
+        raise ValueError(f"FFTD_PRESET={PRESET} is 256 px: set FFTD_DATA (data_scripts/prepare.py, above)")
     if not DATA:
         DATA = "datasets/toy64"
         if not Path(DATA).exists():
