@@ -2,7 +2,8 @@
 
 ``grads OUT``: gradient accumulation under DDP (``no_sync`` on all but the last micro-batch) gives the gradients of
 one big batch, with one round of all-reduces per step; rank 0 writes the comparison to OUT.
-``nan ARGS...``: ``python -m fftd_course train-fftd ARGS`` with a NaN loss injected on rank 1 only at its third step.
+``nan OUT ARGS...``: ``python -m fftd_course ARGS`` with a NaN loss injected on rank 1 only at its third step; each
+rank's error output goes to OUT/rank<R>.txt.
 """
 
 import json
@@ -65,7 +66,13 @@ def grads(out: str) -> None:
     dist.destroy_process_group()
 
 
-def nan(args: list[str]) -> int:
+def nan(out: str, args: list[str]) -> int:
+    """Each rank writes what it printed on stderr to OUT/rank<R>.txt, and both have written before either exits
+    (torchrun stops the other processes as soon as one fails)."""
+    import contextlib
+    import io
+    from pathlib import Path
+
     from fftd_course.cli import main
     from fftd_course.training.stages import latent_diffusion
 
@@ -77,11 +84,17 @@ def nan(args: list[str]) -> int:
         return loss * float("nan") if os.environ["RANK"] == "1" and count[0] == 3 else loss
 
     latent_diffusion.fftd_update = poisoned
-    return main(args)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(args)
+    Path(out, f"rank{os.environ['RANK']}.txt").write_text(err.getvalue())
+    if dist.is_initialized():
+        dist.barrier()
+    return code
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "grads":
         grads(sys.argv[2])
     else:
-        sys.exit(nan(sys.argv[2:]))
+        sys.exit(nan(sys.argv[2], sys.argv[3:]))

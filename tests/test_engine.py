@@ -261,13 +261,13 @@ def test_ddp_accumulation_equals_one_big_batch_and_syncs_once(tmp_path):
 
 
 def test_ddp_a_nan_on_one_rank_stops_both_with_the_same_message(tmp_path, stage1):
-    result = _torchrun("nan", "train-fftd", "--stage1", str(stage1), "--toy-images", "64", "--batch-size", "16",
-                       "--steps", "6", "--log-every", "1", "--ckpt-every", "1", "--sample-every", "0", "--device",
-                       "cpu", "--no-progress", "--out", str(tmp_path / "s2"), timeout=240)
-    text = result.stdout + result.stderr
+    result = _torchrun("nan", str(tmp_path), "train-fftd", "--stage1", str(stage1), "--toy-images", "64",
+                       "--batch-size", "16", "--steps", "6", "--log-every", "1", "--ckpt-every", "1", "--sample-every",
+                       "0", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "s2"), timeout=240)
     assert result.returncode != 0
-    messages = [line for line in text.splitlines() if "the loss term 'loss' is not finite on some process" in line]
-    assert len(messages) == 2 and "step 2:" in messages[0] and messages[0] == messages[1], text[-3000:]
+    messages = [(tmp_path / f"rank{r}.txt").read_text().strip() for r in (0, 1)]
+    assert "step 2: the loss term 'loss' is not finite on some process" in messages[0], result.stderr[-3000:]
+    assert messages[0] == messages[1] and len(messages[0].splitlines()) == 1
     assert [p.name for p in T.checkpoints(tmp_path / "s2")][-1] == "ckpt-00000002.pt"
 
 
