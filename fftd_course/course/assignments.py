@@ -51,7 +51,7 @@ from pathlib import Path
 from . import grading
 # The chapters' text -> notebook pieces live in .sources (the grader uses them too); they are re-exported here.
 from .sources import (BEGIN, END, ROOT, AssignmentError, canonical_text, chapter_sources, course_root,
-                      grading_metadata, strip_solutions, to_notebook)
+                      grading_metadata, report_problems, strip_solutions, to_notebook)
 
 __all__ = ["BEGIN", "END", "MANIFEST", "AssignmentError", "strip_solutions", "canonical_text", "grading_metadata",
            "to_notebook", "chapter_sources", "course_root", "planned_files", "Release", "release", "check", "main"]
@@ -225,10 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     except AssignmentError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for p in problems:
-        print(p)
-    print("in sync" if not problems else f"{len(problems)} problem(s): run `make release` (python -m fftd_course.course.assignments release)")
-    return 1 if problems else 0
+    return report_problems(problems, "in sync",
+                           "run `make release` (python -m fftd_course.course.assignments release)")
 
 
 if __name__ == "__main__":

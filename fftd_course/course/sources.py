@@ -135,3 +135,11 @@ def chapter_sources(root: Path = ROOT) -> list[Path]:
 def course_root(given: Path | None = None) -> Path:
     """``given``, else the current folder if it holds ``solutions/``, else the repository this package sits in."""
     return given or (Path.cwd() if (Path.cwd() / "solutions").is_dir() else ROOT)
+
+
+def report_problems(problems: list, ok: str, fix: str) -> int:
+    """A ``check`` command's tail: each problem on a line, then ``ok`` or how many and ``fix``; exit status 1 if any."""
+    for p in problems:
+        print(p)
+    print(ok if not problems else f"{len(problems)} problem(s): {fix}")
+    return 1 if problems else 0

@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=None,
                         help="course repository (default: the current folder if it has solutions/, else this package's)")
     args = parser.parse_args(argv)
-    from .sources import course_root  # noqa: PLC0415 (jupytext only when run)
+    from .sources import course_root, report_problems  # noqa: PLC0415 (jupytext only when run)
 
     root = course_root(args.root)
     try:
@@ -249,11 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     except SyllabusError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for p in problems:
-        print(p)
-    print("SYLLABUS.md is up to date" if not problems else
-          f"{len(problems)} problem(s): run `make syllabus` (python -m fftd_course.course.syllabus update)")
-    return 1 if problems else 0
+    return report_problems(problems, "SYLLABUS.md is up to date",
+                           "run `make syllabus` (python -m fftd_course.course.syllabus update)")
 
 
 if __name__ == "__main__":
