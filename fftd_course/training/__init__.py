@@ -2,8 +2,8 @@
 
 * :mod:`.config`: :class:`TrainConfig` (every setting, checked by name), setting files, presets;
 * :mod:`.registry` and :mod:`.stages`: ``STAGES[name]`` is the class that trains a stage (stage 1 ``ivqvae``,
-  stage 2 ``fftd``); a new stage is one class and one registry entry, and the command line's train
-  commands, presets and checkpoint formats follow from it;
+  stage 2 ``fftd``, the pixel-space DDPM baseline ``ddpm``); a new stage is one class and one registry entry,
+  and the command line's train commands, presets and checkpoint formats follow from it;
 * :mod:`.engine`: :func:`train`, the loop (checkpoints, exact resume, signals, non-finite guard, DDP);
 * :mod:`.distributed`: the few collective operations the engine needs under ``torchrun``.
 

@@ -32,8 +32,8 @@ class TrainConfig:
     """One training run. Every field can be set from a YAML/TOML file or as ``--key value`` on the command line."""
 
     # --- what to train, on what
-    stage: str = "ivqvae"            # which stage (training.STAGES): "ivqvae" (stage 1, Algorithm 1), "fftd" (stage 2, Algorithm 2)
-    model: str = "toy-f8"            # a named configuration: ivqvae.CONFIGS for stage 1, fftd.CONFIGS for stage 2
+    stage: str = "ivqvae"            # which stage (training.STAGES): "ivqvae" (stage 1, Algorithm 1), "fftd" (stage 2, Algorithm 2), "ddpm" (the pixel-space baseline)
+    model: str = "toy-f8"            # a named configuration: ivqvae.CONFIGS for stage 1, fftd.CONFIGS for stage 2, unet.CONFIGS for ddpm
     data: str = "toy"                # a folder of images (class sub-folders become labels), "toy" (toy faces); stage 2: "" = stage 1's
     resolution: int = 32             # images are centre-cropped and resized to this many pixels a side
     toy_images: int = 4096           # with data="toy": how many toy faces to draw (seed data_seed)
@@ -58,10 +58,10 @@ class TrainConfig:
     disc_weight: float = 0.75        # scale of the adaptive adversarial weight
     disc_layers: int = 3             # PatchGAN depth (2 for images of 32 px and less)
     kmeans_batches: int = 4          # batches whose encoder outputs initialise the codebook by k-means
-    # --- stage 2: diffusion
+    # --- stage 2 and the ddpm baseline: diffusion
     schedule: str = "linear_rescaled"  # beta schedule (diffusion.SCHEDULES)
     T: int = 500                     # diffusion steps (the paper's T)
-    ema_decay: float = 0.9999        # EMA of the FFTD's weights, with the power-3/4 warm-up (pipeline.EMA)
+    ema_decay: float = 0.9999        # EMA of the FFTD's (U-Net's) weights, with the power-3/4 warm-up (pipeline.EMA)
     sample_steps: int = 50           # DDIM steps of the preview grids
     guidance_scale: float = 3.0      # classifier-free guidance of the preview grids (class-conditional models)
     # --- speed

@@ -1,6 +1,6 @@
 """The stage registry: ``STAGES[name]`` is the class that trains stage ``name``.
 
-A new stage (for example the pixel-space DDPM baseline) is one subclass of
+A new stage (as the pixel-space DDPM baseline, ``stages/ddpm.py``) is one subclass of
 :class:`~fftd_course.training.stages.base.Stage` decorated with :func:`register`, imported by
 ``fftd_course/training/stages/__init__.py``. Its name is the ``stage`` setting and the tag in its checkpoints,
 its ``command`` the command line's train command, its ``presets`` the presets the command offers.
