@@ -6,8 +6,10 @@ DDPM's linear schedule (``beta`` from 1e-4 to 0.02 over ``T = 1000`` steps), eps
 ``[-1, 1]`` at 256 px. This is that network, built from :mod:`fftd_course.blocks`; it follows the convention of
 :mod:`fftd_course.diffusion` (0-based ``t``, labels with a null label), so ``DDIMSampler`` and ``DDPMSampler``
 drive it unchanged. Table 3's and Table 4's 1000-step "DDPM" rows are this model (errata E10: the FFTD has
-``T = 500`` timesteps and cannot be sampled with 1000 ancestral steps); the 500-step rows sample it with 500
-DDIM steps (``diffusion.ddim_timesteps``), which is what "a linearly interpolated schedule" reads as here.
+``T = 500`` timesteps and cannot be sampled with 1000 ancestral steps). The paper's 500-step variant "uses a
+linearly interpolated schedule" and says no more: here it is 500 evenly spaced DDIM steps of the same ``T = 1000``
+model (``PixelDiffusion.generate(num_steps=500)``, ``diffusion.ddim_timesteps``); a model trained with 500 steps
+of its own is ``train-ddpm --T 500`` (``--schedule linear`` as printed, or ``linear_rescaled``, E24).
 
 The network (DDPM's ``ddpm/diffusion_utils`` U-Net, in the words of this package):
 
@@ -35,7 +37,9 @@ Choices the paper leaves open (none is an erratum of its own; they are DDPM's):
   ``(1, 1, 2, 2, 4, 4)``, one level more than the paper's 4 halvings allow);
 * the residual block is :class:`fftd_course.blocks.ResBlock` (the two-unit VQGAN form, E4, which is also
   DDPM's) with DDPM's timestep projection added after its first convolution (:class:`TimeResBlock`);
-* dropout 0 (DDPM uses 0.1 on CIFAR-10 and 0 at 256 px); attention single-head, GroupNorm first (E17).
+* dropout 0 (DDPM uses 0.1 on CIFAR-10 and 0 at 256 px); attention single-head, GroupNorm first (E17);
+* sampling clamps every clean estimate to ``[-1, 1]`` (DDPM's own sampler, ``clip_denoised``; the paper's
+  Algorithm 2 does not print it): ``PixelDiffusion.generate(clip_x0=True)``, the default.
 
 Initialisation is one method, :meth:`UNet.initialize_weights`.
 """
