@@ -72,9 +72,12 @@ class ResBlock(nn.Module):
     ``F`` is two units of (GroupNorm, Swish, Conv3x3), with dropout before the second convolution.
     When ``out_channels != in_channels`` the skip path is a 1x1 convolution so that the sum is defined.
     The paper's eq. 2 prints a single unit; chapter 01 builds that form too and compares them.
+    ``residual=False`` drops the skip path (``F(h)`` alone, the same layers): the "no residual blocks" row of
+    the paper's Table 7 ablation.
     """
 
-    def __init__(self, in_channels: int, out_channels: int | None = None, dropout: float = 0.0, num_groups: int = 32):
+    def __init__(self, in_channels: int, out_channels: int | None = None, dropout: float = 0.0, num_groups: int = 32,
+                 residual: bool = True):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
         if not 0.0 <= dropout < 1.0:
@@ -87,12 +90,13 @@ class ResBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
         # A 1x1 projection only where the channel count changes: elsewhere the skip is the identity.
         self.shortcut = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+        self.residual = bool(residual)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_image_batch(x, self.in_channels, "ResBlock")
         h = self.conv1(swish(self.norm1(x)))
         h = self.conv2(self.dropout(swish(self.norm2(h))))
-        return self.shortcut(x) + h
+        return self.shortcut(x) + h if self.residual else h
 
 
 def _check_even(x: torch.Tensor, who: str) -> None:

@@ -82,6 +82,8 @@ class IVQVAEConfig:
     replace_dead_codes: bool = True
     usage_window: int | None = None
     fsq_levels: tuple[int, ...] | None = None
+    attention: bool = True  # False: no attention anywhere, the middle block's included (Table 7's ablation)
+    residual: bool = True   # False: the blocks lose their identity path, F(h) alone (Table 7's ablation)
 
     def __post_init__(self) -> None:
         if not self.ch_mult or any(m <= 0 for m in self.ch_mult):
@@ -169,14 +171,15 @@ def get_config(name: str, **overrides) -> IVQVAEConfig:
 class _Level(nn.Module):
     """One level: ``num_res_blocks`` residual blocks (eq. 2), each followed by attention (eq. 8-10) where wanted."""
 
-    def __init__(self, in_channels: int, out_channels: int, num_blocks: int, attend: bool, dropout: float, num_groups: int):
+    def __init__(self, in_channels: int, out_channels: int, attend: bool, c: IVQVAEConfig):
         super().__init__()
         self.blocks = nn.ModuleList()
         self.attn = nn.ModuleList()
-        for i in range(num_blocks):
-            self.blocks.append(ResBlock(in_channels if i == 0 else out_channels, out_channels, dropout, num_groups))
-            if attend:
-                self.attn.append(AttnBlock(out_channels, num_groups=num_groups))
+        for i in range(c.num_res_blocks):
+            self.blocks.append(ResBlock(in_channels if i == 0 else out_channels, out_channels, c.dropout, c.num_groups,
+                                        residual=c.residual))
+            if attend and c.attention:
+                self.attn.append(AttnBlock(out_channels, num_groups=c.num_groups))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         for i, block in enumerate(self.blocks):
@@ -187,13 +190,15 @@ class _Level(nn.Module):
 
 
 class _Middle(nn.Module):
-    """The middle block at the lowest resolution: residual block, attention, residual block."""
+    """The middle block at the lowest resolution: residual block, attention, residual block.
 
-    def __init__(self, channels: int, dropout: float, num_groups: int):
+    Without ``config.attention`` the attention is an identity (Table 7's ablation)."""
+
+    def __init__(self, channels: int, c: IVQVAEConfig):
         super().__init__()
-        self.block1 = ResBlock(channels, channels, dropout, num_groups)
-        self.attn = AttnBlock(channels, num_groups=num_groups)
-        self.block2 = ResBlock(channels, channels, dropout, num_groups)
+        self.block1 = ResBlock(channels, channels, c.dropout, c.num_groups, residual=c.residual)
+        self.attn = AttnBlock(channels, num_groups=c.num_groups) if c.attention else nn.Identity()
+        self.block2 = ResBlock(channels, channels, c.dropout, c.num_groups, residual=c.residual)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.block2(self.attn(self.block1(h)))
@@ -211,12 +216,12 @@ class Encoder(nn.Module):
         channels, resolution = c.ch, c.resolution
         for i, mult in enumerate(c.ch_mult):
             out = c.ch * mult
-            self.levels.append(_Level(channels, out, c.num_res_blocks, resolution in c.attn_resolutions, c.dropout, c.num_groups))
+            self.levels.append(_Level(channels, out, resolution in c.attn_resolutions, c))
             channels = out
             if i < len(c.ch_mult) - 1:  # every level but the last halves the resolution (eq. 3)
                 self.downsample.append(Downsample(channels))
                 resolution //= 2
-        self.mid = _Middle(channels, c.dropout, c.num_groups)
+        self.mid = _Middle(channels, c)
         self.norm_out = group_norm(channels, c.num_groups)
         self.conv_out = nn.Conv2d(channels, c.z_channels, kernel_size=1)  # eq. 4
 
@@ -239,14 +244,14 @@ class Decoder(nn.Module):
         channels = c.ch * c.ch_mult[-1]
         resolution = c.latent_size
         self.conv_in = nn.Conv2d(c.z_channels, channels, kernel_size=1)  # eq. 5
-        self.mid = _Middle(channels, c.dropout, c.num_groups)
+        self.mid = _Middle(channels, c)
         # Levels run from the lowest resolution up, with the multipliers in reverse; built in that order so
         # that forward reads top to bottom.
         self.levels = nn.ModuleList()
         self.upsample = nn.ModuleList()
         for i, mult in reversed(list(enumerate(c.ch_mult))):
             out = c.ch * mult
-            self.levels.append(_Level(channels, out, c.num_res_blocks, resolution in c.attn_resolutions, c.dropout, c.num_groups))
+            self.levels.append(_Level(channels, out, resolution in c.attn_resolutions, c))
             channels = out
             if i > 0:  # every level but the last doubles the resolution (eq. 6)
                 self.upsample.append(Upsample(channels))

@@ -415,8 +415,11 @@ class HybridLoss(nn.Module):
     def __init__(self, discriminator: nn.Module | None = None, perceptual: LPIPS | None = None, *,
                  l1_weight: float = 1.0, perceptual_weight: float = 1.0, weighting: Weighting = "adaptive",
                  lambda_d: float = 0.1, disc_weight: float = 0.75, codebook_weight: float = 1.0,
-                 disc_start: int = 0, check_finite: bool | None = None):
+                 disc_start: int = 0, check_finite: bool | None = None, reconstruction: str = "l1"):
         super().__init__()
+        if reconstruction not in ("l1", "l2"):
+            raise ValueError(f"reconstruction must be 'l1' (eq. 11) or 'l2' (the plain VQ-VAE's squared error, Table "
+                             f"7's ablation), got {reconstruction!r}")
         if weighting not in ("adaptive", "paper"):
             raise ValueError(f"weighting must be 'adaptive' or 'paper', got {weighting!r}")
         if not 0.0 <= lambda_d <= 1.0:
@@ -433,6 +436,7 @@ class HybridLoss(nn.Module):
         self.weighting, self.lambda_d = weighting, float(lambda_d)
         self.disc_weight, self.codebook_weight = float(disc_weight), float(codebook_weight)
         self.disc_start, self.check_finite = int(disc_start), check_finite
+        self.reconstruction = reconstruction
 
     @property
     def random_trunk(self) -> bool:
@@ -481,7 +485,8 @@ class HybridLoss(nn.Module):
         zero = x_hat.new_zeros(())
         l1 = l1_loss(x_hat, x)
         p_loss = self.perceptual(x_hat, x).mean() if self.perceptual_weight > 0 else zero
-        rec = self.l1_weight * l1 + self.perceptual_weight * p_loss
+        pixel = l1 if self.reconstruction == "l1" else (x_hat - x).pow(2).mean()
+        rec = self.l1_weight * pixel + self.perceptual_weight * p_loss
         vq = vq_loss if vq_loss is not None else zero
         active = self.discriminator_active(step)
         g_loss, weight_g = zero, zero

@@ -194,3 +194,25 @@ def test_bad_configurations_are_refused(overrides, match):
 def test_unknown_configuration_name_lists_the_choices():
     with pytest.raises(ValueError, match="paper-f64"):
         IVQVAE("paper-f128")
+
+
+def test_table7_ablation_switches_remove_attention_and_skips():
+    """``attention=False`` removes every attention (the middle block's too); ``residual=False`` keeps the layers and
+    drops the identity paths, so the same weights compute something else."""
+    from fftd_course import blocks
+
+    full = IVQVAE(get_config("toy-f8", attn_resolutions=(16,)))
+    no_attn = IVQVAE(get_config("toy-f8", attn_resolutions=(16,), attention=False))
+    assert any(isinstance(m, blocks.AttnBlock) for m in full.modules())
+    assert not any(isinstance(m, blocks.AttnBlock) for m in no_attn.modules())
+    plain = IVQVAE(get_config("toy-f8", residual=False))
+    resnet = IVQVAE(get_config("toy-f8"))
+    plain.load_state_dict(resnet.state_dict())
+    res_blocks = [m for m in plain.modules() if isinstance(m, blocks.ResBlock)]
+    assert res_blocks and all(not m.residual for m in res_blocks)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert not torch.allclose(plain.encode(x), resnet.encode(x))
+        block = blocks.ResBlock(8, 8, num_groups=4, residual=False)
+        h = torch.randn(1, 8, 4, 4)
+        assert torch.allclose(block(h), block.conv2(block.dropout(blocks.swish(block.norm2(block.conv1(blocks.swish(block.norm1(h))))))))

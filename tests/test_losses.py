@@ -427,3 +427,15 @@ def test_without_perceptual_term_no_vgg16_is_needed(torch_home, no_network):
     assert hybrid.perceptual is None and not hybrid.random_trunk
     _, logs = hybrid(images(1, 32), images(1, 32, 1), step=0)
     assert float(logs["lpips"]) == 0.0
+
+
+def test_squared_error_reconstruction_for_table7s_ablation():
+    HybridLoss, NLayerDiscriminator = losses.HybridLoss, losses.NLayerDiscriminator
+    x, x_hat = torch.zeros(2, 3, 8, 8), torch.full((2, 3, 8, 8), 0.5)
+    l2 = HybridLoss(NLayerDiscriminator(n_layers=1), perceptual_weight=0.0, disc_start=10**9, reconstruction="l2")
+    l1 = HybridLoss(NLayerDiscriminator(n_layers=1), perceptual_weight=0.0, disc_start=10**9)
+    assert float(l2(x, x_hat, 0)[1]["rec"]) == pytest.approx(0.25)
+    assert float(l1(x, x_hat, 0)[1]["rec"]) == pytest.approx(0.5)
+    assert float(l2(x, x_hat, 0)[1]["l1"]) == pytest.approx(0.5)  # the logged L1 stays the L1
+    with pytest.raises(ValueError, match="reconstruction must be"):
+        HybridLoss(NLayerDiscriminator(n_layers=1), perceptual_weight=0.0, reconstruction="l3")
