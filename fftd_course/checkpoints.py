@@ -21,11 +21,11 @@ import re
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 
-__all__ = ["CheckpointError", "RunLockedError", "atomic_save", "clean_temp_files", "load", "list_checkpoints",
+__all__ = ["CheckpointError", "RunLockedError", "atomic_save", "atomic_write", "clean_temp_files", "load", "list_checkpoints",
            "latest_checkpoint", "checkpoint_path", "RunLock", "start_branch", "TEMP_PREFIX"]
 
 TEMP_PREFIX = ".tmp-"
@@ -46,12 +46,17 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     The temporary file is removed when the write fails (a full disk, Ctrl-C); the old ``path``, if any,
     stays as it was until the rename.
     """
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
+    """``write(f)`` into a temporary file beside ``path``, fsync, rename over ``path`` (see :func:`atomic_save`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{TEMP_PREFIX}{path.name}-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
