@@ -8,6 +8,7 @@
     python -m fftd_course train-ddpm --preset toy32                   # the pixel-space DDPM baseline (section 4.3.4)
     python -m fftd_course sample runs/toy32/ddpm/pixel_diffusion.pt --sampler ddpm   # all T = 1000 steps
     python -m fftd_course fid runs/small64/fftd/latent_diffusion.pt --ref data/toy64 --n 1000
+    python -m fftd_course reproduce --table 3 --seeds 3 --jobs 2   # the paper's Table 3 at toy scale (chapter 11)
     torchrun --nproc_per_node 8 -m fftd_course train-fftd --preset afhq256   # several GPUs (DDP)
 """
 
@@ -397,6 +398,12 @@ def _toy_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    from .reproduction.command import main as reproduce_main
+
+    return reproduce_main(args)
+
+
 def _bench(args: argparse.Namespace) -> int:
     from .evaluation.bench import main as bench_main
 
@@ -470,6 +477,14 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_bench)
+    p = sub.add_parser("reproduce", help="re-run the paper's tables at toy scale with seeds (chapter 11)",
+                       description="Train, sample and measure each row of the paper's Tables 1, 2, 3, 4, 7, 8, 9 on the "
+                                   "toy faces with several seeds; every model and (table, row, seed) result is cached, "
+                                   "so a stopped run resumes; writes table_N.json with means, spreads and verdicts.")
+    from .reproduction.command import add_arguments as add_reproduce_arguments
+
+    add_reproduce_arguments(p)
+    p.set_defaults(func=_reproduce)
     p = sub.add_parser("toy-data", help="write toy faces as PNG files in class sub-folders (cat, dog, wild)",
                        description="A class-folder data set made on the spot (no download): what small64 trains on "
                                    "in the course's tests.")

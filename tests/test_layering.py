@@ -57,15 +57,17 @@ LAYERS = {
     "training": ("training", "train"),
     "evaluation": ("evaluation",),
     "checks": ("checks",),
+    "experiments": ("reproduction",),
     "course": ("course",),
     "app": ("cli", "demo", "__main__"),
 }
 # layer -> the layers it must not import from
 FORBIDDEN = {
-    "model": {"training", "evaluation", "checks", "course", "app"},
-    "training": {"checks", "course", "app"},
-    "evaluation": {"training", "checks", "course", "app"},
-    "checks": {"course", "app"},
+    "model": {"training", "evaluation", "checks", "experiments", "course", "app"},
+    "training": {"checks", "experiments", "course", "app"},
+    "evaluation": {"training", "checks", "experiments", "course", "app"},
+    "checks": {"experiments", "course", "app"},
+    "experiments": {"checks", "course", "app"},
     "course": {"app"},
     "app": set(),
 }
