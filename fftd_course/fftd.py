@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import Downsample, Upsample
-from .configs import count_parameters, named_config
+from .configs import check_eps_inputs, count_parameters, named_config
 from .fusion import FUSIONS, Fusion, grid_to_tokens, make_fusion, tokens_to_grid
 
 __all__ = ["FFTDConfig", "CONFIGS", "get_config", "patchify", "unpatchify", "timestep_embedding",
@@ -387,29 +387,12 @@ class FFTD(nn.Module):
                 m.initialize_weights()
 
     def check_inputs(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> None:
-        """Clear errors for inputs the model cannot take. Shapes are always checked (free, and static under
-        ``torch.compile``); values only for CPU tensors outside compilation, where reading them costs no
-        device synchronisation."""
+        """Clear errors for inputs the model cannot take (``configs.check_eps_inputs``: shapes always, values only
+        where reading them costs no device synchronisation)."""
         c = self.config
-        want = (c.in_channels, c.input_size, c.input_size)
-        if not isinstance(x_t, torch.Tensor) or x_t.ndim != 4 or tuple(x_t.shape[1:]) != want:
-            raise ValueError(f"FFTD expects latents of shape (B, {c.in_channels}, {c.input_size}, {c.input_size}), "
-                             f"got {tuple(getattr(x_t, 'shape', ()))}; check the IVQ-VAE's z_channels and latent size "
-                             f"against FFTDConfig.in_channels and input_size")
-        b = x_t.shape[0]
-        if not isinstance(t, torch.Tensor) or t.shape != (b,) or t.is_floating_point():
-            raise ValueError(f"t must be an integer tensor of shape ({b},), one 0-based timestep per sample, "
-                             f"got {getattr(t, 'dtype', type(t).__name__)} of shape {tuple(getattr(t, 'shape', ()))}")
-        if y is not None and (not isinstance(y, torch.Tensor) or y.shape != (b,) or y.is_floating_point()):
-            raise ValueError(f"y must be an integer tensor of shape ({b},) or None, got "
-                             f"{getattr(y, 'dtype', type(y).__name__)} of shape {tuple(getattr(y, 'shape', ()))}")
-        if torch.compiler.is_compiling() or b == 0:
-            return
-        if t.device.type == "cpu" and int(t.min()) < 0:
-            raise ValueError(f"timesteps are 0-based and non-negative, got {int(t.min())}")
-        if y is not None and y.device.type == "cpu" and (int(y.min()) < 0 or int(y.max()) > c.num_classes):
-            raise ValueError(f"labels must lie in [0, {c.num_classes}] ({c.num_classes} classes; label {c.num_classes} "
-                             f"is the null label), got values from {int(y.min())} to {int(y.max())}")
+        check_eps_inputs(x_t, t, y, (c.in_channels, c.input_size, c.input_size), c.num_classes, "FFTD",
+                         "check the IVQ-VAE's z_channels and latent size against FFTDConfig.in_channels and input_size",
+                         "latents")
 
     def _down(self, h: torch.Tensor, level: int) -> torch.Tensor:
         return grid_to_tokens(self.downsample[level](tokens_to_grid(h)))  # eq. 16: (B, L, D) -> (B, L/4, D)

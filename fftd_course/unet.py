@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from .blocks import AttnBlock, Downsample, ResBlock, Upsample, group_norm, swish
-from .configs import count_parameters, named_config
+from .configs import check_eps_inputs, count_parameters, named_config
 from .fftd import LabelEmbedder, timestep_embedding
 
 __all__ = ["UNetConfig", "CONFIGS", "get_config", "TimeResBlock", "UNet", "describe", "count_parameters"]
@@ -274,31 +274,10 @@ class UNet(nn.Module):
             nn.init.normal_(self.label_emb.embedding_table.weight, std=1.0)
 
     def check_inputs(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> None:
-        """Clear errors for inputs the model cannot take. Shapes are always checked (free, and static under
-        ``torch.compile``); values only for CPU tensors outside compilation, where reading them costs no
-        device synchronisation (as :meth:`fftd_course.fftd.FFTD.check_inputs`)."""
+        """Clear errors for inputs the model cannot take (``configs.check_eps_inputs``, as the FFTD's)."""
         c = self.config
-        want = (c.in_channels, c.resolution, c.resolution)
-        if not isinstance(x_t, torch.Tensor) or x_t.ndim != 4 or tuple(x_t.shape[1:]) != want:
-            raise ValueError(f"UNet expects images of shape (B, {c.in_channels}, {c.resolution}, {c.resolution}), got "
-                             f"{tuple(getattr(x_t, 'shape', ()))}; build it with get_config(..., resolution=, "
-                             f"in_channels=) to match the data")
-        b = x_t.shape[0]
-        if not isinstance(t, torch.Tensor) or t.shape != (b,) or t.is_floating_point():
-            raise ValueError(f"t must be an integer tensor of shape ({b},), one 0-based timestep per sample, "
-                             f"got {getattr(t, 'dtype', type(t).__name__)} of shape {tuple(getattr(t, 'shape', ()))}")
-        if y is not None and (not isinstance(y, torch.Tensor) or y.shape != (b,) or y.is_floating_point()):
-            raise ValueError(f"y must be an integer tensor of shape ({b},) or None, got "
-                             f"{getattr(y, 'dtype', type(y).__name__)} of shape {tuple(getattr(y, 'shape', ()))}")
-        if torch.compiler.is_compiling() or b == 0:
-            return
-        if t.device.type == "cpu" and int(t.min()) < 0:
-            raise ValueError(f"timesteps are 0-based and non-negative, got {int(t.min())}")
-        if y is not None and y.device.type == "cpu" and (int(y.min()) < 0 or int(y.max()) > c.num_classes):
-            kind = (f"{c.num_classes} classes; label {c.num_classes} is the null label" if c.num_classes else
-                    "an unconditional model: only the null label 0")
-            raise ValueError(f"labels must lie in [0, {c.num_classes}] ({kind}), got values from {int(y.min())} to "
-                             f"{int(y.max())}")
+        check_eps_inputs(x_t, t, y, (c.in_channels, c.resolution, c.resolution), c.num_classes, "UNet",
+                         "build it with get_config(..., resolution=, in_channels=) to match the data", "images")
 
     def embed(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """The conditioning vector ``(B, 4 ch)``: timestep MLP, plus the label embedding (null label for ``None``)."""

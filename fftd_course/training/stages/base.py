@@ -34,7 +34,9 @@ from ...pipeline import cosine_lr
 from ..config import ConfigError, TrainConfig, micro_batch
 from ..distributed import Dist, no_sync
 
-__all__ = ["Stage", "file_hash", "dataset_for", "flip"]
+__all__ = ["Stage", "file_hash", "dataset_for", "flip", "preview_samples", "PREVIEW_CLASSES", "PREVIEW_PER_CLASS"]
+
+PREVIEW_CLASSES, PREVIEW_PER_CLASS = 8, 8  # preview grids: at most 64 samples, however many classes
 
 
 class Stage:
@@ -190,3 +192,18 @@ def flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random horizontal flips drawn from ``generator`` (saved in checkpoints, so a resume flips the same way)."""
     mask = torch.rand(x.shape[0], generator=generator) < 0.5
     return torch.where(mask.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+@torch.no_grad()
+def preview_samples(generator: Any, config: TrainConfig, class_names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """A generator's preview grid: at most 8 classes (evenly spread over all of them) x 8 samples, or 16
+    unconditional samples, with the run's sampling settings (the stages of both generators use it)."""
+    c = config
+    if class_names:
+        k = len(class_names)
+        shown = sorted({round(i * (k - 1) / max(1, PREVIEW_CLASSES - 1)) for i in range(min(k, PREVIEW_CLASSES))})
+        classes = [i for i in shown for _ in range(PREVIEW_PER_CLASS)]
+        images = generator.sample(classes, num_steps=c.sample_steps, guidance_scale=c.guidance_scale, seed=c.seed)
+    else:
+        images = generator.sample(n=16, num_steps=c.sample_steps, seed=c.seed)
+    return {"samples": images.float().cpu()}

@@ -23,11 +23,9 @@ from ...pipeline import EMA, fftd_update
 from ..config import TrainConfig
 from ..distributed import ddp
 from ..registry import register
-from .base import Stage, data_fingerprint, dataset_for, flip
+from .base import Stage, data_fingerprint, dataset_for, flip, preview_samples
 
 __all__ = ["DDPMStage"]
-
-PREVIEW_CLASSES, PREVIEW_PER_CLASS = 8, 8  # preview grids: at most 64 samples, however many classes
 
 
 @register
@@ -129,18 +127,8 @@ class DDPMStage(Stage):
         return PixelDiffusion(self.ema.model, self.diffusion, self.class_names,
                               meta={"config": self.config.to_dict(), "steps": self.step})
 
-    @torch.no_grad()
     def images(self) -> dict[str, torch.Tensor]:
-        """At most 8 classes (evenly spread over all of them) x 8 samples, or 16 unconditional samples (DDIM)."""
-        pd, c = self.generator(), self.config
-        if self.class_names:
-            k = len(self.class_names)
-            shown = sorted({round(i * (k - 1) / max(1, PREVIEW_CLASSES - 1)) for i in range(min(k, PREVIEW_CLASSES))})
-            classes = [i for i in shown for _ in range(PREVIEW_PER_CLASS)]
-            images = pd.sample(classes, num_steps=c.sample_steps, guidance_scale=c.guidance_scale, seed=c.seed)
-        else:
-            images = pd.sample(n=16, num_steps=c.sample_steps, seed=c.seed)
-        return {"samples": images.float().cpu()}
+        return preview_samples(self.generator(), self.config, self.class_names)
 
     def finish(self) -> Path:
         return self.generator().save(self.out / self.final_file)

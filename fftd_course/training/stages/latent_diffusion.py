@@ -22,14 +22,12 @@ from ...pipeline import EMA, LatentDiffusion, encode_latents, fftd_update, laten
 from ..config import ConfigError, TrainConfig
 from ..distributed import ddp
 from ..registry import register
-from .base import Stage, data_fingerprint, dataset_for, file_hash
+from .base import Stage, data_fingerprint, dataset_for, file_hash, preview_samples
 from .ivqvae import load_ivqvae, stage1_file
 
 __all__ = ["LatentDiffusionStage", "LATENTS_FORMAT"]
 
 LATENTS_FORMAT = "fftd_course.latents/1"
-PREVIEW_CLASSES, PREVIEW_PER_CLASS = 8, 8  # preview grids: at most 64 samples, however many classes
-
 
 
 @register
@@ -189,18 +187,8 @@ class LatentDiffusionStage(Stage):
         return LatentDiffusion(self.ivqvae, self.ema.model, self.diffusion, self.scale, self.class_names,
                                meta={"config": self.config.to_dict(), "steps": self.step, "stage1_sha256": self.stage1_hash})
 
-    @torch.no_grad()
     def images(self) -> dict[str, torch.Tensor]:
-        """At most 8 classes (evenly spread over all of them) x 8 samples, or 16 unconditional samples."""
-        ld, c = self.generator(), self.config
-        if self.class_names:
-            k = len(self.class_names)
-            shown = sorted({round(i * (k - 1) / max(1, PREVIEW_CLASSES - 1)) for i in range(min(k, PREVIEW_CLASSES))})
-            classes = [i for i in shown for _ in range(PREVIEW_PER_CLASS)]
-            images = ld.sample(classes, num_steps=c.sample_steps, guidance_scale=c.guidance_scale, seed=c.seed)
-        else:
-            images = ld.sample(n=16, num_steps=c.sample_steps, seed=c.seed)
-        return {"samples": images.float().cpu()}
+        return preview_samples(self.generator(), self.config, self.class_names)
 
     def finish(self) -> Path:
         return self.generator().save(self.out / self.final_file)
