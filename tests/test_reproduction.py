@@ -117,7 +117,7 @@ def _rows(better: list[float], worse: list[float]) -> dict:
     ([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], "agrees"),
     ([2.0, 2.1, 1.9], [1.0, 1.1, 0.9], "disagrees"),
     ([1.0, 1.3, 0.7], [1.1, 1.4, 0.8], "inside the noise"),
-    ([1.0], [1.01], "agrees"),   # one seed: no spread, always decided
+    ([1.0], [1.01], "one seed"),   # one seed: no error bar, nothing decided
 ])
 def test_verdict(better, worse, word):
     claim = reproduction.Claim("a beats b", "a", "b", "kid")
@@ -173,7 +173,9 @@ def test_every_table_is_committed_with_its_seeds_and_the_papers_values():
                 assert column in row["mean"], (n, row["id"], column)
             if "fid" in row["mean"]:
                 assert row["mean"]["n"] == 3 * t["recipe"]["samples_per_class"] or n in (1, 7)
-        assert all(c["verdict"] in ("agrees", "disagrees", "inside the noise", "not measured") for c in t["claims"])
+        assert all(c["verdict"] in ("agrees", "disagrees", "inside the noise", "one seed", "not measured")
+                   for c in t["claims"])
+        assert all(c["verdict"] != "one seed" for c in t["claims"]) or not t["complete"]
 
 
 def test_each_committed_result_is_the_tables_value():

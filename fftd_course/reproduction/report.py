@@ -50,8 +50,9 @@ def claims_text(table: dict[str, Any]) -> str:
         counts = ", ".join(f"{r['id']} {len(r['seeds'])}" for r in table["rows"])
         out.append(f"- **still being computed** (seeds per row: {counts}); the verdicts below use what is there")
     for c in table["claims"]:
-        if c["verdict"] == "not measured":
-            out.append(f"- {c['claim']}: not measured")
+        if c["verdict"] in ("not measured", "one seed"):
+            out.append(f"- {c['claim']}: {c['verdict']}" + ("" if c["verdict"] == "not measured" else
+                       f" (difference {_number(c['difference'])} in the paper's direction; no error bar yet)"))
             continue
         out.append(f"- {c['claim']}: **{c['verdict']}** (difference {_number(c['difference'])}, "
                    f"standard error {_number(c['standard_error'])}, {table['seeds']} seeds)")
@@ -94,10 +95,15 @@ def summary_markdown(claims: list[dict[str, Any]]) -> str:
     lines = ["| table | the paper claims | our result |", "|---|---|---|"]
     lines += [f"| {c['table']} | {c['claim']} | {c['verdict']}{'' if c.get('complete', True) else ' (incomplete)'} |"
               for c in claims]
-    counts = {v: sum(c["verdict"] == v for c in claims) for v in ("agrees", "disagrees", "inside the noise")}
+    words = ("agrees", "disagrees", "inside the noise", "one seed", "not measured")
+    counts = {v: sum(c["verdict"] == v for c in claims) for v in words}
     lines.append("")
     lines.append(f"{len(claims)} claims: {counts['agrees']} agree, {counts['disagrees']} disagree, "
-                 f"{counts['inside the noise']} inside the noise.")
+                 f"{counts['inside the noise']} inside the noise; {counts['one seed']} with one seed so far, "
+                 f"{counts['not measured']} not measured yet.")
+    if any(not c.get("complete", True) for c in claims):
+        lines.append("(incomplete): the reproduction has not yet computed every seed of that table; it resumes from "
+                     "the committed results (`python -m fftd_course reproduce --table all --seeds 3 --jobs 2`).")
     return "\n".join(lines)
 
 

@@ -145,11 +145,14 @@ def _spread(per_seed: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str,
 
 def verdict(claim: Claim, rows: dict[str, dict]) -> dict[str, Any]:
     """Does our table agree with the paper's claim? "agrees" / "disagrees" when the difference of the means is
-    larger than twice its standard error over seeds, else "inside the noise" (one seed: always decided)."""
+    larger than twice its standard error over seeds, else "inside the noise"; "one seed" while a row has fewer
+    than two (no error bar yet: nothing is decided), "not measured" before it has any."""
     b, w = rows[claim.better], rows[claim.worse]
     mb, mw = b["mean"].get(claim.metric), w["mean"].get(claim.metric)
     if mb is None or mw is None:
         return {"verdict": "not measured"}
+    if min(len(b["seeds"]), len(w["seeds"])) < 2:
+        return {"verdict": "one seed", "difference": (mb - mw) if claim.higher else (mw - mb), "standard_error": None}
     se = math.sqrt(b["std"][claim.metric] ** 2 / len(b["seeds"]) + w["std"][claim.metric] ** 2 / len(w["seeds"]))
     gain = (mb - mw) if claim.higher else (mw - mb)  # > 0: the paper's direction
     decided = abs(gain) > 2 * se
