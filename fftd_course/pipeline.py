@@ -411,7 +411,8 @@ def train_fftd(model: nn.Module, diffusion: Diffusion, latents: torch.Tensor, la
     if not 0 < batch_size <= len(latents):
         raise ValueError(f"batch_size must be between 1 and the number of latents ({len(latents)}), got {batch_size}")
     std = float(latents.std())
-    if not 0.5 < std < 2.0:
+    pixels = not hasattr(_model_config(model), "input_size")  # the pixel-space U-Net trains on images as they are
+    if not pixels and not 0.5 < std < 2.0:
         warnings.warn(f"the latents' standard deviation is {std:.3g}; the schedule expects unit variance. "
                       "Multiply them by pipeline.latent_scale(...) first (errata E16)", stacklevel=2)
     device = next(model.parameters()).device
