@@ -17,8 +17,9 @@
 # # 11 · Reproducing the paper: its tables at toy scale, with seeds and error bars
 #
 # Chapters 01-10 built every piece of the paper and trained it. This chapter tests what the paper
-# *claims*: each of its experiment tables (1, 2, 3, 4, 7, 8, 9 in `docs/PAPER.md`) was re-run on the toy
-# faces with three training seeds per row, and the results are committed in `docs/reproduction/`. A toy
+# *claims*: each of its experiment tables (1, 2, 3, 4, 7, 8, 9 in `docs/PAPER.md`) is re-run on the toy
+# faces with three training seeds per row, and the results are committed in `docs/reproduction/` as they
+# come (a table that still misses seeds says so below, and its claims wait for their error bars). A toy
 # run cannot give the paper's numbers (32 px cartoons, minutes of CPU, a few hundred samples); it can
 # say whether the paper's **orderings** (f = 64 beats f = 32, patch 1 beats patch 2, AdaptiveFusion
 # beats addition...) survive a change of scale, and whether a difference is larger than the scatter
