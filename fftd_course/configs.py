@@ -8,7 +8,7 @@ from typing import Mapping, TypeVar
 import torch
 from torch import nn
 
-__all__ = ["named_config", "count_parameters", "check_eps_inputs"]
+__all__ = ["named_config", "count_parameters", "check_eps_inputs", "xavier_init"]
 
 C = TypeVar("C")
 
@@ -60,3 +60,12 @@ def check_eps_inputs(x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
                 "an unconditional model: only the null label 0")
         raise ValueError(f"labels must lie in [0, {num_classes}] ({kind}), got values from {int(y.min())} to "
                          f"{int(y.max())}")
+
+
+def xavier_init(m: nn.Module) -> None:
+    """The first step of the FFTD's and the U-Net's ``initialize_weights`` (``module.apply(xavier_init)``):
+    Xavier-uniform weights and zero biases for every linear and convolution layer."""
+    if isinstance(m, (nn.Linear, nn.Conv2d)):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)

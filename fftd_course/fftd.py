@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import Downsample, Upsample
-from .configs import check_eps_inputs, count_parameters, named_config
+from .configs import check_eps_inputs, count_parameters, named_config, xavier_init
 from .fusion import FUSIONS, Fusion, grid_to_tokens, make_fusion, tokens_to_grid
 
 __all__ = ["FFTDConfig", "CONFIGS", "get_config", "patchify", "unpatchify", "timestep_embedding",
@@ -366,13 +366,7 @@ class FFTD(nn.Module):
            start as the mean of their inputs, AddFusion has no parameters.
         """
 
-        def base(m: nn.Module) -> None:
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-
-        self.apply(base)
+        self.apply(xavier_init)
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
             nn.init.normal_(layer.weight, std=0.02)

@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from .blocks import AttnBlock, Downsample, ResBlock, Upsample, group_norm, swish
-from .configs import check_eps_inputs, count_parameters, named_config
+from .configs import check_eps_inputs, count_parameters, named_config, xavier_init
 from .fftd import LabelEmbedder, timestep_embedding
 
 __all__ = ["UNetConfig", "CONFIGS", "get_config", "TimeResBlock", "UNet", "describe", "count_parameters"]
@@ -256,13 +256,7 @@ class UNet(nn.Module):
            default): the label starts as strong in the conditioning vector as the timestep.
         """
 
-        def base(m: nn.Module) -> None:
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-
-        self.apply(base)
+        self.apply(xavier_init)
         for m in self.modules():
             last = m.conv2 if isinstance(m, TimeResBlock) else m.proj_out if isinstance(m, AttnBlock) else None
             if last is not None:

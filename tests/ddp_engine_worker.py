@@ -74,16 +74,16 @@ def nan(out: str, args: list[str]) -> int:
     from pathlib import Path
 
     from fftd_course.cli import main
-    from fftd_course.training.stages import latent_diffusion
+    from fftd_course.training.stages import base as stage_base
 
-    real, count = latent_diffusion.fftd_update, [0]
+    real, count = stage_base.fftd_update, [0]
 
     def poisoned(*a, **k):
         loss = real(*a, **k)
         count[0] += 1
         return loss * float("nan") if os.environ["RANK"] == "1" and count[0] == 3 else loss
 
-    latent_diffusion.fftd_update = poisoned
+    stage_base.fftd_update = poisoned  # the diffusion stages step through stages/base.DenoiserStage
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         code = main(args)

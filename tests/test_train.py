@@ -177,14 +177,14 @@ def test_damaged_and_foreign_checkpoints_get_clear_errors(tmp_path):
 
 
 def test_nan_guard_stops_without_writing_a_checkpoint(tmp_path, stage1, monkeypatch):
-    from fftd_course.training.stages import latent_diffusion
+    from fftd_course.training.stages import base as stage_base
 
-    real = latent_diffusion.fftd_update
+    real = stage_base.fftd_update
 
     def poisoned(*args, **kwargs):
         return real(*args, **kwargs) * float("nan")
 
-    monkeypatch.setattr(latent_diffusion, "fftd_update", poisoned)
+    monkeypatch.setattr(stage_base, "fftd_update", poisoned)  # DenoiserStage.train_step calls it
     config = tiny("fftd", stage1=str(stage1), steps=6, log_every=2, ckpt_every=2, out=str(tmp_path / "nan"))
     with pytest.raises(NonFiniteLossError, match="step 0: the loss term 'loss'"):
         T.train(config, progress=False)

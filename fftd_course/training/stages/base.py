@@ -30,11 +30,11 @@ from typing import Any, ClassVar, Iterator
 import torch
 
 from ... import data as data_mod
-from ...pipeline import cosine_lr
+from ...pipeline import cosine_lr, fftd_update
 from ..config import ConfigError, TrainConfig, micro_batch
 from ..distributed import Dist, no_sync
 
-__all__ = ["Stage", "file_hash", "dataset_for", "flip", "preview_samples", "PREVIEW_CLASSES", "PREVIEW_PER_CLASS"]
+__all__ = ["Stage", "DenoiserStage", "file_hash", "dataset_for", "flip", "preview_samples", "PREVIEW_CLASSES", "PREVIEW_PER_CLASS"]
 
 PREVIEW_CLASSES, PREVIEW_PER_CLASS = 8, 8  # preview grids: at most 64 samples, however many classes
 
@@ -142,6 +142,27 @@ class Stage:
     def summary(self) -> dict[str, Any]:
         """What the last log line adds about the finished run."""
         return dict(self.notes)
+
+
+
+class DenoiserStage(Stage):
+    """What the two diffusion stages share (stage 2's FFTD, the pixel-space DDPM baseline): a noise predictor
+    ``self._model`` trained with the epsilon loss by ``pipeline.fftd_update`` under AdamW ``optimizers[opt_key]``,
+    an EMA of its weights ``self.ema``, ``self.diffusion`` and ``self.class_names``."""
+
+    opt_key: ClassVar[str]
+
+    def train_step(self, micro_batches: list[Any], step: int) -> dict[str, torch.Tensor]:
+        loss = fftd_update(self._model, self.diffusion, self.optimizers[self.opt_key], self.ema, micro_batches,
+                           forward=self.forward, amp_dtype=self.amp_dtype, no_sync=self.no_sync())
+        return {"loss": loss}
+
+    def state(self) -> dict:
+        return {"model": self._model.state_dict(), "ema": self.ema.state_dict(), "class_names": list(self.class_names)}
+
+    def load_state(self, state: dict) -> None:
+        self._model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
 
 
 def file_hash(path: Path) -> str:

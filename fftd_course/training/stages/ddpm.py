@@ -19,17 +19,17 @@ from ... import data as data_mod
 from ... import unet as unet_mod
 from ...baseline import PixelDiffusion
 from ...diffusion import Diffusion, beta_schedule
-from ...pipeline import EMA, fftd_update
+from ...pipeline import EMA
 from ..config import TrainConfig
 from ..distributed import ddp
 from ..registry import register
-from .base import Stage, data_fingerprint, dataset_for, flip, preview_samples
+from .base import DenoiserStage, data_fingerprint, dataset_for, flip, preview_samples
 
 __all__ = ["DDPMStage"]
 
 
 @register
-class DDPMStage(Stage):
+class DDPMStage(DenoiserStage):
     """The pixel-space DDPM baseline: the U-Net with AdamW and an EMA of its weights, on images in ``[-1, 1]``."""
 
     name = "ddpm"
@@ -37,6 +37,7 @@ class DDPMStage(Stage):
     help = "the pixel-space DDPM baseline: a U-Net on the images (section 4.3.4)"
     final_file = "pixel_diffusion.pt"
     log_key = "loss"
+    opt_key = "unet"
     presets: dict[str, dict[str, Any]] = {
         # The toy faces at 32 px with the CPU toy U-Net: DDPM's schedule (T = 1000, linear 1e-4 -> 0.02), EMA 0.999
         # (0.9999 needs ~10^5 steps to average over), cosine lr. lr 2e-3, not the paper's 2e-4: after 600 steps at
@@ -110,18 +111,6 @@ class DDPMStage(Stage):
                 x = flip(x, self.flip_gen) if c.hflip else x
                 yield x, (y.to(self.device, non_blocking=True) if self.class_names else None)
             self.next_epoch(self.data_order)
-
-    def train_step(self, micro_batches, step: int) -> dict[str, torch.Tensor]:
-        loss = fftd_update(self._model, self.diffusion, self.optimizers["unet"], self.ema, micro_batches,
-                           forward=self.forward, amp_dtype=self.amp_dtype, no_sync=self.no_sync())
-        return {"loss": loss}
-
-    def state(self) -> dict:
-        return {"model": self._model.state_dict(), "ema": self.ema.state_dict(), "class_names": list(self.class_names)}
-
-    def load_state(self, state: dict) -> None:
-        self._model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
 
     def generator(self) -> PixelDiffusion:
         return PixelDiffusion(self.ema.model, self.diffusion, self.class_names,

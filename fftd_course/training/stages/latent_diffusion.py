@@ -18,11 +18,11 @@ from ... import fftd as fftd_mod
 from ...checkpoints import atomic_save
 from ...checkpoints import load as load_checkpoint
 from ...diffusion import Diffusion, beta_schedule
-from ...pipeline import EMA, LatentDiffusion, encode_latents, fftd_update, latent_scale
+from ...pipeline import EMA, LatentDiffusion, encode_latents, latent_scale
 from ..config import ConfigError, TrainConfig
 from ..distributed import ddp
 from ..registry import register
-from .base import Stage, data_fingerprint, dataset_for, file_hash, preview_samples
+from .base import DenoiserStage, data_fingerprint, dataset_for, file_hash, preview_samples
 from .ivqvae import load_ivqvae, stage1_file
 
 __all__ = ["LatentDiffusionStage", "LATENTS_FORMAT"]
@@ -31,7 +31,7 @@ LATENTS_FORMAT = "fftd_course.latents/1"
 
 
 @register
-class LatentDiffusionStage(Stage):
+class LatentDiffusionStage(DenoiserStage):
     """Stage 2: the FFTD with AdamW and an EMA of its weights, on cached latents of the frozen stage 1."""
 
     name = "fftd"
@@ -39,6 +39,7 @@ class LatentDiffusionStage(Stage):
     help = "stage 2: the FFTD on the frozen stage 1's latents (Algorithm 2)"
     final_file = "latent_diffusion.pt"
     log_key = "loss"
+    opt_key = "fftd"
     presets: dict[str, dict[str, Any]] = {
         # make demo's recipe on the toy32 stage 1's faces (data "": stage 1's).
         "toy32": dict(model="toy", data="", stage1="runs/toy32/ivqvae", out="runs/toy32/fftd", steps=3000,
@@ -170,18 +171,8 @@ class LatentDiffusionStage(Stage):
                 yield self.latents[idx], (self.labels[idx] if self.labels is not None else None)
             self.next_epoch(self.data_order)
 
-    def train_step(self, micro_batches, step: int) -> dict[str, torch.Tensor]:
-        loss = fftd_update(self._model, self.diffusion, self.optimizers["fftd"], self.ema, micro_batches,
-                           forward=self.forward, amp_dtype=self.amp_dtype, no_sync=self.no_sync())
-        return {"loss": loss}
-
     def state(self) -> dict:
-        return {"model": self._model.state_dict(), "ema": self.ema.state_dict(), "scale": self.scale,
-                "class_names": list(self.class_names)}
-
-    def load_state(self, state: dict) -> None:
-        self._model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
+        return {**super().state(), "scale": self.scale}
 
     def generator(self) -> LatentDiffusion:
         return LatentDiffusion(self.ivqvae, self.ema.model, self.diffusion, self.scale, self.class_names,
