@@ -17,6 +17,7 @@ from .ch09 import check_decode_sample, check_guided_eps_on_channels, check_off_c
 from .ch10 import check_hours_for_steps, check_save_checkpoint_atomically, check_training_plan
 from .ch11 import check_fair_fid_pair, check_kid_unbiased, check_verdict_from_seeds
 from .core import CheckResult, ExerciseFailed, lenient, run_check
+from .predict import check_prediction, compare_prediction, with_prediction  # predict, then measure
 
 __all__ = [
     "CheckResult", "ExerciseFailed", "lenient", "run_check",
