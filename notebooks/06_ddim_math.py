@@ -16,32 +16,22 @@
 # %% [markdown]
 # # 06 · Diffusion math and the DDIM sampler
 #
-# Stage 2 of the paper generates latents by **diffusion** (section 3.3): a fixed forward process adds
-# Gaussian noise to data step by step until nothing but noise is left, and a network learns to predict
-# that noise so that a sampler can walk back from pure noise to data. The paper trains with $T = 500$
-# noise levels and samples with **DDIM** (its Algorithm 3), which can skip most of them.
+# Stage 2 generates latents by **diffusion** (section 3.3): noise is added step by step, and a network learns to
+# predict it so that a sampler can walk back to data. The paper trains with $T = 500$ noise levels and samples with
+# **DDIM** (Algorithm 3), which skips most.
 #
-# - one forward step, with a linear schedule $\beta_1, \dots, \beta_T$:
+# - one step, with a linear schedule $\beta_1, \dots, \beta_T$:
 #   $$q(z_t \mid z_{t-1}) = \mathcal N\!\left(\sqrt{1 - \beta_t}\, z_{t-1},\ \beta_t I\right); \tag{26}$$
-# - all steps at once, with $\alpha_t = \prod_{s \le t} (1 - \beta_s)$ (the paper's notation, E5):
+# - all steps at once, with $\alpha_t = \prod_{s \le t} (1 - \beta_s)$ (E5):
 #   $$z_t = \sqrt{\alpha_t}\, z_0 + \sqrt{1 - \alpha_t}\, \epsilon, \qquad \epsilon \sim \mathcal N(0, I); \tag{28}$$
 # - the loss: $$L = \mathbb{E}_{z_0, \epsilon, t}\, \|\epsilon - \epsilon_\theta(z_t, t)\|^2; \tag{27}$$
-# - the DDIM update from $z_t$ to the previous timestep $s$ of a sub-sequence (eq. 29, below).
+# - the DDIM update (eq. 29, below).
 #
-# This chapter needs no neural network. For a Gaussian-mixture data set the best possible noise
-# predictor is known in closed form, so we can run the samplers with a *perfect* model and see what
-# the sampler alone does: how many steps it needs, what $\eta$ changes, what the schedule changes.
+# A Gaussian mixture's best noise predictor has a closed form: that *perfect* model shows what the sampler alone does.
 #
-# **In this chapter you will**
-# - noise toy faces with the forward process and move along $t$ with a slider;
-# - compare the paper's printed linear schedule at $T = 500$ with the rescaled one, and measure the
-#   signal the printed one leaves at $t = T$;
-# - follow the DDIM update piece by piece and check every piece against `fftd_course.diffusion`;
-# - watch DDIM trajectories of the analytic model for 10 / 50 / 500 steps and $\eta$ = 0 / 1;
-# - measure steps against error and time (the shape of the paper's Table 3), and see why Table 3's
-#   1000-step row cannot come from a $T = 500$ model;
-# - in the exercises: write the `"leading"` spacing from the trailing one, repair a sampler with an
-#   off-by-one, and make DDIM inversion exact by fixed-point iteration.
+# **In this chapter you will** measure the signal the printed schedule leaves at $t = T$; build DDIM's update
+# against `fftd_course.diffusion`; trade steps against error and time (Table 3, and its impossible 1000-step row);
+# and in the exercises write the `"leading"` spacing, fix an off-by-one and make inversion exact.
 
 # %%
 import math
@@ -64,16 +54,13 @@ print(f"{N_POINTS} points per 2-D experiment, T = {T}")
 # %% [markdown]
 # ## Conventions: 0-based timesteps and the paper's $\alpha_t$
 #
-# Two conventions first, because every off-by-one bug in diffusion code lives here.
+# Every off-by-one bug in diffusion code lives here.
 #
-# - The paper counts noise levels $t = 1, \dots, T$. Tensors count from 0, so the package uses **0-based
-#   indices** $0, \dots, T-1$: the paper's $t$ is index $t - 1$, the model is called with indices, and
-#   the paper's $\alpha_0 = 1$ (clean data) has no index: it is where the last sampling step lands.
-# - The paper writes $\alpha_t$ for the **cumulative product** $\prod_{s \le t} (1 - \beta_s)$ (E5 in
-#   `docs/ERRATA.md`). DDPM writes that as $\bar\alpha_t$ and keeps $\alpha_t = 1 - \beta_t$ for a single step.
-#   The package always says `alpha_bar` for the product, so it cannot be confused with a single step.
-#
-# `diffusion.Diffusion` holds a schedule: it is built from the `betas`, and holds `alpha_bar`.
+# - The paper counts $t = 1, \dots, T$; the package uses **0-based indices**: the paper's $t$ is index $t - 1$, and
+#   $\alpha_0 = 1$ (clean data) has no index: the last sampling step lands there.
+# - The paper's $\alpha_t$ is the **cumulative product** $\prod_{s \le t} (1 - \beta_s)$ (E5 in `docs/ERRATA.md`),
+#   DDPM's $\bar\alpha_t$ (DDPM's $\alpha_t$ is one step's $1 - \beta_t$). `diffusion.Diffusion` is built from the
+#   `betas` and holds `alpha_bar`.
 
 # %%
 betas_printed = diffusion.beta_schedule("linear", T)            # 1e-4 -> 0.02, as printed
@@ -88,9 +75,9 @@ print(f"paper t = 1 is index 0: alpha_bar[0] = 1 - beta_1 = {printed.alpha_bar[0
 # %% [markdown]
 # ## The forward process on toy faces
 #
-# Eq. 28 jumps straight from clean data to any noise level: scale the image down by $\sqrt{\bar\alpha_t}$
-# and add noise scaled by $\sqrt{1 - \bar\alpha_t}$. The variances add up to one, so images in $[-1, 1]$
-# stay at about unit scale all the way. `Diffusion.q_sample` does it for a batch, one timestep per image:
+# Eq. 28 jumps from clean data to any noise level: scale by $\sqrt{\bar\alpha_t}$, add noise scaled by
+# $\sqrt{1 - \bar\alpha_t}$. The variances add up to one, so images stay at about unit scale.
+# `Diffusion.q_sample` does it for a batch, one timestep per image:
 
 # %%
 faces, face_labels = data.make_toy_faces(6, size=32, seed=0)
@@ -102,9 +89,8 @@ for t, ab, amp in zip(t_demo.tolist(), rescaled.alpha_bar[t_demo].tolist(), sign
     print(f"index {t:3d}: sqrt(alpha_bar) = {math.sqrt(ab):.3f}; the noised face keeps about {amp:+.3f} of the face")
 
 # %% [markdown]
-# Move the slider along $t$. The top row uses the schedule as printed, the bottom row the rescaled
-# one; both use the same noise. (Without a live kernel, or under the tests, a few values of `t` are
-# drawn one after another instead.)
+# Move the slider along $t$: top row the schedule as printed, bottom row the rescaled one, same noise. (Without a
+# live kernel, a few values of `t` are drawn instead.)
 
 # %%
 def draw_noised(t: int) -> None:
@@ -122,11 +108,9 @@ viz.explore(draw_noised, "t", values=[0, 10, 25, 50, 100, 150, 200, 250, 300, 35
 # %% [markdown]
 # ## Two readings of "linear, $T = 500$": how much signal is left at $t = T$?
 #
-# DDPM's linear schedule runs from $\beta_1 = 10^{-4}$ to $\beta_T = 0.02$ over **1000** steps. The paper
-# prints the same endpoints with $T = 500$. Over half as many steps the betas add up to about half as much,
-# so the last $\bar\alpha_T$ is far from zero. improved-diffusion and DiT instead scale both endpoints by
-# $1000 / T$ ("linear_rescaled": $2 \cdot 10^{-4} \to 0.04$ at $T = 500$), which makes the last step as noisy
-# as DDPM's. The cosine schedule (Nichol & Dhariwal) is shown for comparison.
+# DDPM's linear schedule runs $\beta_1 = 10^{-4} \to \beta_T = 0.02$ over **1000** steps; the paper prints the same
+# ends with $T = 500$, so the betas sum to about half and $\bar\alpha_T$ stays far from zero. improved-diffusion and
+# DiT scale both ends by $1000 / T$ ("linear_rescaled": $2 \cdot 10^{-4} \to 0.04$). Cosine is shown for comparison.
 
 # %%
 cosine = diffusion.Diffusion(diffusion.beta_schedule("cosine", T))
@@ -146,9 +130,8 @@ for name, sched in schedules.items():
           f"SNR_T = {sched.snr[-1].item():.1e}")
 
 # %% [markdown]
-# A few percent of the amplitude sounds harmless, but an image has thousands of pixels. How far is
-# $q(x_T \mid x_0)$ from the $\mathcal N(0, I)$ that sampling starts from? Per image this is a KL divergence
-# between two diagonal Gaussians, in closed form, with $a = \bar\alpha_T$:
+# A few percent of the amplitude, over thousands of pixels: how far is $q(x_T \mid x_0)$ from the $\mathcal N(0, I)$
+# that sampling starts from? With $a = \bar\alpha_T$, the KL between the two diagonal Gaussians is
 #
 # $$\mathrm{KL}\left(q(x_T \mid x_0)\,\|\,\mathcal N(0, I)\right) = \tfrac12 \sum_i \left[(1 - a) + a\, x_{0,i}^2 - 1 - \log(1 - a)\right].$$
 
@@ -162,33 +145,25 @@ for name, sched in [("linear as printed", printed), ("linear rescaled", rescaled
           f"(max {kl.max().item():.3f})")
 
 # %% [markdown]
-# A KL of a nat or more means the noise at $t = T$ still tells faces apart; the model is trained on
-# that leftover signal but at sampling time gets pure noise. Later in this chapter the analytic model
-# shows what this does to the samples.
+# A KL of a nat or more means $x_T$ still tells faces apart: the model trains on that leftover signal but gets pure
+# noise when sampling.
 #
 # ## The DDIM update, piece by piece (eq. 29)
 #
-# Suppose we are at $x_t$ and the model has predicted the noise $\epsilon_\theta$. Write $a_t$ for
-# $\bar\alpha_t$ and $s$ for the previous timestep of the sub-sequence. Three pieces:
+# At $x_t$ the model predicts the noise $\epsilon_\theta$. Write $a_t$ for $\bar\alpha_t$ and $s$ for the previous
+# timestep of the sub-sequence (not $t - 1$):
 #
-# 1. **Predict the clean data**, by solving eq. 28 for $x_0$:
+# 1. **Predict the clean data** (eq. 28 solved for $x_0$):
 #    $\hat z_0 = \left(x_t - \sqrt{1 - a_t}\,\epsilon_\theta\right) / \sqrt{a_t}$.
-# 2. **Re-noise it to the previous level.** Eq. 28 at $s$ says $x_s = \sqrt{a_s}\,x_0 + \sqrt{1 - a_s}\,\epsilon$.
-#    DDIM reuses the predicted noise for part of that variance and fresh noise $z$ for the rest:
-#    $\sqrt{1 - a_s - \sigma^2}\,\epsilon_\theta + \sigma z$. The variances add up to $1 - a_s$ whatever
-#    $\sigma$ is, so the marginal of eq. 28 is kept.
-# 3. **Choose $\sigma$**: $\sigma = \eta \sqrt{(1 - a_s)/(1 - a_t)}\,\sqrt{1 - a_t / a_s}$. With $\eta = 0$
-#    the step is deterministic; with $\eta = 1$ it is the DDPM posterior $q(x_s \mid x_t, \hat z_0)$.
-#
-# Together:
+# 2. **Re-noise it to level $s$** with predicted and fresh noise $z$:
+#    $\sqrt{1 - a_s - \sigma^2}\,\epsilon_\theta + \sigma z$; the variances add up to $1 - a_s$, keeping eq. 28's marginal.
+# 3. **Choose** $\sigma = \eta \sqrt{(1 - a_s)/(1 - a_t)}\,\sqrt{1 - a_t / a_s}$: $\eta = 0$ is deterministic,
+#    $\eta = 1$ the DDPM posterior $q(x_s \mid x_t, \hat z_0)$.
 #
 # $$x_s = \sqrt{a_s}\,\hat z_0 + \sqrt{1 - a_s - \sigma^2}\,\epsilon_\theta + \sigma z. \tag{29}$$
 #
-# The previous timestep $s$ is the **previous element of the sub-sequence**, not $t - 1$.
-#
-# With a perfect noise prediction (the noise that made $x_t$), each piece is exact. The package has them as
-# `diffusion.predict_x0`, `diffusion.ddim_sigma` and `diffusion.ddim_step`. Let us check on the faces,
-# jumping from index 400 straight to index 100:
+# With the noise that made $x_t$, each piece is exact: check `diffusion.predict_x0`, `ddim_sigma` and `ddim_step`,
+# jumping from index 400 to 100:
 
 # %%
 sched = rescaled
@@ -204,9 +179,8 @@ torch.testing.assert_close(x_s, sched.q_sample(faces, torch.full((6,), t_to), no
 print("perfect eps: z0_hat is the clean image, and the step lands exactly on eq. 28 at the earlier index")
 
 # %% [markdown]
-# A real model is not perfect. With some error in $\epsilon_\theta$, $\hat z_0$ is wrong by
-# $\sqrt{(1 - a_t)/a_t}$ times that error: at high noise a small error in the noise is a large error
-# in the image. That is why a sampler takes several steps, each of which corrects the last estimate.
+# An error in $\epsilon_\theta$ becomes $\sqrt{(1 - a_t)/a_t}$ times that error in $\hat z_0$: at high noise, a small
+# noise error is a large image error. Hence several steps, each correcting the last estimate.
 
 # %%
 eps_wrong = noise + 0.2 * torch.randn(noise.shape, generator=torch.Generator().manual_seed(2))
@@ -221,9 +195,8 @@ for ax, (img, title) in zip(axes, [(x_t, f"x_t, index {t_from}"), (z0_hat, "z0_h
 plt.show()
 
 # %% [markdown]
-# Now $\sigma$. With $\eta = 1$ and neighbouring timesteps it must equal DDPM's posterior standard
-# deviation $\sqrt{\tilde\beta_t}$, $\tilde\beta_t = \beta_t (1 - a_{t-1}) / (1 - a_t)$; and for any $\eta$
-# the step keeps the marginal of eq. 28 (mean $\sqrt{a_s}\,x_0$, variance $1 - a_s$):
+# Now $\sigma$: with $\eta = 1$ and neighbouring timesteps it equals DDPM's posterior std $\sqrt{\tilde\beta_t}$,
+# $\tilde\beta_t = \beta_t (1 - a_{t-1}) / (1 - a_t)$; any $\eta$ keeps eq. 28's marginal:
 
 # %%
 t = 300
@@ -243,17 +216,15 @@ for eta in (0.0, 0.5, 1.0):
 # %% [markdown]
 # ## A data set with a perfect model
 #
-# Take data from a mixture of Gaussians, $\sum_k w_k\, \mathcal N(\mu_k, \mathrm{diag}(s_k^2))$. Then every
-# noisy marginal of eq. 28 is again a mixture: component $k$ moves to mean $\sqrt{a}\,\mu_k$ and variance
-# $a s_k^2 + 1 - a$ (with $a = \bar\alpha_t$). The minimiser of the loss (eq. 27) is the posterior mean of the
-# noise, and Tweedie's formula ties it to the gradient of the log-density:
+# For data from a mixture $\sum_k w_k\, \mathcal N(\mu_k, \mathrm{diag}(s_k^2))$, every noisy marginal is again a
+# mixture: component $k$ moves to mean $\sqrt{a}\,\mu_k$ and variance $a s_k^2 + 1 - a$ ($a = \bar\alpha_t$). The
+# minimiser of eq. 27 is the posterior mean of the noise (Tweedie):
 #
 # $$\epsilon^*(x_t, t) = \mathbb{E}[\epsilon \mid x_t] = -\sqrt{1 - a}\,\nabla \log p_t(x_t)
 #   = \sqrt{1 - a} \sum_k r_k(x_t)\, \frac{x_t - \sqrt{a}\,\mu_k}{a s_k^2 + 1 - a},$$
 #
-# with $r_k(x_t)$ the posterior probability of component $k$. `fftd_course.mixture.GaussianMixture`
-# computes it; `eps_model(diffusion)` wraps it as a model with the network's signature,
-# `model(x_t, t, y) -> eps`. First, a check that the closed form is Tweedie's formula, by autograd:
+# with $r_k$ the posterior probability of component $k$; `GaussianMixture.eps_model(diffusion)` wraps it as
+# `model(x_t, t, y) -> eps`. Autograd checks it first:
 
 # %%
 gm = toy_mixture_2d()
@@ -288,10 +259,9 @@ plt.show()
 # %% [markdown]
 # ## Algorithm 3 with the package
 #
-# Algorithm 3 is a loop: start from $x_T \sim \mathcal N(0, I)$, and for each timestep of the sub-sequence from
-# the noisiest down, predict the noise and take eq. 29 to the next element; the last step goes to clean data
-# (the paper's $\alpha_0 = 1$). `diffusion.ddim_timesteps` makes the sub-sequence and `DDIMSampler` runs the
-# loop; its `callback` sees every step, here the first two and the last two:
+# From $x_T \sim \mathcal N(0, I)$, each timestep of the sub-sequence (noisiest first) predicts the noise and takes
+# eq. 29 to the next; the last goes to clean data. `diffusion.ddim_timesteps` makes the sub-sequence; `DDIMSampler`
+# runs the loop, and its `callback` sees every step:
 
 # %%
 x_T = torch.randn(N_POINTS, 2, generator=torch.Generator().manual_seed(1))
@@ -310,15 +280,12 @@ print(sampler)
 samples_50 = sampler.sample(model, x_T, callback=show_step)
 
 # %% [markdown]
-# `DDIMSampler.sample(model, x_T, y)` takes $x_T$ of any shape (2-D points here, `(B, 4, 4, 4)` latents
-# in chapter 09), any number of steps up to `T`, the spacing of the sub-sequence (`"trailing"`,
-# `"linspace"` or `"leading"`), $\eta$, classifier-free guidance and a `callback` that sees every step,
-# which we use now to record trajectories.
+# `DDIMSampler.sample(model, x_T, y)` takes $x_T$ of any shape (latents in chapter 09), up to `T` steps, a spacing
+# (`"trailing"`, `"linspace"`, `"leading"`), $\eta$, guidance and a `callback`.
 #
 # ## Trajectories: 10, 50 and 500 steps, $\eta$ = 0 and 1
 #
-# The same starting points, sampled six ways; the paths of a few of them are drawn. Grey contours are
-# the data.
+# The same starting points sampled six ways; grey contours are the data.
 
 # %%
 x_T_traj = torch.randn(300, 2, generator=torch.Generator().manual_seed(2))
@@ -342,25 +309,21 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# With $\eta = 0$ the paths are smooth curves: DDIM is then a solver of an ordinary differential
-# equation, the same $x_T$ always gives the same sample, and more steps only follow that curve more
-# closely. With $\eta = 1$ every step adds fresh noise; the paths wander, and the same $x_T$ can end
-# in a different cluster. The titles compare the spread of each cluster of samples with the true one
-# (1.00 would be exact): with few steps the spread is off, which is the sampler's error, since the
-# model is perfect. The table below measures it properly.
+# With $\eta = 0$ DDIM solves an ODE: smooth paths, the same $x_T$ always gives the same sample, and more steps follow
+# the curve more closely. With $\eta = 1$ paths wander and can change cluster. With few steps the titles' width ratio
+# (1.00 is exact) is off: the sampler's error, since the model is perfect.
 #
 # ## Steps against error and time (the shape of the paper's Table 3)
 #
-# Table 3 of the paper reports FID and milliseconds per image for 50 to 500 DDIM steps. We can measure
-# the same trade-off exactly, because our model is perfect, so every error is the sampler's:
+# Table 3 gives FID and ms per image for 50 to 500 DDIM steps. Here every error is the sampler's:
 #
-# - **ODE error**: mean distance of each sample to where 500 steps take the same $x_T$;
-# - **width error**: the mean relative error of the clusters' standard deviations (per axis);
-# - **weight error**: total-variation distance between the clusters' shares among the samples and the
-#   true weights (each sample assigned to its most likely component);
-# - **time** per batch of points (the model is cheap, so this is mostly the sampler's loop).
+# - **ODE error**: mean distance to where 500 steps take the same $x_T$;
+# - **width error**: mean relative error of the clusters' stds (per axis);
+# - **weight error**: total-variation distance between the clusters' shares (each sample assigned to its likeliest
+#   component) and the true weights;
+# - **time** per batch.
 #
-# The same `N_POINTS` points drawn from the data themselves give the floor that sampling noise sets.
+# `N_POINTS` points drawn from the data set the floor.
 
 # %%
 def cluster_errors(x: torch.Tensor) -> tuple[float, float]:
@@ -406,16 +369,12 @@ print(f"500 steps took {ratio:.1f} times as long as 50 (one model call per step)
       f"ODE error falls like steps^-{slope:.2f}")
 
 # %% [markdown]
-# The ODE error shrinks steadily with the number of steps, and the time grows in proportion to them:
-# the trade-off of Table 3. The distribution errors fall too, until they reach the floor that a finite
-# number of points sets (the row of the data's own points). The paper's FID also falls from 50 to 500
-# steps, but its model is not perfect, so there the gain mixes the sampler's error with how well the
-# network learned.
+# Table 3's trade-off: error falls, time grows, and the distribution errors stop at the data's floor. The paper's FID
+# gain from 50 to 500 steps also mixes in how well its network learned.
 #
 # ## Table 3's "1000 steps (DDPM)" row (E10)
 #
-# Table 3 ends with a 1000-step row labelled DDPM, with a worse FID than 500 DDIM steps. But a model
-# trained with $T = 500$ has exactly 500 noise levels: a 1000-step sampler has nothing to visit.
+# Table 3's 1000-step DDPM row is worse than 500 DDIM steps; yet a $T = 500$ model has only 500 noise levels to visit.
 
 # %%
 PAPER_TABLE_3 = {  # steps: (FID CelebA-HQ, FID AFHQ, ms per image), from the paper
@@ -430,10 +389,9 @@ except ValueError as err:
     print("ValueError:", err)
 
 # %% [markdown]
-# That row is the paper's **pixel-space DDPM baseline** (section 4.3.4), a different model trained with
-# $T = 1000$ (DDPM's own schedule, $10^{-4} \to 0.02$) and sampled by ancestral sampling through every
-# step. Our analytic model works with any schedule, so we can add such a row honestly: a $T = 1000$
-# model, sampled with `DDPMSampler`. The DDPM sampler at $T = 500$ (every step, $\eta = 1$) is shown too.
+# That row is the paper's **pixel-space DDPM baseline** (section 4.3.4): another model, with $T = 1000$ (DDPM's
+# $10^{-4} \to 0.02$), sampled through every step. The analytic model takes any schedule, so we add that row honestly
+# with `DDPMSampler`, plus DDPM at $T = 500$ (every step, $\eta = 1$).
 
 # %%
 ddpm_1000 = diffusion.Diffusion(diffusion.beta_schedule("linear", 1000))
@@ -450,16 +408,13 @@ print(f"DDPM with 1000 steps took {rows[-1][5] / rows[-3][5]:.1f} times as long 
       f"(the paper: {paper_ratio:.1f} times, for two different networks)")
 
 # %% [markdown]
-# With a perfect model, ancestral sampling through every step is also exact in the limit of small
-# steps; compare its errors with the data's own row above. Whatever the paper's 1000-step row shows
-# about FID, it compares two different models, not two samplers of one model.
+# Ancestral sampling through every step is exact too as steps shrink (compare the data's row): the paper's row
+# compares two models, not two samplers.
 #
 # ## Images: a perfect model of eight faces
 #
-# The mixture can live in any shape. Make each component a 32×32 toy face with a little noise around
-# it: this is the best possible model of a data set of eight images. (It can only reproduce them, which
-# is exactly what a network that memorised its training set would do.) The same sampler code now
-# produces images.
+# Make each component a 32×32 toy face plus a little pixel noise: the best model of an eight-image data set (it can
+# only reproduce them, as a network that memorised its training set would).
 
 # %%
 face_set, _ = data.make_toy_faces(8, size=32, seed=0)
@@ -478,12 +433,10 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Even 3 steps land on a face, because the last step returns the model's clean estimate. What few steps
-# get wrong is the variation around each face: compare the printed noise levels with the data's own.
+# Even 3 steps land on a face (the last step returns the clean estimate); few steps get the variation around it wrong.
 #
-# Now the schedule question again, with images. Sample many faces starting from $\mathcal N(0, I)$, as every
-# sampler does, and count how often each of the eight faces comes out; all eight have the same weight.
-# As a control, start instead from the true $q(x_T)$ (noise a real face to $t = T$ with eq. 28).
+# Back to the schedule: sample many faces from $\mathcal N(0, I)$ and count each of the eight (equally likely)
+# faces. The control starts from the true $q(x_T)$.
 
 # %%
 n_faces = 500 if device.type == "cpu" else 3000
@@ -515,28 +468,24 @@ ratio = weight_error["linear as printed", "x_T ~ N(0, I)"] / weight_error["linea
 print(f"from N(0, I), the weight error with the printed schedule is {ratio:.1f} times that with the rescaled one")
 
 # %% [markdown]
-# With the schedule as printed, starting from $\mathcal N(0, I)$ is starting from the wrong distribution: the
-# faces are no longer drawn in their true proportions, while the control start shows the sampler
-# itself is fine. The faces with the most energy (largest $\sum_i x_i^2$) are the ones whose $q(x_T \mid x_0)$
-# lies furthest from $\mathcal N(0, I)$ (the KL above grows with $\sum_i x_i^2$); compare their printed shares with
-# the true, equal share. With the rescaled schedule $x_T$ holds almost no signal and both starts agree.
+# From $\mathcal N(0, I)$ the printed schedule draws faces in the wrong proportions, while the control shows the
+# sampler is fine: the faces with most energy ($\sum_i x_i^2$) have $q(x_T \mid x_0)$ furthest from
+# $\mathcal N(0, I)$ (the KL above grows with it). With the rescaled schedule both starts agree.
 #
 # > **What the paper says / what we chose** (E24, E25). The paper prints a linear schedule $10^{-4} \to 0.02$ and
-# > "diffusion period 500". Taken literally, $\bar\alpha_T$ stays far from zero (printed above), so the
-# > model never sees pure noise in training but gets it when sampling. The course's default is
-# > `beta_schedule("linear_rescaled", 500)`, both ends times $1000 / T$, as improved-diffusion and DiT
-# > do and as the paper's own "500-step variant by linearly interpolated schedule" of its baseline
-# > suggests; `beta_schedule("linear", 500)` gives the literal reading. The DDIM sub-sequence uses
-# > `"trailing"` spacing by default, so that the first step starts at index $T - 1$ like the paper's
-# > $z_T$; exercise 1 measures what `"leading"` (diffusers' old default) does instead.
-# > The last step always goes to $\bar\alpha = 1$ (the paper's $\alpha_0 = 1$).
-#
+# > "diffusion period 500": taken literally, the model never sees pure noise in training but gets it when sampling.
+# > The course's default is `beta_schedule("linear_rescaled", 500)`, both ends times $1000 / T$, as
+# > improved-diffusion and DiT do and as the paper's "500-step variant by linearly interpolated schedule" of its
+# > baseline suggests; `beta_schedule("linear", 500)` is the literal reading. DDIM's sub-sequence is `"trailing"` by
+# > default, so the first step starts at index $T - 1$ like the paper's $z_T$ (exercise 1 measures diffusers' old
+# > `"leading"`); the last step goes to $\bar\alpha = 1$ (the paper's $\alpha_0 = 1$).
+
+# %% [markdown]
 # ## Inversion, guidance and the conventions the next chapters use
 #
-# Because DDIM with $\eta = 0$ is a deterministic map from noise to data, it can be run backwards:
-# `DDIMSampler.invert` walks the sub-sequence upwards and finds the $x_T$ that samples back to given
-# data. It has to evaluate the model one step late (at the current, less noisy point), so the round
-# trip is only exact as steps shrink:
+# DDIM with $\eta = 0$ is a deterministic map, so it can run backwards: `DDIMSampler.invert` walks the sub-sequence
+# upwards to the $x_T$ that samples back to given data. It evaluates the model one step late (at the less noisy
+# point), so the round trip is exact only as steps shrink:
 
 # %%
 x0_pts = data_points[:500]
@@ -548,12 +497,10 @@ for steps in (20, 100, T):
           f"{(back - x0_pts).norm(dim=1).mean().item():.4f} (mean distance)")
 
 # %% [markdown]
-# The samplers call every model as `model(x_t, t, y)`: `t` is a LongTensor `(B,)` of 0-based indices and
-# `y` a LongTensor `(B,)` of labels (or `None`). **Classifier-free guidance** (used for AFHQ's classes in
-# chapter 09) calls the model twice per step, once with the labels and once with a `null_label` the
-# model learned as "no label", and extrapolates: $\epsilon = \epsilon_u + s\,(\epsilon_c - \epsilon_u)$, on every channel.
-# $s = 1$ is the plain conditional model, $s = 0$ the unconditional one. The mixture's components are
-# its labels and `null_label = K` means the whole mixture:
+# The samplers call `model(x_t, t, y)`: `t` a LongTensor `(B,)` of 0-based indices, `y` one of labels or `None`.
+# **Classifier-free guidance** (chapter 09) calls the model with the labels and with a learned `null_label` and
+# extrapolates, on every channel: $\epsilon = \epsilon_u + s\,(\epsilon_c - \epsilon_u)$; $s = 1$ is the conditional
+# model, $s = 0$ the unconditional one. Here `null_label = K` is the whole mixture:
 
 # %%
 y = torch.full((300,), 2)
@@ -571,19 +518,17 @@ plt.show()
 print(f"cluster 2's own std: {gm.stds[2].mean().item():.2f}")
 
 # %% [markdown]
-# Guidance above 1 pushes samples further towards what distinguishes the label from the unconditional
-# model: compare the spread at guidance 3 with guidance 1 and with the cluster's own std. Stronger
-# guidance trades variety for fidelity to the label.
+# Guidance above 1 pushes samples towards what distinguishes the label (compare the spreads with the cluster's own
+# std): variety traded for fidelity.
 
 # %% [markdown]
 # ## Exercises
 #
-# **Exercise 1 (a variant: another spacing).** DDIM's reference code, and diffusers for years, used the
-# **leading** spacing: with the stride $c = \lfloor T / n \rfloor$, the sub-sequence is the first $n$ multiples of
-# $c$, starting at 0, sampled from the largest down. Write `leading_timesteps(T, num_steps)` returning a
-# LongTensor `(num_steps,)` in sampling order, like `diffusion.ddim_timesteps`. Before you run anything, predict
-# for $T = 500$: at which index does the first step start with $n$ = 50, 300 and 1, and how does that compare
-# with the $x_T$ the sampler is given?
+# **Exercise 1 (a variant: another spacing).** DDIM's reference code, and diffusers for years, used **leading**
+# spacing: with stride $c = \lfloor T / n \rfloor$, the first $n$ multiples of $c$ from 0, sampled largest first.
+# Write `leading_timesteps(T, num_steps)` returning a LongTensor `(num_steps,)` in sampling order, like
+# `diffusion.ddim_timesteps`. First predict, for $T = 500$: where does the first step start for $n$ = 50, 300 and 1,
+# compared with the $x_T$ the sampler is given?
 
 # %%
 def leading_timesteps(T: int, num_steps: int) -> torch.Tensor:
@@ -596,8 +541,8 @@ def leading_timesteps(T: int, num_steps: int) -> torch.Tensor:
 checks.check_leading_timesteps(leading_timesteps)
 
 # %% [markdown]
-# Measure it with the perfect model of eight faces: the same eight $x_T$ as above, sampled with both spacings.
-# For each sample, the pixel noise around the face it landed on (the data's own is 0.05):
+# Measure it on the eight faces (same $x_T$) with both spacings: the pixel noise around the face each sample landed
+# on (the data's own is `FACE_STD`):
 
 # %%
 def pixel_noise(out: torch.Tensor) -> float:
@@ -616,10 +561,9 @@ for steps in (1, 2, 5, 50):
           f"{noise_left['trailing']:.3f} with trailing, {noise_left['leading']:.3f} with leading spacing")
 
 # %% [markdown]
-# **Exercise 2 (find the bug).** This deterministic DDIM sampler was written from Algorithm 3. Its samples look
-# almost right, and that is the trouble: it has an off-by-one. Find it (the conventions section at the top of the
-# chapter is the place to look), then write `ddim_sample` correctly: same arguments, the model called as
-# `model(x_t, t, None)` with a LongTensor `t` of shape `(B,)`, and `diffusion.ddim_step` for eq. 29.
+# **Exercise 2 (find the bug).** This deterministic DDIM sampler, written from Algorithm 3, gives almost-right
+# samples: it has an off-by-one (see the conventions section). Write `ddim_sample` correctly: same arguments, the
+# model called as `model(x_t, t, None)` with a LongTensor `t` of shape `(B,)`, and `diffusion.ddim_step` for eq. 29.
 
 # %%
 def buggy_ddim_sample(model, x_T: torch.Tensor, timesteps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
@@ -658,13 +602,11 @@ except NotImplementedError:
     print("finish exercise 2 to see this")
 
 # %% [markdown]
-# **Exercise 3 (extend: exact inversion).** `DDIMSampler.invert` takes each upward step from $x_s$ to $x_t$ with
-# the model evaluated at the point it starts from, $\epsilon_\theta(x_s, t)$, because the point it should use,
-# $x_t$, is what it is computing. The exact step solves eq. 29 (with $\eta = 0$) for $x_t$ with
-# $\epsilon_\theta(x_t, t)$: it is a fixed point. Write `invert_exact(model, x0, timesteps, alpha_bar, iterations)`:
-# start each step from the package's estimate, then refine it `iterations` times by re-evaluating the model at
-# the current estimate. With `iterations = 0` it must equal `DDIMSampler.invert`. The first step starts from clean
-# data ($\bar\alpha = 1$); `timesteps` are in sampling order, as the sampler holds them.
+# **Exercise 3 (extend: exact inversion).** `DDIMSampler.invert` steps up from $x_s$ to $x_t$ with
+# $\epsilon_\theta(x_s, t)$, because $x_t$ is what it computes. The exact step solves eq. 29 ($\eta = 0$) for $x_t$
+# with $\epsilon_\theta(x_t, t)$, a fixed point. Write `invert_exact(model, x0, timesteps, alpha_bar, iterations)`:
+# take the package's estimate, then re-evaluate the model at the current estimate `iterations` times (`0` must equal
+# `DDIMSampler.invert`). Start from clean data ($\bar\alpha = 1$); `timesteps` are in sampling order.
 
 # %%
 def invert_exact(model, x0: torch.Tensor, timesteps: torch.Tensor, alpha_bar: torch.Tensor,
@@ -678,8 +620,7 @@ def invert_exact(model, x0: torch.Tensor, timesteps: torch.Tensor, alpha_bar: to
 checks.check_exact_inversion(invert_exact)
 
 # %% [markdown]
-# How much does the round trip data → noise → data improve? With 20 steps on the 2-D mixture (the error of
-# `DDIMSampler.invert` was printed above):
+# How much does the round trip improve? 20 steps on the 2-D mixture (`DDIMSampler.invert`'s error is printed above):
 
 # %%
 inv_sampler = diffusion.DDIMSampler(rescaled, 20)
@@ -695,31 +636,24 @@ except NotImplementedError:
 # %% [markdown]
 # ## Going further
 #
-# - Exercise 1's `"leading"` spacing: for which step counts $n$ does its first step start at $T - 1$? What does
-#   $n = 1$ produce, and why does diffusers now offer `timestep_spacing="trailing"` (Lin et al., 2024,
-#   "Common Diffusion Noise Schedules and Sample Steps are Flawed", https://arxiv.org/abs/2305.08891)?
-# - Does the fixed-point iteration of exercise 3 always converge? Its step is a contraction only if the model
-#   changes slowly enough with $x_t$. Try the eight-face model (sharp clusters) with 5 steps and watch the error
-#   per iteration.
-# - Inversion with guidance ($s > 1$) is known to drift (null-text inversion, https://arxiv.org/abs/2211.09794).
-#   Measure the round trip of `DDIMSampler.invert` with `guidance_scale=3` on the mixture.
-# - DDIM with $\eta > 0$ cannot be inverted this way. Why not, and what would you need to store to undo it?
+# - `"leading"` spacing: for which $n$ does it start at $T - 1$? What does $n = 1$ give, and why does diffusers now
+#   offer `timestep_spacing="trailing"` (https://arxiv.org/abs/2305.08891)?
+# - Exercise 3's iteration converges only if the model changes slowly with $x_t$: try the eight-face model with 5
+#   steps.
+# - Inversion with guidance drifts (https://arxiv.org/abs/2211.09794): measure the round trip at `guidance_scale=3`.
+# - Why can DDIM with $\eta > 0$ not be inverted this way?
 
 # %% [markdown]
 # ## Summary
 #
-# - The forward process (eq. 28) jumps to any noise level in one line; the package's `Diffusion` holds
-#   the schedule (`betas`, `alpha_bar`, the paper's $\alpha_t$) and does `q_sample` and the loss of eq. 27.
-#   Timesteps are 0-based: the paper's `t` is index $t - 1$.
-# - The linear schedule as printed leaves signal at $t = T$ when $T = 500$; the course rescales it by
-#   $1000 / T$. With a perfect model, the printed one draws the wrong proportions of faces.
-# - DDIM (eq. 29) predicts the clean data, re-noises it to the previous timestep of a sub-sequence, and
-#   adds $\sigma$ of fresh noise; $\eta = 0$ is a deterministic ODE solver, $\eta = 1$ with every step is DDPM.
-# - With a perfect model, DDIM's error shrinks as steps grow and its time grows with them: Table 3's
-#   trade-off. Table 3's 1000-step row is a different ($T = 1000$, pixel-space) model.
-# - `fftd_course.diffusion` is checked against diffusers' schedulers in the tests, trajectory by
-#   trajectory; chapters 08 and 09 train a real network with `Diffusion.loss` and sample it with
-#   `DDIMSampler`.
+# - Eq. 28 jumps to any noise level; `Diffusion` holds the schedule, `q_sample` and eq. 27's loss, with 0-based
+#   timesteps.
+# - At $T = 500$ the printed linear schedule leaves signal at $t = T$ and draws faces in the wrong proportions; the
+#   course rescales it by $1000 / T$.
+# - DDIM (eq. 29) predicts clean data, re-noises it to the previous timestep of a sub-sequence and adds $\sigma$ of
+#   fresh noise: $\eta = 0$ is an ODE solver, $\eta = 1$ over every step is DDPM.
+# - More steps, less error, more time (Table 3); its 1000-step row is another model.
+# - Chapters 08-09 train with `Diffusion.loss` and sample with `DDIMSampler` (tested against diffusers).
 
 # %%
 print(f"chapter run time: {fftd_course.chapter_seconds():.1f} s on {device}")
