@@ -3,7 +3,7 @@
 The layers, bottom to top (a layer may import from the layers below it, never from those above):
 
 * **model**: what the chapters teach, at the top level so that learners type ``fftd_course.blocks``:
-  ``blocks quantize ivqvae losses diffusion mixture fusion fftd pipeline unet baseline``, the base they share
+  ``blocks quantize ivqvae losses diffusion mixture fusion fftd pipeline unet baseline diagrams``, the base they share
   (``configs viz timing data checkpoints``) and the package's ``__init__``;
 * **training** (``fftd_course/training/``, and ``fftd_course.train``) and **evaluation**
   (``fftd_course/evaluation/``): two layers side by side on the model (the trainer may measure; evaluation
@@ -53,7 +53,7 @@ MAX_FUNCTION_LINES = 80
 # and, for a folder, everything below it.
 LAYERS = {
     "model": ("", "blocks", "quantize", "ivqvae", "losses", "diffusion", "mixture", "fusion", "fftd", "pipeline",
-              "unet", "baseline", "configs", "viz", "timing", "data", "checkpoints"),
+              "unet", "baseline", "configs", "viz", "diagrams", "timing", "data", "checkpoints"),
     "training": ("training", "train"),
     "evaluation": ("evaluation",),
     "checks": ("checks",),
