@@ -6,12 +6,14 @@ from typing import Callable
 
 import torch
 
-from ..viz import to_unit_range
-from .core import CheckFailure, CheckResult, compare, fresh_seed, run_check
+from .core import Bugs, CheckFailure, CheckResult, compare, fresh_seed, run_check, yours
 
 
 def check_to_unit_range(fn: Callable[[torch.Tensor], torch.Tensor]) -> CheckResult:
     """``fn`` maps images from [-1, 1] to [0, 1] like :func:`fftd_course.viz.to_unit_range`."""
+    from ..viz import to_unit_range
+
+    fn = yours(fn)
 
     def trial() -> None:
         g = torch.Generator().manual_seed(fresh_seed())
@@ -21,16 +23,18 @@ def check_to_unit_range(fn: Callable[[torch.Tensor], torch.Tensor]) -> CheckResu
         corners = torch.tensor([-1.0, 0.0, 1.0])
         compare(fn(corners), torch.tensor([0.0, 0.5, 1.0]), "to_unit_range of [-1, 0, 1]")
 
-    return run_check("to_unit_range", trial, hint="-1 must become 0 and 1 must stay 1: two numbers fix an affine map; which shift and which scale?")
-
-
-def _standardize(x: torch.Tensor) -> torch.Tensor:
-    mean = x.mean(dim=(0, 2, 3), keepdim=True)
-    return (x - mean) / x.std(dim=(0, 2, 3), keepdim=True, unbiased=False)
+    return run_check("to_unit_range", trial, hint="-1 must become 0 and 1 must stay 1: two numbers fix an affine map; which shift and which scale?",
+                     forbid=["fftd_course.viz.to_unit_range"])
 
 
 def check_standardize_channels(fn: Callable[[torch.Tensor], torch.Tensor]) -> CheckResult:
     """``fn(images)`` gives every channel of a ``(B, C, H, W)`` batch mean 0 and (population) std 1 over ``(B, H, W)``."""
+
+    def standardize(x: torch.Tensor) -> torch.Tensor:  # the hidden reference
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        return (x - mean) / x.std(dim=(0, 2, 3), keepdim=True, unbiased=False)
+
+    fn = yours(fn)
 
     def trial() -> None:
         g = torch.Generator().manual_seed(fresh_seed())
@@ -38,19 +42,40 @@ def check_standardize_channels(fn: Callable[[torch.Tensor], torch.Tensor]) -> Ch
             # channels with different offsets and scales, so that a statistic over the wrong axes shows
             x = torch.randn(shape, generator=g) * (1 + torch.arange(shape[1])).view(1, -1, 1, 1) \
                 + 3 * torch.arange(shape[1]).view(1, -1, 1, 1)
-            compare(fn(x.clone()), _standardize(x), f"standardize_channels of a {shape} batch")
+            compare(fn(x.clone()), standardize(x), f"standardize_channels of a {shape} batch")
 
     return run_check("standardize_channels", trial,
                      hint="one mean and one standard deviation per CHANNEL, each over the batch and every pixel; "
-                          "the formula's s_c divides by B*H*W, not B*H*W - 1 (small batches show the difference).")
-
-
-def _to_pixels(x: torch.Tensor) -> torch.Tensor:
-    return ((x + 1) * 127.5).round().permute(1, 2, 0).to(torch.uint8)
+                          "the formula's s_c divides by B*H*W, not B*H*W - 1 (small batches show the difference).",
+                     # the package's per-channel scale of the latents (E16), and torch's batch statistics
+                     forbid=["fftd_course.pipeline.latent_scale", "torch.nn.functional.batch_norm", "torch.batch_norm"])
 
 
 def check_to_pixels(fn: Callable[[torch.Tensor], torch.Tensor]) -> CheckResult:
-    """``fn(x)``: ``(C, H, W)`` in [-1, 1] to ``(H, W, C)`` uint8, -1 -> 0, 1 -> 255, rounded to the nearest integer."""
+    """``fn(x)``: ``(C, H, W)`` in [-1, 1] to ``(H, W, C)`` uint8, -1 -> 0, 1 -> 255, rounded to the nearest integer.
+
+    A find-the-bug exercise with two bugs, each with its own sub-test: where the numbers sit (a 3-channel image
+    whose scaled values round and truncate alike) and which byte a value becomes (a 1-channel image, which
+    every layout reads alike).
+    """
+
+    def to_pixels(x: torch.Tensor) -> torch.Tensor:  # the hidden reference
+        return ((x + 1) * 127.5).round().permute(1, 2, 0).to(torch.uint8)
+
+    fn = yours(fn)
+
+    def agrees(x: torch.Tensor) -> bool:
+        try:
+            got = fn(x.clone())
+            return isinstance(got, torch.Tensor) and got.dtype == torch.uint8 and torch.equal(got, to_pixels(x))
+        except Exception:
+            return False
+
+    def remaining() -> int:
+        g = torch.Generator().manual_seed(fresh_seed())
+        layout = (torch.randint(0, 255, (3, 4, 5), generator=g) + 0.25) / 127.5 - 1  # k + 0.25: rounds down anyway
+        values = (torch.randint(0, 255, (1, 4, 5), generator=g) + 0.75) / 127.5 - 1  # k + 0.75: rounds up
+        return int(not agrees(layout)) + int(not agrees(values))
 
     def trial() -> None:
         g = torch.Generator().manual_seed(fresh_seed())
@@ -60,9 +85,16 @@ def check_to_pixels(fn: Callable[[torch.Tensor], torch.Tensor]) -> CheckResult:
             got = fn(x.clone())
             if isinstance(got, torch.Tensor) and got.dtype != torch.uint8:
                 raise CheckFailure(f"the result must be bytes (torch.uint8), got {got.dtype}")
-            compare(got, _to_pixels(x), f"to_pixels of a {shape} image", atol=0, rtol=0)
+            compare(got, to_pixels(x), f"to_pixels of a {shape} image", atol=0, rtol=0)
 
-    return run_check("to_pixels", trial,
-                     hint="compare the first row of your output with the first row of the image: does a view move "
-                          "any value, or only reinterpret the memory? Then check a value like 254.9: what does the "
-                          "conversion to bytes make of it?")
+    return run_check("to_pixels", trial, bugs=Bugs(2, nudges=(
+        "compare the first row of your picture with the first row of the image: is every pixel's colour made "
+        "of that same pixel's three channels?",
+        "follow one value that is not a whole number after scaling to the byte it becomes: is that the NEAREST "
+        "integer?",
+        "a tensor method can move numbers to new places, or only read the same memory with a new shape. Which "
+        "of the two does the (H, W, C) layout need?",
+        "read the exercise's sentence about rounding again, then what the conversion to an integer dtype does "
+        "with the fractional part."), remaining=remaining),
+        # the package's own byte conversions: Inception's input (bytes, then rescaled) and the toy-set export
+        forbid=["fftd_course.evaluation.metrics.inception_inputs", "fftd_course.data.export_toy_faces"])

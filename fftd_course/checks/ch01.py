@@ -8,15 +8,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..blocks import group_norm, swish
-from .core import CheckFailure, CheckResult, compare, fresh_seed, load_reference_weights, run_check
+from .. import blocks
+from .core import Bugs, CheckFailure, CheckResult, compare, fresh_seed, learner_code, load_reference_weights, run_check, yours
 
 
 def _compare_module(learner: nn.Module, reference: nn.Module, x: torch.Tensor, what: str) -> None:
-    """Same outputs and the same gradient with respect to the input."""
+    """Same outputs and the same gradient with respect to the input (the learner's forward runs as learner code)."""
     load_reference_weights(learner, reference)
     x_l, x_r = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    out_l, out_r = learner(x_l), reference(x_r)
+    with learner_code(type(learner)):
+        out_l = learner(x_l)
+    out_r = reference(x_r)
     compare(out_l, out_r, f"{what}: output")
     weight = torch.randn_like(out_r)
     (out_l * weight).sum().backward()
@@ -28,13 +30,14 @@ def _compare_module(learner: nn.Module, reference: nn.Module, x: torch.Tensor, w
 
 def check_swish_derivative(fn: Callable[[torch.Tensor], torch.Tensor]) -> CheckResult:
     """``fn(x)`` is the derivative of Swish (eq. 2's non-linearity), elementwise, without autograd."""
+    fn = yours(fn)
 
     def trial() -> None:
         g = torch.Generator().manual_seed(fresh_seed())
         for shape in [(7,), (2, 3, 4, 4), (1, 8, 5, 3)]:
             x = torch.randn(shape, generator=g) * 4
             x_ref = x.clone().requires_grad_(True)
-            (want,) = torch.autograd.grad(swish(x_ref).sum(), x_ref)
+            (want,) = torch.autograd.grad(blocks.swish(x_ref).sum(), x_ref)
             got = fn(x.clone())
             if isinstance(got, torch.Tensor) and got.requires_grad:
                 raise CheckFailure("the result requires grad: write the derivative as a formula, without autograd")
@@ -42,50 +45,87 @@ def check_swish_derivative(fn: Callable[[torch.Tensor], torch.Tensor]) -> CheckR
 
     return run_check("swish_derivative", trial,
                      hint="Swish is a product of two functions of x: differentiate both factors. What is Swish' at "
-                          "x = 0 (it must be 1/2), and does your formula tend to 0 for large negative x?")
-
-
-class _SingleUnitResBlock(nn.Module):
-    # Hidden reference of exercise 2 (eq. 2 as printed, with a 1x1 skip when the channel count changes).
-    def __init__(self, in_channels: int, out_channels: int, num_groups: int = 32):
-        super().__init__()
-        self.norm1 = group_norm(in_channels, num_groups)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.shortcut = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.shortcut(x) + self.conv1(swish(self.norm1(x)))
+                          "x = 0 (it must be 1/2), and does your formula tend to 0 for large negative x?",
+                     forbid=["fftd_course.blocks.swish", "fftd_course.blocks.Swish.forward"])
 
 
 def check_single_unit_resblock(cls: type[nn.Module]) -> CheckResult:
     """``cls(in_channels, out_channels, num_groups=...)`` computes eq. 2 as printed, with a 1x1 skip for new widths."""
 
+    class SingleUnitResBlock(nn.Module):
+        # The hidden reference (eq. 2 as printed, with a 1x1 skip when the channel count changes).
+        def __init__(self, in_channels: int, out_channels: int, num_groups: int = 32):
+            super().__init__()
+            self.norm1 = blocks.group_norm(in_channels, num_groups)
+            self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+            self.shortcut = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.shortcut(x) + self.conv1(blocks.swish(self.norm1(x)))
+
     def trial() -> None:
         torch.manual_seed(fresh_seed())
         for c_in, c_out, size in [(16, 16, (8, 8)), (16, 32, (6, 10)), (32, 16, (4, 4))]:
             x = torch.randn(2, c_in, *size) * 2 + 0.5
-            learner, reference = cls(c_in, c_out, num_groups=8), _SingleUnitResBlock(c_in, c_out, num_groups=8)
+            with learner_code(cls):
+                learner = cls(c_in, c_out, num_groups=8)
+            reference = SingleUnitResBlock(c_in, c_out, num_groups=8)
             _compare_module(learner, reference, x, f"SingleUnitResBlock({c_in} -> {c_out}) on a {tuple(x.shape)} input")
 
     return run_check("SingleUnitResBlock.forward", trial,
                      hint="read eq. 2 from the inside out: which operation meets h first? And what is added to the "
-                          "unit's output when the block changes the channel count?")
+                          "unit's output when the block changes the channel count?",
+                     forbid=["fftd_course.blocks.ResBlock.forward"])
 
 
 def check_group_norm(fn: Callable[..., torch.Tensor]) -> CheckResult:
-    """``fn(x, groups, weight, bias, eps)`` equals ``F.group_norm`` (groups of neighbouring channels, biased variance)."""
+    """``fn(x, groups, weight, bias, eps)`` equals ``F.group_norm`` (groups of neighbouring channels, biased variance).
+
+    A find-the-bug exercise with two bugs, each with its own sub-test: the grouping (compared with either
+    variance) and the variance (one group, where every grouping agrees).
+    """
+    fn = yours(fn)
+
+    def inputs(g: torch.Generator, b: int, c: int, size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        # channels with very different means and scales, so that the grouping shows
+        x = torch.randn(b, c, *size, generator=g) * torch.linspace(0.5, 3, c).view(1, c, 1, 1) \
+            + torch.linspace(-2, 2, c).view(1, c, 1, 1)
+        return x, torch.randn(c, generator=g), torch.randn(c, generator=g)
+
+    def close(got: object, want: torch.Tensor) -> bool:
+        return isinstance(got, torch.Tensor) and got.shape == want.shape and torch.allclose(got, want, atol=1e-5, rtol=1e-4)
+
+    def remaining() -> int:
+        g = torch.Generator().manual_seed(fresh_seed())
+        x, w, b = inputs(g, 2, 8, (2, 2))
+        try:
+            got = fn(x.clone(), 2, w, b, 1e-6)
+            groups = x.unflatten(1, (2, 4))
+            mean = groups.mean(dim=(2, 3, 4), keepdim=True)
+            either = [((groups - mean) / torch.sqrt(groups.var(dim=(2, 3, 4), keepdim=True, unbiased=u) + 1e-6))
+                      .flatten(1, 2) * w.view(1, -1, 1, 1) + b.view(1, -1, 1, 1) for u in (False, True)]
+            grouping = not any(close(got, want) for want in either)
+        except Exception:
+            grouping = True
+        try:
+            variance = not close(fn(x.clone(), 1, w, b, 1e-6), F.group_norm(x, 1, w, b, 1e-6))
+        except Exception:
+            variance = True
+        return int(grouping) + int(variance)
 
     def trial() -> None:
         g = torch.Generator().manual_seed(fresh_seed())
         for b, c, groups, size in [(2, 8, 2, (2, 2)), (3, 12, 3, (1, 3)), (1, 32, 8, (4, 4)), (2, 6, 6, (3, 2))]:
-            # channels with very different means and scales, so that the grouping shows
-            x = torch.randn(b, c, *size, generator=g) * torch.linspace(0.5, 3, c).view(1, c, 1, 1) \
-                + torch.linspace(-2, 2, c).view(1, c, 1, 1)
-            weight, bias = torch.randn(c, generator=g), torch.randn(c, generator=g)
+            x, weight, bias = inputs(g, b, c, size)
             compare(fn(x.clone(), groups, weight, bias, 1e-6), F.group_norm(x, groups, weight, bias, 1e-6),
                     f"GroupNorm of a {tuple(x.shape)} input with {groups} groups")
 
-    return run_check("group_norm", trial,
-                     hint="two questions: after your reshape, which channels end up in group 0 (print it for C = 8, "
-                          "G = 2)? And which variance does a normalisation layer use: the sample estimate or the "
-                          "plain mean of squared deviations?")
+    return run_check("group_norm", trial, bugs=Bugs(2, nudges=(
+        "after your reshape, which channels end up in group 0? Work it out on paper for C = 8 and G = 2.",
+        "which variance does a normalisation layer use: the sample estimate, or the plain mean of squared "
+        "deviations? (Small maps show the difference.)",
+        "a reshape only regroups neighbours of the LAST dimensions it splits: which of the two new axes holds "
+        "neighbouring channels?",
+        "read the documentation of the variance you call: what does it divide by unless told otherwise?"),
+        remaining=remaining),
+        forbid=["fftd_course.blocks.group_norm", "torch.nn.functional.group_norm", "torch.group_norm"])

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import NLayerDiscriminator, adaptive_weight
-from .core import CheckFailure, CheckResult, compare, fresh_seed, run_check
+from .. import losses
+from .core import Bugs, CheckFailure, CheckResult, compare, fresh_seed, run_check, yours
 
 # Logit maps of a PatchGAN: (batch, 1, H', W'); real and fake batches may differ in size.
 _LOGIT_SHAPES = [((4, 1, 6, 6), (4, 1, 6, 6)), ((2, 1, 3, 3), (2, 1, 3, 3)), ((3, 1, 5, 5), (7, 1, 2, 2))]
@@ -22,15 +22,16 @@ def _logits(shape: tuple[int, ...], g: torch.Generator, scale: float = 1.5) -> t
     return (torch.randn(shape, generator=g) * scale).requires_grad_(True)
 
 
-def _reference_vanilla_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
-    """taming's ``vanilla_d_loss``: the halved binary cross-entropy, real labelled 1 and fake 0, on logits."""
-    real = F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real))
-    fake = F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake))
-    return 0.5 * (real + fake)
-
-
 def check_vanilla_d_loss(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> CheckResult:
     """``fn(logits_real, logits_fake)`` is the BCE discriminator loss (taming's ``vanilla_d_loss``), finite everywhere."""
+
+    def vanilla_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+        # the hidden reference: the halved binary cross-entropy, real labelled 1 and fake 0, on logits
+        real = F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real))
+        fake = F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake))
+        return 0.5 * (real + fake)
+
+    fn = yours(fn)
 
     def trial() -> None:
         g = torch.Generator().manual_seed(fresh_seed())
@@ -40,7 +41,7 @@ def check_vanilla_d_loss(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor
             real_ref, fake_ref = real.detach().clone().requires_grad_(True), fake.detach().clone().requires_grad_(True)
             what = (f"BCE loss for real logits {shape_r} and fake logits {shape_f}"
                     + (f" (logits up to +-{scale * 3:.0f})" if scale > 10 else ""))
-            got, want = fn(real, fake), _reference_vanilla_d_loss(real_ref, fake_ref)
+            got, want = fn(real, fake), vanilla_d_loss(real_ref, fake_ref)
             compare(got, want, what)
             if not got.requires_grad:
                 raise CheckFailure(f"{what}: no gradient can flow back to the logits (did you detach or use .item()?)")
@@ -54,15 +55,9 @@ def check_vanilla_d_loss(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor
     return run_check("vanilla_d_loss", trial,
                      hint="a real patch should be called real and a fake one fake; average each map on its own, then "
                           "halve their sum as in eq. 14. For large logits, never form the probability first: "
-                          "-log(sigma(d)) has a closed form in d alone that PyTorch provides as a stable function.")
-
-
-def _reference_receptive_field(layers: list[tuple[int, int]]) -> int:
-    """Walk back from one output position: each layer maps a window of ``w`` outputs to ``(w - 1) s + k`` inputs."""
-    window = 1
-    for kernel, stride in reversed(layers):
-        window = (window - 1) * stride + kernel
-    return window
+                          "-log(sigma(d)) has a closed form in d alone that PyTorch provides as a stable function.",
+                     # the package's discriminator losses (hinge, eq. 14 as the package trains it)
+                     forbid=["fftd_course.losses.hinge_d_loss", "fftd_course.losses.HybridLoss.discriminator_loss"])
 
 
 def _conv_layers(disc: nn.Module) -> list[tuple[int, int]]:
@@ -72,9 +67,19 @@ def _conv_layers(disc: nn.Module) -> list[tuple[int, int]]:
 def check_receptive_field(fn: Callable[[list[tuple[int, int]]], int]) -> CheckResult:
     """``fn(layers)`` is the receptive field of a stack of ``(kernel, stride)`` convolutions, first layer first."""
 
+    def receptive_field(layers: list[tuple[int, int]]) -> int:
+        # the hidden reference: walk back from one output position; each layer maps a window of w outputs to
+        # (w - 1) s + k inputs
+        window = 1
+        for kernel, stride in reversed(layers):
+            window = (window - 1) * stride + kernel
+        return window
+
+    fn = yours(fn)
+
     def trial() -> None:
         for n in (1, 2, 3, 4):
-            disc = NLayerDiscriminator(ndf=4, n_layers=n)
+            disc = losses.NLayerDiscriminator(ndf=4, n_layers=n)
             layers = _conv_layers(disc)
             got = fn(layers)
             if int(got) != disc.receptive_field:
@@ -83,14 +88,16 @@ def check_receptive_field(fn: Callable[[list[tuple[int, int]]], int]) -> CheckRe
         rng = random.Random(fresh_seed())
         for _ in range(20):
             layers = [(rng.randint(1, 7), rng.randint(1, 3)) for _ in range(rng.randint(1, 6))]
-            got, want = fn(list(layers)), _reference_receptive_field(layers)
+            got, want = fn(list(layers)), receptive_field(layers)
             if int(got) != want:
                 raise CheckFailure(f"layers {layers} (kernel, stride), first layer first: you say {got}, expected {want}")
 
     return run_check("receptive_field", trial,
                      hint="a layer's kernel spans k of its inputs; how many input pixels lie between two neighbouring "
                           "inputs of that layer depends on the strides of the layers before it, not on its own "
-                          "stride. Check a small case by hand: two 3x3 layers of stride 1, then of stride 2.")
+                          "stride. Check a small case by hand: two 3x3 layers of stride 1, then of stride 2.",
+                     forbid=["fftd_course.losses.NLayerDiscriminator.receptive_field",
+                             "fftd_course.losses.NLayerDiscriminator.min_size"])
 
 
 def _adaptive_setup(g: torch.Generator, channels: int, size: int, zero_adversarial: bool = False):
@@ -106,28 +113,63 @@ def _adaptive_setup(g: torch.Generator, channels: int, size: int, zero_adversari
 
 
 def check_adaptive_weight(fn: Callable[..., torch.Tensor]) -> CheckResult:
-    """``fn(rec_loss, g_loss, last_layer, disc_weight)`` is taming's adaptive weight (detached, clamped)."""
+    """``fn(rec_loss, g_loss, last_layer, disc_weight)`` is taming's adaptive weight (detached, clamped).
+
+    A find-the-bug exercise with three bugs, each with its own sub-test: the graph survives the weight (no crash,
+    and the training step's backward still runs), the ratio's direction (a case far from the clamp), and a bound
+    (an adversarial loss with zero gradient must not give more than the clamp).
+    """
+    fn = yours(fn)
+
+    def one_case(g: torch.Generator, channels: int, size: int, disc_weight: float, zero: bool) -> None:
+        what = (f"adaptive weight (last layer with {channels} input channels, disc_weight={disc_weight}"
+                + (", an adversarial loss with zero gradient" if zero else "") + ")")
+        rec, g_loss, last = _adaptive_setup(g, channels, size, zero)
+        want = losses.adaptive_weight(rec, g_loss, last, disc_weight)
+        got = fn(rec, g_loss, last, disc_weight)
+        if isinstance(got, torch.Tensor) and got.requires_grad:
+            raise CheckFailure(f"{what}: the weight still requires grad; it is a weight, not a quantity to "
+                               "optimise, so no gradient should flow through it")
+        compare(torch.as_tensor(got, dtype=torch.float64), want, what, atol=1e-6, rtol=1e-5)
+        try:  # the training step still needs the graph after the weight was computed
+            (rec + want * g_loss).backward()
+        except RuntimeError:
+            raise CheckFailure(f"{what}: the loss graph was freed while computing the weight, so the training "
+                               "step's backward() fails afterwards") from None
+
+    def remaining() -> int:
+        g = torch.Generator().manual_seed(fresh_seed())
+        try:  # the crash: the answer runs, and the step's backward() afterwards too
+            rec, g_loss, last = _adaptive_setup(g, 4, 6)
+            fn(rec, g_loss, last, 1.0)
+            (rec + g_loss).backward()
+            crash = 0
+        except Exception:
+            crash = 1
+        try:  # the direction, far from the clamp
+            one_case(g, 8, 5, 0.75, False)
+            direction = 0
+        except Exception:
+            direction = 1
+        try:  # the bound: never more than disc_weight * 1e4
+            rec, g_loss, last = _adaptive_setup(g, 4, 4, zero_adversarial=True)
+            value = float(torch.as_tensor(fn(rec, g_loss, last, 0.5)))
+            explodes = int(not value <= 0.5 * 1e4 * (1 + 1e-6))
+        except Exception:
+            explodes = 1
+        return crash + direction + explodes
 
     def trial() -> None:
         g = torch.Generator().manual_seed(fresh_seed())
         for channels, size, disc_weight, zero in [(4, 6, 1.0, False), (8, 5, 0.75, False), (4, 4, 0.5, True)]:
-            what = (f"adaptive weight (last layer with {channels} input channels, disc_weight={disc_weight}"
-                    + (", an adversarial loss with zero gradient" if zero else "") + ")")
-            rec, g_loss, last = _adaptive_setup(g, channels, size, zero)
-            want = adaptive_weight(rec, g_loss, last, disc_weight)
-            got = fn(rec, g_loss, last, disc_weight)
-            if isinstance(got, torch.Tensor) and got.requires_grad:
-                raise CheckFailure(f"{what}: the weight still requires grad; it is a weight, not a quantity to "
-                                   "optimise, so no gradient should flow through it")
-            compare(torch.as_tensor(got, dtype=torch.float64), want, what, atol=1e-6, rtol=1e-5)
-            try:  # the training step still needs the graph after the weight was computed
-                (rec + want * g_loss).backward()
-            except RuntimeError:
-                raise CheckFailure(f"{what}: the loss graph was freed while computing the weight, so the training "
-                                   "step's backward() fails afterwards") from None
+            one_case(g, channels, size, disc_weight, zero)
 
-    return run_check("adaptive_weight", trial,
-                     hint="three questions. Which gradient norm belongs on top, if the weighted adversarial push at "
-                          "the last layer should match the reconstruction's push? What does autograd free after a "
-                          "gradient call unless told to keep it, and who needs the graph later? What should the "
-                          "weight be when the adversarial gradient is zero?")
+    return run_check("adaptive_weight", trial, bugs=Bugs(3, nudges=(
+        "what does autograd free after a gradient call unless told to keep it, and who needs the graph later?",
+        "if the weighted adversarial push at the last layer should match the reconstruction's push, which "
+        "gradient norm belongs on top of the ratio?",
+        "what should the weight be when the adversarial gradient is zero: and what is the largest weight taming "
+        "ever lets through?",
+        "compute the weight by hand for a case where one gradient is ten times the other, and compare with "
+        "what the weight is FOR in eq. 15."), remaining=remaining),
+        forbid=["fftd_course.losses.adaptive_weight"])
