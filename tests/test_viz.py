@@ -63,3 +63,56 @@ def test_default_device(monkeypatch):
         monkeypatch.setenv("FFTD_DEVICE", "cuda")
         with pytest.raises(RuntimeError, match="no GPU"):
             fftd_course.default_device()
+
+
+class FakeGenerator:
+    """What live_generator needs of a LatentDiffusion: class names and generate(...).images; records each call."""
+
+    class_names = ("cat", "dog", "wild")
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, classes, num_steps, guidance_scale, seed):
+        self.calls.append((tuple(classes), num_steps, guidance_scale, seed))
+        return type("Result", (), {"images": torch.rand(len(classes), 3, 8, 8) * 2 - 1})()
+
+
+def test_live_generator_static_draws_the_defaults_once(monkeypatch):
+    monkeypatch.setenv("FFTD_STATIC_PLOTS", "1")
+    fake = FakeGenerator()
+    assert viz.live_generator(fake, n=3, default_steps=25, default_guidance=2.0) is None
+    assert fake.calls == [(("cat",) * 3, 25, 2.0, 0)]
+    with pytest.raises(ValueError, match="defaults"):
+        viz.live_generator(fake, default_steps=30)
+    plt.close("all")
+
+
+def test_live_generator_sliders_redraw_with_their_values(monkeypatch):
+    monkeypatch.delenv("FFTD_STATIC_PLOTS", raising=False)
+    fake = FakeGenerator()
+    widget = viz.live_generator(fake, n=2)
+    names = [w._kwarg for w in widget.kwargs_widgets]
+    assert names == ["class_name", "guidance_scale", "ddim_steps", "seed"]
+    assert fake.calls == [(("cat", "cat"), 25, 2.0, 0)]          # drawn once with the defaults
+    controls = dict(zip(names, widget.kwargs_widgets))
+    controls["class_name"].value = "wild"
+    controls["ddim_steps"].value = 50
+    controls["guidance_scale"].value = 4.0
+    controls["seed"].value = 7
+    assert fake.calls[-1] == (("wild", "wild"), 50, 4.0, 7)
+    assert len(fake.calls) == 5                                     # one redraw per change
+    plt.close("all")
+
+
+def test_live_generator_samples_the_committed_toy_generator(monkeypatch):
+    from fftd_course import pipeline
+
+    monkeypatch.delenv("FFTD_STATIC_PLOTS", raising=False)
+    plt.close("all")
+    widget = viz.live_generator(pipeline.load_toy(), n=2, steps=(2, 5), default_steps=2)
+    assert widget.kwargs == {"class_name": "cat", "guidance_scale": 2.0, "ddim_steps": 2, "seed": 0}
+    # Outside a kernel the drawn figure stays open (an exception in the callback would only be logged).
+    title = plt.gcf().axes[0].get_title()
+    assert title.startswith("cat, guidance 2, 2 DDIM steps, seed 0:\n2 samples in"), title
+    plt.close("all")
