@@ -16,26 +16,23 @@
 # %% [markdown]
 # # 00 · Setup and a tour of the course
 #
-# This course builds, piece by piece, the image generator of one paper: Liu, Chen and Gao,
-# *Image Generation Based on Diffusion Model in Latent Space* (Computer Systems & Applications, 2026).
-# It has two stages:
+# This course builds, piece by piece, the image generator of Liu, Chen and Gao, *Image Generation Based on
+# Diffusion Model in Latent Space* (Computer Systems & Applications, 2026), in two stages:
 #
 # 1. an **improved VQ-VAE** (IVQ-VAE) that squeezes a $256\times 256$ image into a tiny $4\times 4$ grid of codebook
-#    vectors and back (residual blocks, self-attention, vector quantization, an L1 + LPIPS +
-#    adversarial loss);
-# 2. a **feature-fused Transformer diffusion model** (FFTD) that learns to generate those $4\times 4$ latents
-#    from noise, sampled with DDIM and decoded by the first stage.
+#    vectors and back (residual blocks, self-attention, vector quantization, an L1 + LPIPS + adversarial loss);
+# 2. a **feature-fused Transformer diffusion model** (FFTD) that generates those $4\times 4$ latents from noise,
+#    sampled with DDIM and decoded by the first stage.
 #
-# Every chapter builds one piece in small cells, shows that the course package `fftd_course` holds
-# the very same piece (same weights in, same numbers out), and ends with exercises that check
-# themselves. Where the paper is wrong or silent, the chapter says so and says what we chose.
+# Each chapter builds one piece in small cells, shows that the package `fftd_course` holds the very same piece
+# (same weights in, same numbers out), and ends with self-checking exercises. Where the paper is wrong or silent,
+# the chapter says what we chose.
 #
 # **In this chapter you will**
 # - check your environment (PyTorch, CPU or GPU);
-# - meet the toy data set every CPU chapter trains on: procedurally drawn cat, dog and wild faces;
-# - see the map of the course: which chapter builds which equation of the paper;
-# - learn how exercises and their check cells work, and solve the first three (the last one is a bug
-#   hunt).
+# - meet the toy faces (cat, dog, wild) that every CPU chapter trains on;
+# - see which chapter builds which equation of the paper;
+# - learn how exercises and their checks work, and solve the first three (the last one is a bug hunt).
 
 # %%
 import platform
@@ -134,26 +131,35 @@ print("one batch:", tuple(batch.shape), tuple(batch_labels.shape))
 # %% [markdown]
 # ## Map of the course
 #
-# | chapter | builds | paper | package module |
-# |---|---|---|---|
-# | 00 setup and tour | environment, toy data, exercises | §4.1 (data) | `data`, `checks`, `viz` |
-# | 01 residual blocks | GroupNorm, Swish, residual block, down/upsampling | eq. 1-3, 6, 7 | `blocks` |
-# | 02 attention | self-attention over pixels | eq. 8-10 | `blocks` |
-# | 03 vector quantization | codebook, straight-through gradient, collapse and its fixes | §3.1, L_vq | `quantize` |
-# | 04 hybrid loss | L1, LPIPS, PatchGAN discriminator, hinge loss, weighting | eq. 11-15 | `losses` |
-# | 05 IVQ-VAE | the stage-1 autoencoder trained end to end | §3.1, Alg. 1, Table 1 | `ivqvae`, `evaluation.metrics` |
-# | 06 DDIM math | forward process, ε-loss, DDIM and DDPM samplers | eq. 26-30, Alg. 3 | `diffusion` |
-# | 07 adaptive fusion | channel and spatial gates that fuse two feature maps | eq. 18-25 | `fusion` |
-# | 08 FFTD | the multi-resolution Transformer hourglass | §3.2, eq. 16-17 | `fftd` |
-# | 09 latent diffusion | the two stages together, trained and sampled | Alg. 1-3 | `pipeline` |
-# | 10 full-scale CUDA training | the paper's 256 px configuration on GPUs | §4.2 | `train`, `cli` |
-# | 11 reproducing the paper | FID, the paper's tables, what holds up | eq. 31, Tables 1-9 | `evaluation.metrics` |
+# Stage 1, the autoencoder:
 #
-# The paper has known errors (an impossible loss in eq. 14, a shape mismatch in eq. 19-20, a table
-# row that cannot come from its own model...). Each chapter that meets one explains it in a box
-# titled **What the paper says / what we chose**. The errors and open choices are numbered E1, E2, ...
-# in [`docs/ERRATA.md`](../docs/ERRATA.md), and chapters cite them by number ("E3"); the paper itself,
-# with its equation numbers and tables, is retold in [`docs/PAPER.md`](../docs/PAPER.md).
+# | chapter | builds | paper | module |
+# |---|---|---|---|
+# | 00 setup and tour | environment, toy data, exercises | §4.1 | `data`, `checks`, `viz` |
+# | 01 residual blocks | GroupNorm, Swish, residual block, resampling | eq. 1-3, 6, 7 | `blocks` |
+# | 02 attention | self-attention over pixels | eq. 8-10 | `blocks` |
+# | 03 vector quantization | codebook, straight-through gradient, collapse and fixes | §3.1, L_vq | `quantize` |
+# | 04 hybrid loss | L1, LPIPS, PatchGAN, hinge loss, weighting | eq. 11-15 | `losses` |
+# | 05 IVQ-VAE | the stage-1 autoencoder, trained | §3.1, Alg. 1, Table 1 | `ivqvae`, `evaluation.metrics` |
+
+# %% [markdown]
+# Stage 2, the diffusion model, and the paper at scale:
+#
+# | chapter | builds | paper | module |
+# |---|---|---|---|
+# | 06 DDIM math | forward process, ε-loss, DDIM and DDPM samplers | eq. 26-30, Alg. 3 | `diffusion` |
+# | 07 adaptive fusion | channel and spatial gates fusing two feature maps | eq. 18-25 | `fusion` |
+# | 08 FFTD | the multi-resolution Transformer hourglass | §3.2, eq. 16-17 | `fftd` |
+# | 09 latent diffusion | both stages, trained and sampled | Alg. 1-3 | `pipeline` |
+# | 10 full-scale CUDA training | the 256 px configuration on GPUs | §4.2 | `train`, `cli` |
+# | 11 reproducing the paper | its tables re-run at toy scale with seeds and error bars, KID | eq. 31, Tables 1-4, 7-9 | `reproduction`, `evaluation.metrics` |
+
+# %% [markdown]
+# The paper has known errors (an impossible loss in eq. 14, a shape mismatch in eq. 19-20, a table row that cannot
+# come from its own model...). Each chapter that meets one explains it in a box titled **What the paper says /
+# what we chose**. They are numbered E1, E2, ... in [`docs/ERRATA.md`](../docs/ERRATA.md), and chapters cite them
+# by number ("E3"); the paper itself, with its equation numbers and tables, is retold in
+# [`docs/PAPER.md`](../docs/PAPER.md).
 
 # %% [markdown]
 # ## How exercises work
@@ -272,21 +278,21 @@ checks.check_to_pixels(to_pixels)
 #
 # No checks here: questions to explore with the code above.
 #
-# - **How many faces are different?** Two toy faces of the same class differ in colours, position, scale
-#   and rotation. Draw 3000 faces at 8 px: how many distinct images are there? At 32 px?
-# - **Held-out means held out.** `ToyFaces(seed=1)` gives the held-out set. How would you convince
-#   yourself that no held-out image equals a training image, and why does it matter for chapter 05?
-# - **Standardise what, with which statistics?** In exercise 2 the statistics come from the batch
-#   itself. Which statistics should a model use at test time, and where would you store them?
-#   (Chapter 09 answers it for the latents.)
-#
+# - **How many faces are different?** Two toy faces of a class differ in colours, position, scale and rotation.
+#   Draw 3000 faces at 8 px: how many distinct images are there? At 32 px?
+# - **Held-out means held out.** `ToyFaces(seed=1)` gives the held-out set. How would you convince yourself that no
+#   held-out image equals a training image, and why does it matter for chapter 05?
+# - **Standardise what, with which statistics?** In exercise 2 the statistics come from the batch itself. Which
+#   should a model use at test time, and where would you store them? (Chapter 09 answers it for the latents.)
+
+# %% [markdown]
 # ## Summary
 #
-# - The course builds a two-stage latent diffusion model; `fftd_course` holds every piece, and each
-#   chapter shows its version is the same as the package's.
+# - The course builds a two-stage latent diffusion model; `fftd_course` holds every piece, and each chapter shows
+#   its version is the package's.
 # - The toy faces stand in for AFHQ on a CPU: three classes, any size, deterministic from a seed.
-# - Exercises check themselves: PASS, FAIL with a reason, or "not attempted yet". Some ask you to
-#   write a piece, some to predict and measure, some to find the bug in given code.
+# - Exercises check themselves: PASS, FAIL with a reason, or "not attempted yet". Some ask you to write a piece,
+#   some to predict and measure, some to find the bug in given code.
 #
 # Next: chapter 01 builds the residual blocks of the IVQ-VAE's encoder and decoder.
 
