@@ -91,8 +91,8 @@ def live_generator(generator: Any, n: int = 4, steps: Sequence[int] = (5, 10, 25
     ``generate(labels, num_steps=, guidance_scale=, seed=)``). Each redraw samples ``n`` images of one class from
     the same seed (so moving one slider changes one thing) and its title says how long sampling took. Where
     widgets cannot be shown (``FFTD_STATIC_PLOTS=1``, which the tests and the html site set, or no ipywidgets) it
-    draws the defaults once and returns None; else it displays the sliders and returns the
-    ``ipywidgets.interactive`` that holds them (its ``kwargs`` are the current values).
+    draws the defaults once and returns None; else it returns the ``ipywidgets.interactive`` that holds the
+    sliders and the picture (its ``kwargs`` are the current values), which the last line of a cell displays.
     """
     classes = list(generator.class_names)
     if not classes:
@@ -124,8 +124,4 @@ def live_generator(generator: Any, n: int = 4, steps: Sequence[int] = (5, 10, 25
                                               continuous_update=False, style=style),
         seed=ipywidgets.IntSlider(value=0, min=0, max=seeds - 1, description="seed", continuous_update=False,
                                   style=style))
-    widget = ipywidgets.interactive(draw, **controls)
-    from IPython.display import display  # noqa: PLC0415 (IPython comes with ipywidgets)
-
-    display(widget)
-    return widget
+    return ipywidgets.interactive(draw, **controls)

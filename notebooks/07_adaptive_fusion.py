@@ -46,7 +46,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import fftd_course
-from fftd_course import checks, data, diffusion, fftd, fusion
+from fftd_course import checks, data, diagrams, diffusion, fftd, fusion
 
 # Every tensor in this chapter is tiny (at most 128 x 16 x 64 numbers): one CPU thread is faster than several
 # that wait for each other, and the chapter keeps its tensors on the CPU whatever the machine has.
@@ -137,6 +137,14 @@ print(f"output eps {tuple(eps.shape)}")
 # after the other. The spatial gate also sees all $2D$ channels (not two pooled maps) through three 3×3
 # convolutions instead of one 7×7 one: on a 4×4 grid a 7×7 kernel would be mostly padding.
 #
+# The whole block at the toy FFTD's width, drawn by `fftd_course.diagrams` from the model's configuration (change
+# the configuration and the widths follow). The channel gate runs along the top, the spatial gate along the bottom:
+
+# %%
+diagrams.adaptive_fusion_diagram(model.config)
+plt.show()
+
+# %% [markdown]
 # ## 3. Eq. 18-25, one at a time
 #
 # We take the fusion inside Block1: $x_1$ is the attention output, $x_2$ the MLP output, 16 tokens of width

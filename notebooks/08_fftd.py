@@ -49,7 +49,7 @@ import torch
 from tqdm.auto import tqdm
 
 import fftd_course
-from fftd_course import checks, diffusion, fftd
+from fftd_course import checks, diagrams, diffusion, fftd
 from fftd_course.fftd import FFTD, get_config
 from fftd_course.fusion import Fusion, grid_to_tokens, tokens_to_grid
 from fftd_course.timing import Stopwatch
@@ -236,6 +236,14 @@ print(f"the block in cells equals fftd.FFTDBlock: output {tuple(by_hand.shape)};
                   if fftd.count_parameters(part)))
 
 # %% [markdown]
+# The same block as a picture, drawn by `fftd_course.diagrams` from `toy` (width, heads, MLP ratio and fusion
+# are read from the configuration). The pink boxes hold the six vectors adaLN regresses from $c$:
+
+# %%
+diagrams.fftd_block_diagram(toy)
+plt.show()
+
+# %% [markdown]
 # > **What the paper says / what we chose (`docs/ERRATA.md` E13).** The paper names the two inputs of the
 # > in-block fusion but not the block. Run **in sequence** (as in ViT and DiT), the MLP would read a residual
 # > stream that already holds the attention's output: the two would not be separate views of one input,
@@ -343,6 +351,14 @@ for ax, p in zip(axes, (1, 2, 4)):
     ax.set_title(f"p = {p}: token grid {4 // p}x{4 // p}", fontsize=9)
 axes[0].set_ylabel("grid side"), axes[0].legend(fontsize=8)
 fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# For the toy configuration ($p = 1$): the whole hourglass, its resampling and its two long skips, drawn by
+# `diagrams.hourglass_diagram(toy)` from the configuration (try it with `get_config("toy", patch_size=2)`):
+
+# %%
+diagrams.hourglass_diagram(toy)
 plt.show()
 
 # %% [markdown]

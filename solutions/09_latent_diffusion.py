@@ -31,6 +31,7 @@
 # - sample every class, and follow the denoising in latent space and in image space, step by step;
 # - decode with and without snapping to the codebook (eq. 30) and measure the difference;
 # - measure what the guidance scale and the number of DDIM steps change, beside the paper's Table 3;
+# - drive the toy generator live, with sliders for the class, the guidance, the steps and the seed;
 # - write guidance on a subset of channels, find the bug in a decoding function, and predict, then
 #   measure, how far few-step samples land from the codebook.
 
@@ -41,7 +42,7 @@ import matplotlib.pyplot as plt
 import torch
 
 import fftd_course
-from fftd_course import checks, data, pipeline, viz
+from fftd_course import checks, data, diagrams, pipeline, viz
 from fftd_course.evaluation import judge, metrics
 from fftd_course.fftd import FFTD, count_parameters
 from fftd_course.timing import Stopwatch
@@ -96,6 +97,14 @@ def latent_strip(z: torch.Tensor) -> torch.Tensor:
         out[:, i * (w + 1):i * (w + 1) + w] = z[i]
     return out
 
+
+# %% [markdown]
+# The table as a picture, drawn by `fftd_course.diagrams` from the toy generator's own configurations: training
+# on top (left to right), sampling below (right to left); dashed lines join the parts both paths share.
+
+# %%
+diagrams.pipeline_diagram(stage1.config, toy.fftd.config, timesteps=schedule.T)
+plt.show()
 
 # %% [markdown]
 # The same path on real tensors: one training face of each class, its codes $z_q$ (four channels of
@@ -467,6 +476,16 @@ plt.show()
 # > baseline of section 4.3.4, a different network. Our plots stop at 100 steps, where the toy has
 # > long stopped improving.
 #
+# ## 11. A live generator
+#
+# Sliders on the committed toy generator: the class, the guidance scale $w$ (section 9), the number of DDIM
+# steps (section 10) and the seed that draws $z_T$. Each redraw samples four faces of one class and says how
+# long that took; a static page (and the test run) shows one picture with the defaults instead.
+
+# %%
+viz.live_generator(toy, n=4, default_steps=25, default_guidance=2.0)
+
+# %% [markdown]
 # ## Exercises
 #
 # **Exercise 1 (a variant of guidance).** The latent has four channels. Write
