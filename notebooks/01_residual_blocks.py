@@ -16,24 +16,21 @@
 # %% [markdown]
 # # 01 · Residual blocks: the bricks of the IVQ-VAE
 #
-# The IVQ-VAE's encoder turns a $3\times H\times W$ image into a small latent grid; its decoder turns the grid back
-# into an image (paper section 3.1). Both are stacks of the same few bricks, which this chapter builds:
+# The IVQ-VAE's encoder turns a $3\times H\times W$ image into a small latent grid and its decoder turns it back
+# (section 3.1), both with the same few bricks:
 #
 # | brick | paper | what it does |
 # |---|---|---|
 # | input convolution | eq. 1 | $h_0 = \mathrm{Conv}_{3\times3}(x)$, $C \to C_h$ channels |
-# | residual block | eq. 2 | $h + F(h)$, with $F$ made of GroupNorm, Swish and $3\times3$ convolutions |
-# | downsample | eq. 3 | $3\times3$ convolution of stride 2: halves height and width |
+# | residual block | eq. 2 | $h + F(h)$, $F$: GroupNorm, Swish, $3\times3$ convolutions |
+# | downsample | eq. 3 | stride-2 $3\times3$ convolution: halves height and width |
 # | upsample | eq. 6 | nearest-neighbour $\times 2$, then a $3\times3$ convolution |
 # | output convolution | eq. 7 | $\hat{x} = \tanh(\mathrm{Conv}_{3\times3}(h))$, $C_h \to C$ channels |
 #
-# **In this chapter you will**
-# - see why the paper's models normalise with GroupNorm, not BatchNorm, at its batch size of 1;
-# - build the residual block and compare the paper's printed form (eq. 2) with the reference one;
-# - build downsampling and upsampling and follow the shapes through an encoder;
-# - measure why the skip connection matters: gradient norms through deep stacks with and without it;
-# - derive Swish's gradient, build eq. 2 as printed and predict how it trains, and find two bugs in a
-#   hand-written GroupNorm.
+# **In this chapter you will** see why GroupNorm, not BatchNorm, suits the paper's batch size of 1; build the
+# residual block (eq. 2 as printed and the reference form) and down- and upsampling, following the shapes through an
+# encoder; measure what the skip connection does to gradients in deep stacks; and, in the exercises, derive Swish's
+# gradient, predict how eq. 2 as printed trains, and find two bugs in a hand-written GroupNorm.
 
 # %%
 import matplotlib.pyplot as plt
@@ -427,18 +424,18 @@ checks.check_group_norm(group_norm)
 # No checks here: questions to explore with the code above.
 #
 # - **Zero-initialised residual branches.** Zero the last convolution of every block (`conv2` of
-#   `blocks.ResBlock`, `conv1` of your single-unit block) before the gradient experiment. What does each
-#   block compute at initialisation, and what happens to the "without skip" curve? DiT and FFTD use the
-#   same idea (chapter 08's adaLN-Zero).
-# - **Which of exercise 3's two bugs matters in training?** Once your version passes, put each bug back
-#   on its own and measure the largest output difference from `F.group_norm` on a $256\times256$ map
-#   with 32 groups, and on a $4\times4$ map with 128 channels. Which bug could a network learn to
-#   undo, and which not?
-# - **BatchNorm at larger batches.** Repeat the train/eval comparison of the GroupNorm section with
-#   batches of 8 and 64. From what batch size on would you trust BatchNorm here?
-# - **Depth of the paper's encoder.** Count the residual blocks of the paper's $f = 64$ encoder and
-#   decoder (`fftd_course.ivqvae.CONFIGS["paper-f64"]`), and their parameters with one unit and with two.
-#
+#   `blocks.ResBlock`, `conv1` of your single-unit block) before the gradient experiment. What does each block
+#   compute at initialisation, and what happens to the "without skip" curve? DiT and FFTD use the same idea
+#   (chapter 08's adaLN-Zero).
+# - **Which of exercise 3's two bugs matters in training?** Once your version passes, put each bug back on its
+#   own and measure the largest output difference from `F.group_norm` on a $256\times256$ map with 32 groups,
+#   and on a $4\times4$ map with 128 channels. Which bug could a network learn to undo, and which not?
+# - **BatchNorm at larger batches.** Repeat the GroupNorm section's train/eval comparison with batches of 8 and
+#   64. From what batch size on would you trust BatchNorm here?
+# - **Depth of the paper's encoder.** Count the residual blocks of the paper's $f = 64$ encoder and decoder
+#   (`fftd_course.ivqvae.CONFIGS["paper-f64"]`), and their parameters with one unit and with two.
+
+# %% [markdown]
 # ## Summary
 #
 # - GroupNorm computes the same thing at any batch size and in training and evaluation; BatchNorm at batch
