@@ -5,7 +5,8 @@
    `jupyter_config/labconfig/default_setting_overrides.json` makes that the default viewer), Run All Cells ends
    with every code cell executed and no error output, and the timestep slider redraws its plot when it moves.
 2. The html site (`make html` writes site/index.html and site/NN_name.html): served on loopback, the course map
-   and one chapter page load, and every plot on them (an img element) loads.
+   and one chapter page load, and every plot on them (an img element) loads; the architecture diagrams of
+   chapters 05, 07, 08 and 09 (fftd_course.diagrams) and chapter 09's generator picture load, one screenshot each.
 
 Headless Chromium is the system's (FFTD_CHROMIUM, else chromium / chromium-browser / google-chrome on PATH;
 `make test-browser` installs Debian's `chromium` when none is found), driven by Playwright's sync API with
@@ -466,4 +467,38 @@ def test_site_course_map_and_a_chapter_page_show_their_plots(browser, site_url, 
     finally:
         # Offline, the pages' scripts from CDNs (MathJax) are refused: logged, not failures; the plots are local.
         _log(artifacts / "site-browser.log", page_errors, refused, summary)
+        page.context.close()
+
+
+# The architecture pictures (fftd_course.diagrams) and chapter 09's live generator, as the site shows them: the
+# chapter page, the code cell that draws the picture, and its output image; one screenshot of each picture.
+SITE_PICTURES = [("05_ivqvae", "ivqvae_diagram("), ("07_adaptive_fusion", "adaptive_fusion_diagram("),
+                 ("08_fftd", "fftd_block_diagram("), ("08_fftd", "hourglass_diagram("),
+                 ("09_latent_diffusion", "pipeline_diagram("), ("09_latent_diffusion", "live_generator(")]
+
+
+def test_site_chapter_pages_show_the_architecture_diagrams(browser, site_url, artifacts):
+    page, _, refused = _offline_page(browser, 1280, 1000)
+    page_errors: list[str] = []
+    page.on("pageerror", lambda e: page_errors.append(str(e)))
+    summary = ""
+    try:
+        for stem in dict.fromkeys(stem for stem, _ in SITE_PICTURES):
+            response = page.goto(f"{site_url}/{stem}.html", wait_until="load")
+            assert response is not None and response.ok, (
+                f"{stem}.html: HTTP {response and response.status} (is the site a full `make html` build?)")
+            _images_loaded(page, f"{stem}.html", at_least=1)
+            for _, call in (p for p in SITE_PICTURES if p[0] == stem):
+                cell = page.locator(".jp-CodeCell", has_text=call).first
+                assert cell.count(), f"{stem}.html: no code cell calls {call}...)"
+                image = cell.locator(".jp-OutputArea-output img").first
+                assert image.count(), f"{stem}.html: the cell that calls {call}...) shows no picture"
+                image.scroll_into_view_if_needed()
+                width = image.evaluate("i => i.complete ? i.naturalWidth : 0")
+                assert width > 400, f"{stem}.html: the picture of {call}...) did not load (width {width})"
+                name = call.rstrip("(")
+                image.screenshot(path=str(artifacts / f"05_site_{stem}_{name}.png"))
+                summary += f"{stem}.html: {name}, {width} px wide\n"
+    finally:
+        _log(artifacts / "site-diagrams-browser.log", page_errors, refused, summary)
         page.context.close()
