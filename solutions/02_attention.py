@@ -27,14 +27,10 @@
 # connection like chapter 01's.
 #
 # **In this chapter you will**
-# - build attention from scratch and show it equals PyTorch's `scaled_dot_product_attention` and the
-#   package's `AttnBlock`;
-# - see why the scores are divided by $\sqrt{C}$;
-# - look at attention maps on toy faces;
-# - measure the time and memory of attention at $8\times8$ to $64\times64$ maps, and see why the paper
-#   uses it at $16\times16$;
-# - settle what the paper's "multi-head" sentence means for its single-head equations, and build the
-#   multi-head reading yourself;
+# - build attention from scratch, equal to PyTorch's `scaled_dot_product_attention` and the package's `AttnBlock`;
+# - see why the scores are divided by $\sqrt{C}$, and look at attention maps on toy faces;
+# - measure attention's time and memory from $8\times8$ to $64\times64$, and see why the paper uses it at $16\times16$;
+# - settle what the paper's "multi-head" sentence means for its single-head equations, and build that reading;
 # - predict, then measure, what attention does when the pixels are shuffled.
 
 # %%
@@ -343,17 +339,16 @@ except NotImplementedError:
 #
 # No checks here: questions to explore with the code above.
 #
-# - **Heads and sharpness.** Repeat the entropy measurement of the $\sqrt{C}$ section per head, with
-#   $C = 256$ split into 1, 4 and 16 heads. Do more heads make each head's attention sharper or flatter?
-# - **Which head looks where?** Give `blocks.AttnBlock(C, num_heads=4)` the colour features of the
-#   "What does a pixel attend to?" section in one head and zeros in the others. What do the other heads'
-#   attention maps look like, and why?
-# - **Memory at the paper's scale.** With batch 16 and 4 heads in bfloat16, at which resolution would
-#   the explicit $W$ of one attention layer outgrow an 80 GB GPU? What does the fused kernel change?
-# - **Positions.** Add a fixed sinusoidal position embedding to `h` before the attention block and
-#   repeat exercise 3's measurement. What changes, and where does the embedding have to go for the
-#   round trip to break?
-#
+# - **Heads and sharpness.** Repeat the entropy measurement of the $\sqrt{C}$ section per head, with $C = 256$
+#   split into 1, 4 and 16 heads. Do more heads make each head's attention sharper or flatter?
+# - **Which head looks where?** Give `blocks.AttnBlock(C, num_heads=4)` the colour features of the "What does a
+#   pixel attend to?" section in one head and zeros in the others. What do the other heads' maps show, and why?
+# - **Memory at the paper's scale.** At batch 16, 4 heads, bfloat16: at which resolution does one layer's
+#   explicit $W$ outgrow an 80 GB GPU? What does the fused kernel change?
+# - **Positions.** Add a sinusoidal position embedding to `h` before the block and repeat exercise 3's
+#   measurement. Where must the embedding go for the round trip to break?
+
+# %% [markdown]
 # ## Summary
 #
 # - Self-attention (eq. 8-10) mixes information between all pixels in one step; its weights are a
