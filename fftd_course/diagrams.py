@@ -184,7 +184,8 @@ class _Scene:
                                          lw=1.0, color=EDGE, linestyle="--" if dashed else "-", shrinkA=0, shrinkB=0,
                                          zorder=1))
         for x, y, s, size, ha, va, style in self.texts:
-            ax.text(x, y, s, fontsize=size, ha=ha, va=va, color=style.pop("color", EDGE), zorder=3, **style)
+            style = {"color": EDGE, **style}
+            ax.text(x, y, s, fontsize=size, ha=ha, va=va, zorder=3, **style)
         fig.fftd_arrows = [points for points, _, _ in self.arrows]  # for layout_problems
         return fig
 
@@ -466,7 +467,8 @@ def fftd_block_diagram(config: FFTDConfig) -> Figure:
         nodes.append(row)
         scene.arrow((x.right, y_mid), (x.right + 0.2, y_mid), (x.right + 0.2, y), (row[0].left, y))
     names = {"adaptive": "AdaptiveFusion (eq. 18-25)", "add": "Add (Table 9)", "concat": "Concat (Table 9)"}
-    fuse = scene.box(f"{names[c.fusion]}\nx₁ = attention, x₂ = MLP", "fusion", left=nodes[0][-1].right + 0.3, y=y_mid)
+    fuse = scene.box(f"{names[c.fusion]}\nx₁ = attention, x₂ = MLP", "fusion", left=nodes[0][-1].right + 0.3,
+                     y=y_mid)
     for row, y, end in ((nodes[0], y_attn, fuse.top), (nodes[1], y_mlp, fuse.bottom)):
         scene.arrow((row[-1].right, y), (fuse.x, y), (fuse.x, end))
     add = scene.op("+", fuse.right + 0.4, y_mid)

@@ -85,7 +85,7 @@ def test_ivqvae_names_every_level_resolution_and_shape(name):
     words = texts(fig)
     for res, cin, cout in level_widths(c):
         assert f"{res}×{res}" in words
-        assert any(w.endswith(f"ResBlock {cin}→{cout}") or w.endswith(f"Attn) {cin}→{cout}") for w in words), (res, cin)
+        assert any(w.endswith((f"ResBlock {cin}→{cout}", f"Attn) {cin}→{cout}")) for w in words), (res, cin)
         assert f"(B, {cout}, {res}, {res})" in words
     assert sum("Downsample" in w for w in words) == len(c.ch_mult) - 1
     assert sum("Upsample" in w for w in words) == len(c.ch_mult) - 1
