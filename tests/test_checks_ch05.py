@@ -1,7 +1,7 @@
 """Chapter 05's checks: the reference passes, plausible wrong answers fail (and raise in strict mode), stubs are
 "not attempted"."""
 
-from fftd_course import checks, pipeline
+from fftd_course import checks
 
 from check_contract import chapter_function, contract_tests
 
@@ -50,7 +50,7 @@ def flawed_step(zero_grad_ae: bool = True, pass_vq_loss: bool = True, discrimina
 
 CASES = [
     (checks.check_reconstruct, reconstruct_reference, [reconstruct_detached_codes, reconstruct_unquantized]),
-    (checks.check_training_step, pipeline.ivqvae_step,
+    (checks.check_training_step, flawed_step(),  # the defaults: a correct step, written without the package
      [flawed_step(zero_grad_ae=False), flawed_step(pass_vq_loss=False), flawed_step(discriminator_first=True)]),
 ]
 

@@ -9,8 +9,8 @@ from fftd_course import diffusion as D
 from check_contract import chapter_function, contract_tests
 
 
-def leading(T, n):
-    return D.ddim_timesteps(T, n, "leading")
+def leading(T, n):  # an independent answer (the package's ddim_timesteps is switched off in the check)
+    return torch.arange(n - 1, -1, -1, dtype=torch.long) * (T // n)
 
 
 def leading_ascending(T, n):  # the right set, in the wrong order

@@ -11,6 +11,13 @@ from check_contract import contract_tests
 
 
 # --- unpatchify -----------------------------------------------------------------------------------------------------
+def unpatchify_by_hand(tokens, p, channels):  # an independent answer (the package's unpatchify is switched off)
+    b, n, _ = tokens.shape
+    side = math.isqrt(n)
+    x = tokens.reshape(b, side, side, p, p, channels)
+    return x.permute(0, 5, 1, 3, 2, 4).reshape(b, channels, side * p, side * p)
+
+
 def unpatchify_plain_reshape(tokens, p, channels):  # right for p = 1 only: ignores the patch layout inside a token
     b, n, _ = tokens.shape
     side = math.isqrt(n) * p
@@ -114,16 +121,22 @@ def test_flawed_forward_defaults_are_the_reference():
 
 
 CASES = [
-    (checks.check_unpatchify, fftd.unpatchify,
+    (checks.check_unpatchify, unpatchify_by_hand,
      [unpatchify_plain_reshape, unpatchify_patch_transposed, unpatchify_channels_first]),
     (checks.check_resampling_parameters, resampling_reference,
      [resampling_always_two_levels, resampling_without_bias, resampling_down_only, resampling_ignores_multires,
       resampling_halves_to_one]),
     (checks.check_fftd_forward, flawed_forward(),
      [flawed_forward(levels_from_multires=True, dead_inner_skip=True), flawed_forward(levels_from_multires=True),
-      flawed_forward(dead_inner_skip=True), flawed_forward(swapped_outer_skip=True), flawed_forward(no_pos_embed=True),
-      calls_the_model]),
+      flawed_forward(dead_inner_skip=True), flawed_forward(swapped_outer_skip=True), flawed_forward(no_pos_embed=True)]),
 ]
 
 test_reference_passes_wrong_fails_stub_not_attempted, test_strict_mode_raises_on_every_wrong_answer = contract_tests(
     CASES)
+
+
+def test_calling_the_model_is_refused(lenient_env):
+    """model(...) and FFTD.forward(model, ...) both meet the stand-in of the class's forward."""
+    for answer in (calls_the_model, lambda model, x_t, t, y: fftd.FFTD.forward(model, x_t, t, y)):
+        result = checks.check_fftd_forward(answer)
+        assert result.status == "fail" and "write it yourself" in result.message and "FFTD.forward" in result.message

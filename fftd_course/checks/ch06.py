@@ -10,23 +10,24 @@ import torch
 
 from ..diffusion import DDIMSampler, Diffusion, beta_schedule, ddim_step
 from ..mixture import toy_mixture_2d
-from .core import CheckFailure, CheckResult, compare, fresh_seed, run_check
-
-
-def _reference_leading(T: int, num_steps: int) -> torch.Tensor:
-    stride = T // num_steps
-    return torch.tensor([stride * k for k in reversed(range(num_steps))], dtype=torch.long)
+from .core import Bugs, CheckFailure, CheckResult, compare, fresh_seed, run_check, yours
 
 
 def check_leading_timesteps(fn: Callable[[int, int], torch.Tensor]) -> CheckResult:
     """``fn(T, num_steps)`` is DDIM's 'leading' sub-sequence (0-based, noisiest first), a LongTensor."""
+
+    def leading(T: int, num_steps: int) -> torch.Tensor:  # the hidden reference
+        stride = T // num_steps
+        return torch.tensor([stride * k for k in reversed(range(num_steps))], dtype=torch.long)
+
+    fn = yours(fn)
 
     def trial() -> None:
         rng = random.Random(fresh_seed())
         cases = [(500, 50), (500, 300), (500, 1), (500, 500), (1000, 7)]
         cases += [(T, rng.randint(1, T)) for T in (rng.randint(2, 60) for _ in range(10))]
         for T, n in cases:
-            got, want = fn(T, n), _reference_leading(T, n)
+            got, want = fn(T, n), leading(T, n)
             what = f"leading timesteps for T={T}, {n} step(s)"
             if not isinstance(got, torch.Tensor) or got.dtype != torch.long:
                 raise CheckFailure(f"{what}: return a LongTensor (timesteps are indices), got "
@@ -37,7 +38,8 @@ def check_leading_timesteps(fn: Callable[[int, int], torch.Tensor]) -> CheckResu
 
     return run_check("leading_timesteps", trial,
                      hint="the stride is an integer division; the sequence starts at 0 (its smallest element) and "
-                          "the sampler visits it from the noisiest end: which order does the sampler expect?")
+                          "the sampler visits it from the noisiest end: which order does the sampler expect?",
+                     forbid=["fftd_course.diffusion.ddim_timesteps"])
 
 
 class _RecordingModel:
@@ -57,7 +59,9 @@ class _RecordingModel:
 
 
 def check_ddim_sampler(fn: Callable[..., torch.Tensor]) -> CheckResult:
-    """``fn(model, x_T, timesteps, alpha_bar)`` samples like ``DDIMSampler(..., eta=0).sample``."""
+    """``fn(model, x_T, timesteps, alpha_bar)`` samples like ``DDIMSampler(..., eta=0).sample`` (a find-the-bug
+    exercise with one bug)."""
+    fn = yours(fn)
 
     def trial() -> None:
         g = torch.Generator().manual_seed(fresh_seed())
@@ -74,26 +78,30 @@ def check_ddim_sampler(fn: Callable[..., torch.Tensor]) -> CheckResult:
                                    f"{sampler.timesteps.tolist()[:8]} (one call per timestep, noisiest first)")
             compare(got, sampler.sample(model.inner, x_T), f"samples after {what}", atol=1e-5, rtol=1e-5)
 
-    return run_check("ddim_sampler", trial,
-                     hint="the paper's alpha_0 = 1 (clean data) has no index in the table (see the conventions "
-                          "section): where does the last step of your loop land, and which alpha_bar does it use?")
-
-
-def _reference_inversion(model, x0: torch.Tensor, timesteps: torch.Tensor, alpha_bar: torch.Tensor,
-                         iterations: int) -> torch.Tensor:
-    levels = [1.0] + [alpha_bar[t] for t in timesteps.flip(0).tolist()]
-    x = x0
-    for k, t in enumerate(timesteps.flip(0).tolist()):
-        t_vec = torch.full((len(x0),), t, dtype=torch.long)
-        estimate = x
-        for _ in range(iterations + 1):  # the first pass evaluates the model at the start point: the package's step
-            estimate = ddim_step(x, model(estimate, t_vec, None), levels[k], levels[k + 1])
-        x = estimate
-    return x
+    return run_check("ddim_sampler", trial, bugs=Bugs(1, nudges=(
+        "where does the last step of your loop land: on which timestep, and which alpha_bar does it use there?",
+        "the paper's alpha_0 = 1 (clean data) has no index in the table (see the conventions section): what "
+        "should the very last step aim for?",
+        "print the pair (alpha_bar now, alpha_bar next) of every step for 3 steps and compare the last pair "
+        "with Algorithm 3's.")),
+        forbid=["fftd_course.diffusion.DDIMSampler.sample", "fftd_course.diffusion.DDIMSampler._run"])
 
 
 def check_exact_inversion(fn: Callable[..., torch.Tensor]) -> CheckResult:
     """``fn(model, x0, timesteps, alpha_bar, iterations)``: DDIM inversion refined by fixed-point iteration."""
+
+    def inversion(model, x0: torch.Tensor, timesteps: torch.Tensor, alpha_bar: torch.Tensor, iterations: int) -> torch.Tensor:
+        levels = [1.0] + [alpha_bar[t] for t in timesteps.flip(0).tolist()]  # the hidden reference
+        x = x0
+        for k, t in enumerate(timesteps.flip(0).tolist()):
+            t_vec = torch.full((len(x0),), t, dtype=torch.long)
+            estimate = x
+            for _ in range(iterations + 1):  # the first pass evaluates the model at the start point: the package's step
+                estimate = ddim_step(x, model(estimate, t_vec, None), levels[k], levels[k + 1])
+            x = estimate
+        return x
+
+    fn = yours(fn)
 
     def trial() -> None:
         g = torch.Generator().manual_seed(fresh_seed())
@@ -107,11 +115,12 @@ def check_exact_inversion(fn: Callable[..., torch.Tensor]) -> CheckResult:
                     atol=1e-5, rtol=1e-5)
             for iterations in (1, 3):
                 got = fn(model, x0, sampler.timesteps.clone(), diffusion.alpha_bar.clone(), iterations)
-                compare(got, _reference_inversion(model, x0, sampler.timesteps, diffusion.alpha_bar, iterations),
+                compare(got, inversion(model, x0, sampler.timesteps, diffusion.alpha_bar, iterations),
                         f"{steps} steps with iterations={iterations}", atol=1e-5, rtol=1e-5)
 
     return run_check("exact_inversion", trial,
                      hint="per upward step, the equation to satisfy is eq. 29 with eta = 0, read from the noisier point "
                           "down to the point you start from; only the model's input changes between refinements, and "
                           "the starting point and the two alpha_bar values stay the same. Where does the first step "
-                          "start (which alpha_bar belongs to clean data)?")
+                          "start (which alpha_bar belongs to clean data)?",
+                     forbid=["fftd_course.diffusion.DDIMSampler.invert", "fftd_course.diffusion.DDIMSampler._run"])

@@ -9,34 +9,32 @@ from typing import Callable, Sequence
 
 import torch
 
+from .. import pipeline
 from ..data import CLASSES
 from ..diffusion import Diffusion
 from ..fftd import FFTD
 from ..fftd import get_config as fftd_config
 from ..ivqvae import IVQVAE
 from ..ivqvae import get_config as ivqvae_config
-from ..pipeline import LatentDiffusion, decode_latents
-from .core import CheckFailure, CheckResult, compare, fresh_seed, run_check
+from .core import Bugs, CheckFailure, CheckResult, compare, fresh_seed, run_check, yours
 
-__all__ = ["check_guided_eps_on_channels", "check_decode_sample", "check_off_code_distance",
-           "guided_eps_on_channels_reference", "off_code_distance_reference"]
+__all__ = ["check_guided_eps_on_channels", "check_decode_sample", "check_off_code_distance"]
 
 
 # ---- exercise 1: classifier-free guidance on some channels only ----------------------------------------------
 
-def guided_eps_on_channels_reference(eps_c: torch.Tensor, eps_u: torch.Tensor, scale: float,
-                                     channels: Sequence[int]) -> torch.Tensor:
-    """Classifier-free guidance with factor ``scale`` on the latent ``channels`` listed; every other channel
-    keeps the conditional prediction ``eps_c`` (what the sampler uses at guidance scale 1)."""
-    guided = eps_u + scale * (eps_c - eps_u)
-    out = eps_c.clone()
-    idx = list(channels)
-    out[:, idx] = guided[:, idx]
-    return out
-
-
 def check_guided_eps_on_channels(fn: Callable[[torch.Tensor, torch.Tensor, float, Sequence[int]], torch.Tensor]) -> CheckResult:
     """``fn(eps_c, eps_u, scale, channels)`` guides only ``channels`` (dim 1) and leaves the others conditional."""
+
+    def guided(eps_c: torch.Tensor, eps_u: torch.Tensor, scale: float, channels: Sequence[int]) -> torch.Tensor:
+        # The hidden reference: guidance with factor `scale` on the latent `channels` listed; every other channel
+        # keeps the conditional prediction eps_c (what the sampler uses at guidance scale 1).
+        out = eps_c.clone()
+        idx = list(channels)
+        out[:, idx] = (eps_u + scale * (eps_c - eps_u))[:, idx]
+        return out
+
+    fn = yours(fn)
 
     def trial() -> None:
         g = torch.Generator().manual_seed(fresh_seed())
@@ -49,14 +47,16 @@ def check_guided_eps_on_channels(fn: Callable[[torch.Tensor, torch.Tensor, float
             if not (torch.equal(eps_c, keep_c) and torch.equal(eps_u, keep_u)):
                 raise CheckFailure("your function changed eps_c or eps_u in place; the sampler still needs them: "
                                    "work on a copy")
-            compare(got, guided_eps_on_channels_reference(keep_c, keep_u, scale, channels),
+            compare(got, guided(keep_c, keep_u, scale, channels),
                     f"guidance {scale} on channels {channels} of a {shape} batch")
 
     return run_check("guided_eps_on_channels", trial,
                      hint="on a listed channel the result moves from the unconditional prediction towards the "
                           "conditional one and beyond it, by the guidance scale (chapter 06's guidance section); "
                           "scale 0 gives the unconditional model there. On every other channel ask: what does "
-                          "the sampler use when there is no guidance at all (scale 1)?")
+                          "the sampler use when there is no guidance at all (scale 1)?",
+                     # the samplers' own guidance (on every channel)
+                     forbid=["fftd_course.diffusion.DDIMSampler._eps"])
 
 
 # ---- exercise 2: find the bug in decoding a sample (eq. 30, errata E16) ---------------------------------------
@@ -71,7 +71,9 @@ def _tiny_stage1(seed: int, l2_normalize: bool) -> IVQVAE:
 
 def check_decode_sample(fn: Callable[[IVQVAE, torch.Tensor, float], torch.Tensor]) -> CheckResult:
     """``fn(ivqvae, z, scale)`` turns sampled, scaled latents into images as eq. 30 asks
-    (like :func:`fftd_course.pipeline.decode_latents` with ``requantize=True``), for any stage 1."""
+    (like :func:`fftd_course.pipeline.decode_latents` with ``requantize=True``), for any stage 1 (a find-the-bug
+    exercise with one bug)."""
+    fn = yours(fn)
 
     def trial() -> None:
         seed = fresh_seed()
@@ -82,40 +84,43 @@ def check_decode_sample(fn: Callable[[IVQVAE, torch.Tensor, float], torch.Tensor
                 z = torch.randn(3, 4, 4, 4, generator=g)
                 with torch.no_grad():
                     got = fn(model, z, scale)
-                want = decode_latents(model, z, scale)
+                want = pipeline.decode_latents(model, z, scale)
                 kind = "l2-normalised" if l2 else "plain (not normalised)"
                 compare(got, want, f"images from 3 latents, scale {scale}, a stage 1 with {kind} codes", atol=1e-4)
 
-    return run_check("decode_sample", trial,
-                     hint="in which space do the codebook's vectors live: the FFTD's scaled one, or stage 1's own? "
-                          "Every step that touches the codebook or the decoder must happen there (errata E16, "
-                          "eq. 30). Compare the norm of what you decode with the norm of a code.")
+    return run_check("decode_sample", trial, bugs=Bugs(1, nudges=(
+        "in which space do the codebook's vectors live: the FFTD's scaled one, or stage 1's own?",
+        "every step that touches the codebook or the decoder must happen in stage 1's space (errata E16, "
+        "eq. 30): which step of the given code touches the codebook first, and in which space is its input?",
+        "compare the norm of the latent you snap with the norm of a code, for a stage 1 whose codes are not "
+        "l2-normalised.")),
+        forbid=["fftd_course.pipeline.decode_latents"])
 
 
 # ---- exercise 3: how far do sampled latents land from the codebook? ---------------------------------------------
 
-def off_code_distance_reference(generator: LatentDiffusion, num_steps: int, labels: torch.Tensor,
-                                seed: int = 0) -> float:
-    """Mean Euclidean distance (over the latent channels) between each sampled latent vector, in stage 1's own
-    (unscaled) space, and its nearest code; one vector per latent position of every sample."""
-    result = generator.generate(labels, num_steps=num_steps, seed=seed)
-    z = result.latents / generator.scale
-    codes = generator.ivqvae.quantizer.lookup(result.indices)
-    return float((z - codes).norm(dim=1).mean())
-
-
-def _tiny_generator(seed: int) -> LatentDiffusion:
+def _tiny_generator(seed: int) -> pipeline.LatentDiffusion:
     torch.manual_seed(seed)
     stage1 = IVQVAE(ivqvae_config("toy-f8", ch=8, num_codes=32))
     fftd = FFTD(fftd_config("toy", hidden_size=32, num_heads=2))
     with torch.no_grad():  # a freshly initialised FFTD predicts zero noise (adaLN-Zero): give it an output
         for p in fftd.final_layer.parameters():
             p.normal_(0, 0.2)
-    return LatentDiffusion(stage1, fftd, Diffusion(), scale=2.0 + torch.rand(()).item(), class_names=CLASSES)
+    return pipeline.LatentDiffusion(stage1, fftd, Diffusion(), scale=2.0 + torch.rand(()).item(), class_names=CLASSES)
 
 
-def check_off_code_distance(fn: Callable[[LatentDiffusion, int, torch.Tensor, int], float]) -> CheckResult:
-    """``fn(generator, num_steps, labels, seed)`` returns :func:`off_code_distance_reference`'s number."""
+def check_off_code_distance(fn: Callable[[pipeline.LatentDiffusion, int, torch.Tensor, int], float]) -> CheckResult:
+    """``fn(generator, num_steps, labels, seed)``: the mean Euclidean distance (over the latent channels) between
+    each sampled latent vector, in stage 1's own (unscaled) space, and its nearest code; one vector per latent
+    position of every sample."""
+
+    def distance(generator: pipeline.LatentDiffusion, num_steps: int, labels: torch.Tensor, seed: int = 0) -> float:
+        result = generator.generate(labels, num_steps=num_steps, seed=seed)  # the hidden reference
+        z = result.latents / generator.scale
+        codes = generator.ivqvae.quantizer.lookup(result.indices)
+        return float((z - codes).norm(dim=1).mean())
+
+    fn = yours(fn)
 
     def trial() -> None:
         seed = fresh_seed()
@@ -123,7 +128,7 @@ def check_off_code_distance(fn: Callable[[LatentDiffusion, int, torch.Tensor, in
         labels = torch.tensor([0, 1, 2, 1])
         for steps in (2, 7):
             got = fn(generator, steps, labels, seed % 1000)
-            want = off_code_distance_reference(generator, steps, labels, seed % 1000)
+            want = distance(generator, steps, labels, seed % 1000)
             if isinstance(got, torch.Tensor) and got.numel() == 1:
                 got = float(got)
             if not isinstance(got, float):
@@ -134,4 +139,6 @@ def check_off_code_distance(fn: Callable[[LatentDiffusion, int, torch.Tensor, in
     return run_check("off_code_distance", trial,
                      hint="the codes live in stage 1's space, the sampler's output in the FFTD's scaled space "
                           "(errata E16); measure one length per latent position (over the channels, not squared), "
-                          "then average over positions and samples.")
+                          "then average over positions and samples.",
+                     # no package function measures this; it needs no round trip through images
+                     forbid=["fftd_course.ivqvae.IVQVAE.forward"])
