@@ -9,13 +9,26 @@ from pathlib import Path
 import pytest
 import torch
 
-from fftd_course import checkpoints, checks, train
-from fftd_course.checks import ch10
+from fftd_course import checks, data, train
 
-from check_contract import contract_tests
+from check_contract import chapter_function, contract_tests
 
 
 # ---- exercise 1: the batch plan ----
+
+def training_plan_reference(config, n_images, gpus):  # read from the trainer, as the check's hidden reference is
+    micro = train.micro_batch(config, gpus)
+    items = n_images * (2 if config.stage == "fftd" and config.hflip else 1)
+    return micro, (data.EpochSampler(items, world_size=gpus).num_samples // micro) / config.grad_accum
+
+
+def plan_by_hand(config, n, gpus):  # an independent answer (the trainer's micro_batch is switched off in the check)
+    micro, rest = divmod(config.batch_size, config.grad_accum * gpus)
+    if micro < 1 or rest:
+        raise ValueError("batch cannot be split")
+    items = n * (2 if config.stage == "fftd" and config.hflip else 1)
+    return micro, ((items // gpus) // micro) / config.grad_accum
+
 
 def plan_ignores_gpus(config, n, gpus):
     micro = config.batch_size // config.grad_accum
@@ -38,7 +51,7 @@ def plan_rounds_up(config, n, gpus):  # counts a last, incomplete micro-batch
 
 
 def plan_steps_are_micro_batches(config, n, gpus):  # forgets the accumulation in the step count
-    micro, steps = ch10.training_plan_reference(config, n, gpus)
+    micro, steps = plan_by_hand(config, n, gpus)
     return micro, steps * config.grad_accum
 
 
@@ -77,8 +90,57 @@ def save_and_keep_copy(obj, path):  # safe, but leaves its scratch file behind a
     shutil.copyfile(tmp, path)
 
 
-def save_atomically_reference(obj, path):
-    checkpoints.atomic_save(obj, Path(path))
+def save_copy_then_delete(obj, path):  # the old file is overwritten by a copy: a crash halfway damages it
+    import shutil
+
+    tmp = Path(path).with_name(".scratch-" + Path(path).name)
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    shutil.copyfile(tmp, path)
+    os.remove(tmp)
+
+
+def save_rename_without_fsync(obj, path):  # atomic against a killed process, not against a power cut
+    tmp = Path(path).with_name(".scratch-" + Path(path).name)
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_delete_then_rename(obj, path):  # a crash between the two leaves no checkpoint at all
+    tmp = Path(path).with_name(".scratch-" + Path(path).name)
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    Path(path).unlink(missing_ok=True)
+    os.rename(tmp, path)
+
+
+def save_atomically_reference(obj, path):  # write to a temporary file, fsync, rename (independent of the package)
+    path = Path(path)
+    tmp = path.with_name(f".partial-{path.name}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_with_mkstemp(obj, path):  # the same with the low-level calls: os.open, os.write, os.fsync, Path.replace
+    import io
+    import tempfile
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=".tmp-")
+    try:
+        os.write(fd, buffer.getvalue())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    Path(tmp).replace(path)
 
 
 # ---- exercise 3: hours from a log ----
@@ -86,6 +148,10 @@ def save_atomically_reference(obj, path):
 def _speeds(path):
     lines = [json.loads(s) for s in Path(path).read_text().splitlines() if s.strip()]
     return [h["images_per_s"] for h in lines if "images_per_s" in h]
+
+
+def hours_reference(path, steps, batch):
+    return steps * batch / statistics.median(_speeds(path)) / 3600
 
 
 def hours_mean(path, steps, batch):
@@ -109,12 +175,12 @@ def hours_in_minutes(path, steps, batch):
 
 
 CASES = [
-    (checks.check_training_plan, ch10.training_plan_reference,
+    (checks.check_training_plan, plan_by_hand,
      [plan_ignores_gpus, plan_no_flips, plan_rounds_up, plan_steps_are_micro_batches, plan_never_refuses]),
     (checks.check_save_checkpoint_atomically, save_atomically_reference,
      [save_in_place, save_after_deleting, save_via_checkpoint_named_scratch, save_and_forget_rename,
-      save_and_keep_copy]),
-    (checks.check_hours_for_steps, ch10.hours_for_steps_reference,
+      save_and_keep_copy, save_copy_then_delete, save_rename_without_fsync, save_delete_then_rename]),
+    (checks.check_hours_for_steps, hours_reference,
      [hours_mean, hours_last_line, hours_lower_median, hours_without_batch, hours_in_minutes]),
 ]
 
@@ -122,11 +188,18 @@ test_reference_passes_wrong_fails_stub_not_attempted, test_strict_mode_raises_on
     CASES)
 
 
+class CrashHalfway:
+    """Fails in the middle of torch.save (as chapter 10's does)."""
+
+    def __reduce__(self):
+        raise RuntimeError("simulated crash in the middle of writing the checkpoint")
+
+
 def test_the_buggy_save_loses_the_previous_checkpoint(tmp_path):
     path = tmp_path / "ckpt-00000001.pt"
     save_in_place({"step": 1}, path)
     try:
-        save_in_place({"step": 2, "x": ch10.CrashHalfway()}, path)
+        save_in_place({"step": 2, "x": CrashHalfway()}, path)
     except RuntimeError:
         pass
     try:
@@ -155,7 +228,7 @@ def test_the_plan_matches_where_a_real_run_stands_in_its_data(tmp_path, one_thre
         ckpt_every=0, sample_steps=2, out=str(tmp_path / "s2"))
     for config in (stage1, stage2):
         train.train(config, progress=False)
-        micro, per_epoch = ch10.training_plan_reference(config, 72, 1)
+        micro, per_epoch = training_plan_reference(config, 72, 1)
         ckpt = torch.load(train.latest_checkpoint(config.out), weights_only=True)
         position = ckpt["ranks"][0]["position"]
         used = config.steps * config.grad_accum * micro      # items handed out to training steps
@@ -171,6 +244,31 @@ def test_the_plan_matches_where_a_real_run_stands_in_its_data(tmp_path, one_thre
 def test_the_real_log_is_checked_when_given(lenient_env, tmp_path):
     log = tmp_path / "log.jsonl"
     log.write_text("".join(json.dumps({"step": s, "images_per_s": v}) + "\n" for s, v in ((1, 10.0), (2, 30.0))))
-    assert checks.check_hours_for_steps(ch10.hours_for_steps_reference, log=log)
+    assert checks.check_hours_for_steps(hours_reference, log=log)
     message = checks.check_hours_for_steps(hours_mean, log=log).message
     assert "your" in message and "reference" in message
+
+
+def test_the_chapters_answers_on_atomic_saves(lenient_env):
+    """The chapter's buggy save (write in place) fails, a copy-then-delete answer fails, the chapter's solution and
+    a low-level write-fsync-rename pass; the message names the file operation the crash came at."""
+    buggy = chapter_function("10_full_scale_cuda_training", "buggy_save_checkpoint", torch=torch)
+    solution = chapter_function("10_full_scale_cuda_training", "save_checkpoint_atomically", torch=torch, os=os, Path=Path)
+    for answer, status in ((buggy, "fail"), (save_copy_then_delete, "fail"), (solution, "pass"),
+                           (save_with_mkstemp, "pass")):
+        result = checks.check_save_checkpoint_atomically(answer)
+        assert result.status == status, (answer.__name__, result.message)
+    message = checks.check_save_checkpoint_atomically(save_copy_then_delete).message
+    assert "copying" in message and "damaged" in message
+    assert "os.fsync" in checks.check_save_checkpoint_atomically(save_rename_without_fsync).message
+
+
+def test_the_crash_cannot_be_tidied_up(lenient_env):
+    """An answer that catches every error and finishes its work afterwards still meets a stopped machine."""
+    def save_and_retry(obj, path):
+        try:
+            torch.save(obj, path)
+        except BaseException:
+            torch.save(obj, path)
+
+    assert checks.check_save_checkpoint_atomically(save_and_retry).status == "fail"

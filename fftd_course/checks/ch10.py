@@ -1,44 +1,34 @@
 """Checks for chapter 10 (full-scale training: the batch plan, atomic checkpoints, hours from a run's log).
 
 The checks compare with the trainer itself (:mod:`fftd_course.train`): its per-GPU micro-batch and data order,
-its checkpoint file pattern. They write only into temporary folders and run in well under a second.
+its checkpoint file pattern. The atomic-save check runs the learner's function once per file operation it makes,
+crashing the simulated machine at that operation, in temporary folders; all run in well under a second.
 """
 
 from __future__ import annotations
 
+import builtins
+import io
 import json
+import os
 import random
+import shutil
 import statistics
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
 from .. import data as data_mod
 from .. import train as train_mod
-from .core import CheckFailure, CheckResult, fresh_seed, run_check
+from .core import Bugs, CheckFailure, CheckResult, fresh_seed, run_check, yours
 
-__all__ = ["check_training_plan", "check_save_checkpoint_atomically", "check_hours_for_steps",
-           "training_plan_reference", "hours_for_steps_reference", "CrashHalfway"]
+__all__ = ["check_training_plan", "check_save_checkpoint_atomically", "check_hours_for_steps"]
 
 
 # ---- exercise 1: per-GPU micro-batch and optimizer steps per epoch ---------------------------------------------
-
-def training_plan_reference(config: train_mod.TrainConfig, n_images: int, gpus: int) -> tuple[int, float]:
-    """``(micro_batch, steps_per_epoch)`` of ``config`` on ``n_images`` images and ``gpus`` GPUs, read from the trainer.
-
-    The micro-batch is what the trainer computes (``micro_batch``) (it raises ``ConfigError``, a ``ValueError``, when the
-    batch cannot be split evenly); an epoch is one pass of the :class:`~fftd_course.data.EpochSampler` over the
-    items the stage trains on (stage 2 with ``hflip``: the latents of every image and of its mirror image),
-    each rank taking an equal share and dropping what does not fill a whole micro-batch. Gradient accumulation
-    turns ``grad_accum`` micro-batches into one optimizer step, so the step count per epoch can be fractional.
-    """
-    micro = train_mod.micro_batch(config, gpus)
-    items = n_images * (2 if config.stage == "fftd" and config.hflip else 1)
-    per_rank = data_mod.EpochSampler(items, world_size=gpus).num_samples
-    return micro, (per_rank // micro) / config.grad_accum
-
 
 def _plan_cases(seed: int) -> list[tuple[train_mod.TrainConfig, int, int]]:
     rng = random.Random(seed)
@@ -62,11 +52,26 @@ def _plan_cases(seed: int) -> list[tuple[train_mod.TrainConfig, int, int]]:
 
 def check_training_plan(fn: Callable[[train_mod.TrainConfig, int, int], tuple[int, float]]) -> CheckResult:
     """``fn(config, n_images, gpus)`` returns the trainer's per-GPU micro-batch and optimizer steps per epoch,
-    and raises ``ValueError`` where the trainer refuses the split."""
+    and raises ``ValueError`` where the trainer refuses the split.
+
+    The micro-batch is what the trainer computes (``micro_batch``; it raises ``ConfigError``, a ``ValueError``,
+    when the batch cannot be split evenly); an epoch is one pass of the :class:`~fftd_course.data.EpochSampler`
+    over the items the stage trains on (stage 2 with ``hflip``: the latents of every image and of its mirror
+    image), each rank taking an equal share and dropping what does not fill a whole micro-batch. Gradient
+    accumulation turns ``grad_accum`` micro-batches into one optimizer step, so the count can be fractional.
+    """
+
+    def plan(config: train_mod.TrainConfig, n_images: int, gpus: int) -> tuple[int, float]:  # read from the trainer
+        micro = train_mod.micro_batch(config, gpus)
+        items = n_images * (2 if config.stage == "fftd" and config.hflip else 1)
+        per_rank = data_mod.EpochSampler(items, world_size=gpus).num_samples
+        return micro, (per_rank // micro) / config.grad_accum
+
+    fn = yours(fn)
 
     def trial() -> None:
         for config, n, gpus in _plan_cases(fresh_seed()):
-            want = training_plan_reference(config, n, gpus)
+            want = plan(config, n, gpus)
             got = fn(config, n, gpus)
             what = (f"stage {config.stage}, batch_size {config.batch_size}, grad_accum {config.grad_accum}, hflip "
                     f"{config.hflip}, {n} images, {gpus} GPU(s)")
@@ -90,75 +95,309 @@ def check_training_plan(fn: Callable[[train_mod.TrainConfig, int, int], tuple[in
                      hint="a micro-batch is what one GPU holds at once: the batch of one optimizer step is shared "
                           "by the GPUs and by the accumulation steps, and must split evenly. For the epoch: how many "
                           "items does each stage iterate over (read _latents and batches in fftd_course/train.py), "
-                          "how many of them does one rank see, and what happens to a last, incomplete micro-batch?")
+                          "how many of them does one rank see, and what happens to a last, incomplete micro-batch?",
+                     forbid=["fftd_course.training.config.micro_batch", "fftd_course.data.EpochSampler.__init__"])
 
 
 # ---- exercise 2: find the bug in saving a checkpoint ----------------------------------------------------------
 
-class CrashHalfway:
-    """Stands for a crash (power cut, ``kill -9``, a full disk) in the middle of ``torch.save``: pickling it fails
-    after the file has been opened and partly written."""
-
-    def __reduce__(self):
-        raise RuntimeError("simulated crash in the middle of writing the checkpoint")
+class _Crash(BaseException):
+    """The simulated machine stops (a power cut, ``kill -9``): not an ``Exception``, so no ``except`` clause of
+    the answer that catches errors can tidy up, and every later file operation raises it again."""
 
 
-def _same(loaded: object, want: dict) -> bool:
+def _where(file: Any) -> str:
+    return os.path.abspath(os.fspath(file))
+
+
+class _Disk:
+    """Counts the file operations of the learner's code (opening a file for writing, writing, ``torch.save``,
+    copying, renaming, deleting, ``fsync``) and stops the machine at operation ``crash_at``: a write, a copy or a
+    ``torch.save`` stops halfway through its bytes, any other operation before it happens.
+
+    It also keeps which files hold bytes that no ``fsync`` has forced to the disk: renaming such a file into
+    place is what a power cut turns into an empty checkpoint (``unsynced``).
+    """
+
+    def __init__(self, crash_at: int | None = None):
+        self.crash_at, self.ops, self.off, self.busy = crash_at, [], False, 0
+        self.fd_paths: dict[int, str] = {}
+        self.dirty: set[str] = set()
+        self.unsynced: list[tuple[str, str]] = []
+
+    def begin(self, what: str) -> bool:
+        """A file operation starts; ``True`` when the machine stops in it."""
+        if self.off:
+            raise _Crash("the machine is off")
+        self.ops.append(what)
+        return len(self.ops) - 1 == self.crash_at
+
+    def stop(self) -> None:
+        self.off = True
+        raise _Crash(f"simulated crash in {self.ops[-1]}")
+
+    @contextmanager
+    def quiet(self) -> Iterator[None]:  # our own calls of the real functions are not the answer's operations
+        self.busy += 1
+        try:
+            yield
+        finally:
+            self.busy -= 1
+
+    @contextmanager
+    def installed(self) -> Iterator["_Disk"]:
+        real = {"open": builtins.open, "os_open": os.open, "write": os.write, "replace": os.replace,
+                "rename": os.rename, "remove": os.remove, "unlink": os.unlink, "fsync": os.fsync,
+                "copyfile": shutil.copyfile, "copyfileobj": shutil.copyfileobj, "save": torch.save}
+        disk = self
+
+        class WatchedFile:
+            def __init__(self, f: Any, where: str):
+                self._f, self._where = f, where
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self._f, name)
+
+            def __enter__(self) -> "WatchedFile":
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                self._f.close()
+
+            def write(self, data: Any) -> int:
+                if disk.busy:
+                    return self._f.write(data)
+                stop = disk.begin(f"a write to {Path(self._where).name}")
+                disk.dirty.add(self._where)
+                if stop:
+                    self._f.write(bytes(data)[: len(data) // 2])
+                    self._f.flush()
+                    disk.stop()
+                return self._f.write(data)
+
+        def opened(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+            writing = any(c in mode for c in "wax+")
+            if disk.busy or not writing:
+                return real["open"](file, mode, *args, **kwargs)
+            where = disk.fd_paths.get(file, str(file)) if isinstance(file, int) else _where(file)
+            stop = disk.begin(f"opening {Path(where).name} for writing")
+            f = real["open"](file, mode, *args, **kwargs)
+            disk.fd_paths[f.fileno()] = where
+            disk.dirty.add(where)
+            if stop:  # created (or emptied), nothing written yet
+                f.close()
+                disk.stop()
+            return WatchedFile(f, where)
+
+        def os_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+            writing = flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
+            stop = bool(writing) and not disk.busy and disk.begin(f"opening {Path(path).name} for writing")
+            fd = real["os_open"](path, flags, *args, **kwargs)
+            disk.fd_paths[fd] = _where(path)
+            if writing:
+                disk.dirty.add(_where(path))
+            if stop:
+                os.close(fd)
+                disk.stop()
+            return fd
+
+        def write(fd: int, data: Any) -> int:
+            if disk.busy:
+                return real["write"](fd, data)
+            where = disk.fd_paths.get(fd, f"file descriptor {fd}")
+            stop = disk.begin(f"a write to {Path(where).name}")
+            disk.dirty.add(where)
+            if stop:
+                real["write"](fd, bytes(data)[: len(data) // 2])
+                disk.stop()
+            return real["write"](fd, data)
+
+        def fsync(fd: Any) -> None:
+            if disk.busy:
+                return real["fsync"](fd)
+            number = fd if isinstance(fd, int) else fd.fileno()
+            if disk.begin(f"fsync of {Path(disk.fd_paths.get(number, '?')).name}"):
+                disk.stop()
+            real["fsync"](fd)
+            disk.dirty.discard(disk.fd_paths.get(number, ""))
+
+        def renamer(key: str) -> Callable[..., Any]:
+            def rename(src: Any, dst: Any, *args: Any, **kwargs: Any) -> Any:
+                if disk.busy:
+                    return real[key](src, dst, *args, **kwargs)
+                if disk.begin(f"renaming {Path(src).name} to {Path(dst).name}"):
+                    disk.stop()
+                if _where(src) in disk.dirty:
+                    disk.unsynced.append((Path(src).name, Path(dst).name))
+                    disk.dirty.add(_where(dst))
+                else:
+                    disk.dirty.discard(_where(dst))
+                disk.dirty.discard(_where(src))
+                return real[key](src, dst, *args, **kwargs)
+            return rename
+
+        def deleter(key: str) -> Callable[..., Any]:
+            def delete(path: Any, *args: Any, **kwargs: Any) -> Any:
+                if disk.busy:
+                    return real[key](path, *args, **kwargs)
+                if disk.begin(f"deleting {Path(path).name}"):
+                    disk.stop()
+                return real[key](path, *args, **kwargs)
+            return delete
+
+        def copyfile(src: Any, dst: Any, *args: Any, **kwargs: Any) -> Any:
+            if disk.busy:
+                return real["copyfile"](src, dst, *args, **kwargs)
+            stop = disk.begin(f"copying {Path(src).name} to {Path(dst).name}")
+            disk.dirty.add(_where(dst))
+            with disk.quiet():
+                if stop:
+                    data = Path(src).read_bytes()
+                    with real["open"](dst, "wb") as f:
+                        f.write(data[: len(data) // 2])
+                else:
+                    return real["copyfile"](src, dst, *args, **kwargs)
+            disk.stop()
+
+        def copyfileobj(fsrc: Any, fdst: Any, *args: Any, **kwargs: Any) -> Any:
+            if disk.busy:
+                return real["copyfileobj"](fsrc, fdst, *args, **kwargs)
+            stop = disk.begin("copying between open files")
+            with disk.quiet():
+                if stop:
+                    data = fsrc.read()
+                    fdst.write(data[: len(data) // 2])
+                else:
+                    return real["copyfileobj"](fsrc, fdst, *args, **kwargs)
+            disk.stop()
+
+        def save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+            if disk.busy:
+                return real["save"](obj, f, *args, **kwargs)
+            to_path = isinstance(f, (str, os.PathLike))
+            where = _where(f) if to_path else getattr(f, "_where", "an open file")
+            stop = disk.begin(f"torch.save to {Path(where).name}")
+            buffer = io.BytesIO()
+            with disk.quiet():
+                real["save"](obj, buffer, *args, **kwargs)
+                data = buffer.getvalue()
+                data = data[: len(data) // 2] if stop else data
+                disk.dirty.add(where)
+                if to_path:
+                    with real["open"](f, "wb") as out:
+                        out.write(data)
+                else:
+                    f.write(data)
+                    if stop:
+                        f.flush()
+            if stop:
+                disk.stop()
+
+        patches = [(builtins, "open", opened), (io, "open", opened), (os, "open", os_open), (os, "write", write),
+                   (os, "fsync", fsync), (os, "replace", renamer("replace")), (os, "rename", renamer("rename")),
+                   (os, "remove", deleter("remove")), (os, "unlink", deleter("unlink")),
+                   (shutil, "copyfile", copyfile), (shutil, "copyfileobj", copyfileobj), (torch, "save", save)]
+        originals = [(holder, name, getattr(holder, name)) for holder, name, _ in patches]
+        try:
+            for holder, name, stand_in in patches:
+                setattr(holder, name, stand_in)
+            yield self
+        finally:
+            for holder, name, original in originals:
+                setattr(holder, name, original)
+
+
+def _loads_as(path: Path, want: dict) -> bool:
+    try:
+        loaded = torch.load(path, weights_only=True)
+    except Exception:
+        return False
     return (isinstance(loaded, dict) and loaded.get("step") == want["step"]
             and isinstance(loaded.get("weights"), torch.Tensor) and torch.equal(loaded["weights"], want["weights"]))
 
 
 def check_save_checkpoint_atomically(fn: Callable[[dict, Path], object]) -> CheckResult:
-    """``fn(obj, path)`` writes a checkpoint that survives a crash in the middle of the next write."""
+    """``fn(obj, path)`` writes a checkpoint that survives a crash at any moment of the next write.
+
+    The answer runs once to count its file operations, then once per operation with the simulated machine
+    stopping there (:class:`_Disk`), over an existing checkpoint and into a new name. After every crash the
+    checkpoint must be the complete old one or the complete new one (or absent, for a new name), and every file
+    the trainer would list as a checkpoint must load. Bytes renamed into place must have been forced to the
+    disk first (``os.fsync``). A find-the-bug exercise with one bug.
+    """
+    fn = yours(fn)
+
+    def run(obj: dict, path: Path, crash_at: int | None = None) -> _Disk:
+        disk = _Disk(crash_at)
+        with disk.installed():
+            try:
+                fn(obj, path)
+            except _Crash:
+                pass
+        return disk
 
     def trial() -> None:
         g = torch.Generator().manual_seed(fresh_seed())
-        first, second, third = ({"step": s, "weights": torch.randn(256, generator=g)} for s in (1, 2, 3))
-        with tempfile.TemporaryDirectory() as tmp:
-            run = Path(tmp)
-            folder = run / "checkpoints"
+        old, new = ({"step": s, "weights": torch.randn(256, generator=g)} for s in (2, 3))
+        scenarios = {}
+        with tempfile.TemporaryDirectory() as tmp:  # a new checkpoint, then one over it: nothing crashes
+            folder = Path(tmp) / "checkpoints"
             folder.mkdir()
-            p1, p2, p3 = (folder / f"ckpt-{s:08d}.pt" for s in (1, 2, 3))
-            for obj, path in ((first, p1), (second, p2)):
-                fn(obj, path)
+            path = folder / "ckpt-00000002.pt"
+            for scenario, obj in (("new", old), ("overwrite", new)):
+                disk = run(obj, path)
                 if not path.is_file():
                     raise CheckFailure(f"after saving step {obj['step']} there is no file {path.name}")
-                if not _same(torch.load(path, weights_only=True), obj):
-                    raise CheckFailure(f"{path.name} does not load back (torch.load, weights_only=True) to what was saved")
-            extra = sorted(p.name for p in folder.iterdir() if p not in (p1, p2))
+                if not _loads_as(path, obj):
+                    raise CheckFailure(f"{path.name} does not load back (torch.load, weights_only=True) to what was "
+                                       f"saved{' over it' if scenario == 'overwrite' else ''}")
+                if disk.unsynced:
+                    src, dst = disk.unsynced[0]
+                    raise CheckFailure(f"{src} was renamed to {dst} before its bytes were forced to the disk "
+                                       "(os.fsync): after a power cut the rename can survive while the bytes do not, "
+                                       "and the checkpoint is empty")
+                scenarios[scenario] = len(disk.ops)
+            extra = sorted(p.name for p in folder.iterdir() if p != path)
             if extra:
                 raise CheckFailure(f"after two successful saves the folder also holds {extra}: the file that was "
                                    "written should have become the checkpoint, leaving nothing behind")
-            for path in (p2, p3):  # overwrite an existing checkpoint, then write a new one; both crash halfway
-                try:
-                    fn({**third, "optimizer": CrashHalfway()}, path)
-                except RuntimeError:
-                    pass
-            if not p2.is_file() or not _same(torch.load(p2, weights_only=True), second):
-                raise CheckFailure(f"a crash while overwriting {p2.name} destroyed the checkpoint that was there: "
-                                   "the old file must stay whole until the new one is complete")
-            listed = [p.name for p in train_mod.checkpoints(run)]
-            if listed != [p1.name, p2.name]:
-                raise CheckFailure(f"after the crashes the trainer would see the checkpoints {listed}, not "
-                                   f"{[p1.name, p2.name]}: a half-written file carries a checkpoint's name, and a "
-                                   "resume would pick it")
+        for scenario, count in reversed(scenarios.items()):
+            for k in range(count):
+                with tempfile.TemporaryDirectory() as tmp:
+                    run_dir = Path(tmp)
+                    folder = run_dir / "checkpoints"
+                    folder.mkdir()
+                    kept = folder / "ckpt-00000001.pt"
+                    torch.save({"step": 1, "weights": old["weights"]}, kept)
+                    path = folder / ("ckpt-00000002.pt" if scenario == "overwrite" else "ckpt-00000003.pt")
+                    if scenario == "overwrite":
+                        torch.save(old, path)
+                    disk = run(new, path, crash_at=k)
+                    where = (f"a crash at file operation {k + 1} of {count} ({disk.ops[k] if k < len(disk.ops) else '?'})"
+                             f" while {'overwriting' if scenario == 'overwrite' else 'writing the new'} {path.name}")
+                    whole = _loads_as(path, new) or (_loads_as(path, old) if scenario == "overwrite" else not path.exists())
+                    if not whole:
+                        state = "gone" if not path.exists() else "damaged"
+                        raise CheckFailure(f"{where} left it {state}: " + (
+                            "the old file must stay whole until the new one is complete" if scenario == "overwrite"
+                            else "a checkpoint's name must never hold an incomplete file"))
+                    broken = [p.name for p in train_mod.checkpoints(run_dir)
+                              if not (_loads_as(p, new) or _loads_as(p, old) or _loads_as(p, {"step": 1, "weights": old["weights"]}))]
+                    if broken:
+                        raise CheckFailure(f"{where} left {broken}, which carry a checkpoint's name but do not load: "
+                                           "a resume would pick them")
 
-    return run_check("save_checkpoint_atomically", trial,
-                     hint="a crash can come at any byte of the write. Where can the new bytes go so that, until "
-                          "the very last moment, the folder still holds the old checkpoint whole, and no file with "
-                          "a checkpoint's name (ckpt-NNNNNNNN.pt) is ever incomplete? Which file-system operation "
-                          "replaces a name in one step (see the os module)?")
+    return run_check("save_checkpoint_atomically", trial, bugs=Bugs(1, nudges=(
+        "a crash can come at any byte of the write: where can the new bytes go so that, until the very last "
+        "moment, the folder still holds the old checkpoint whole?",
+        "no file with a checkpoint's name (ckpt-NNNNNNNN.pt) may ever be incomplete: which name may the file "
+        "you write into carry, and in which folder must it be?",
+        "which file-system operation replaces a name in one step (see the os module), and what must be true of "
+        "the new bytes on the disk before you use it?")),
+        forbid=["fftd_course.checkpoints.atomic_save", "fftd_course.checkpoints.atomic_write"])
 
 
 # ---- exercise 3: hours for a number of steps, from a run's log ------------------------------------------------
-
-def hours_for_steps_reference(log_path: str | Path, steps: int, batch_size: int) -> float:
-    """Hours that ``steps`` optimizer steps of ``batch_size`` images take at the median images per second of the
-    run's ``log.jsonl`` (lines without ``images_per_s``, such as the final summary, are skipped)."""
-    lines = [json.loads(s) for s in Path(log_path).read_text().splitlines() if s.strip()]
-    speed = statistics.median(h["images_per_s"] for h in lines if "images_per_s" in h)
-    return steps * batch_size / speed / 3600
-
 
 def _write_log(path: Path, rng: random.Random, n_lines: int) -> None:
     base = rng.uniform(50, 5000)
@@ -169,8 +408,16 @@ def _write_log(path: Path, rng: random.Random, n_lines: int) -> None:
 
 
 def check_hours_for_steps(fn: Callable[[Path, int, int], float], log: str | Path | None = None) -> CheckResult:
-    """``fn(log_path, steps, batch_size)`` returns :func:`hours_for_steps_reference`'s number, on made-up logs and
-    on ``log`` (a real run's ``log.jsonl``) when given."""
+    """``fn(log_path, steps, batch_size)``: the hours that ``steps`` optimizer steps of ``batch_size`` images take at
+    the median images per second of the run's ``log.jsonl`` (lines without ``images_per_s``, such as the final
+    summary, are skipped), on made-up logs and on ``log`` (a real run's ``log.jsonl``) when given."""
+
+    def hours(log_path: str | Path, steps: int, batch_size: int) -> float:  # the hidden reference
+        lines = [json.loads(s) for s in Path(log_path).read_text().splitlines() if s.strip()]
+        speed = statistics.median(h["images_per_s"] for h in lines if "images_per_s" in h)
+        return steps * batch_size / speed / 3600
+
+    fn = yours(fn)
 
     def trial() -> None:
         rng = random.Random(fresh_seed())
@@ -185,7 +432,7 @@ def check_hours_for_steps(fn: Callable[[Path, int, int], float], log: str | Path
                 cases.append((Path(log), 1, 4_000_000))
             for path, batch, steps in cases:
                 got = fn(path, steps, batch)
-                want = hours_for_steps_reference(path, steps, batch)
+                want = hours(path, steps, batch)
                 if isinstance(got, torch.Tensor) and got.numel() == 1:
                     got = float(got)
                 if not isinstance(got, (int, float)):
@@ -200,4 +447,6 @@ def check_hours_for_steps(fn: Callable[[Path, int, int], float], log: str | Path
                      hint="the log's speed is in images per second, while the run is counted in optimizer steps "
                           "of batch_size images; take the median over every line that has a speed (the first "
                           "window is slowed by start-up, the last line is a summary), with the usual median of "
-                          "an even count; and an hour has 3600 seconds.")
+                          "an even count; and an hour has 3600 seconds.",
+                     # no package function reads the log; the package's own speed measurement is the benchmark
+                     forbid=["fftd_course.evaluation.bench.run_bench"])

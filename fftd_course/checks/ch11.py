@@ -12,8 +12,8 @@ from typing import Callable
 
 import torch
 
-from ..evaluation.metrics import fid_from_features
-from .core import CheckFailure, CheckResult, fresh_seed, run_check
+from ..evaluation import metrics
+from .core import Bugs, CheckFailure, CheckResult, fresh_seed, run_check, yours
 
 __all__ = ["check_verdict_from_seeds", "check_kid_unbiased", "check_fair_fid_pair"]
 
@@ -21,17 +21,6 @@ VERDICTS = ("agrees", "disagrees", "inside the noise")
 
 
 # ---- exercise 1: does a table agree with the paper? ------------------------------------------------------------
-
-def _verdict(better: list[float], worse: list[float], lower_is_better: bool) -> str:
-    def var(xs: list[float]) -> float:
-        m = sum(xs) / len(xs)
-        return sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
-
-    gain = sum(worse) / len(worse) - sum(better) / len(better)
-    gain = gain if lower_is_better else -gain
-    se = math.sqrt(var(better) / len(better) + var(worse) / len(worse))
-    return VERDICTS[2] if abs(gain) <= 2 * se else VERDICTS[0 if gain > 0 else 1]
-
 
 def _verdict_cases(rng: random.Random) -> list[tuple[list[float], list[float], bool]]:
     cases = [([1.0, 1.2, 1.1], [2.0, 2.1, 1.9], True),      # clearly agrees
@@ -54,9 +43,21 @@ def _verdict_cases(rng: random.Random) -> list[tuple[list[float], list[float], b
 def check_verdict_from_seeds(fn: Callable[[list[float], list[float], bool], str]) -> CheckResult:
     """``fn(better, worse, lower_is_better)``: the verdict on "better beats worse" from per-seed values."""
 
+    def verdict(better: list[float], worse: list[float], lower_is_better: bool) -> str:  # the hidden reference
+        def var(xs: list[float]) -> float:
+            m = sum(xs) / len(xs)
+            return sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
+
+        gain = sum(worse) / len(worse) - sum(better) / len(better)
+        gain = gain if lower_is_better else -gain
+        se = math.sqrt(var(better) / len(better) + var(worse) / len(worse))
+        return VERDICTS[2] if abs(gain) <= 2 * se else VERDICTS[0 if gain > 0 else 1]
+
+    fn = yours(fn)
+
     def trial() -> None:
         for better, worse, lower in _verdict_cases(random.Random(fresh_seed())):
-            want, got = _verdict(better, worse, lower), fn(list(better), list(worse), lower)
+            want, got = verdict(better, worse, lower), fn(list(better), list(worse), lower)
             if got not in VERDICTS:
                 raise CheckFailure(f"return one of {VERDICTS}, got {got!r}")
             if got != want:
@@ -67,33 +68,35 @@ def check_verdict_from_seeds(fn: Callable[[list[float], list[float], bool], str]
     return run_check("verdict_from_seeds", trial,
                      hint="which spread does a handful of seeds estimate without bias, and how does the spread of "
                           "one mean shrink with the number of seeds? The two means are independent: how do their "
-                          "variances combine in their difference?")
+                          "variances combine in their difference?",
+                     forbid=["fftd_course.reproduction.runner.verdict"])
 
 
 # ---- exercise 2: KID from its definition -------------------------------------------------------------------------
 
-def _kid(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    d = a.shape[1]
-
-    def k(x, y):
-        return (x @ y.T / d + 1) ** 3
-
-    m, n = len(a), len(b)
-    kaa, kbb = k(a, a), k(b, b)
-    return float((kaa.sum() - kaa.trace()) / (m * (m - 1)) + (kbb.sum() - kbb.trace()) / (n * (n - 1))
-                 - 2 * k(a, b).mean())
-
-
 def check_kid_unbiased(fn: Callable[[torch.Tensor, torch.Tensor], float]) -> CheckResult:
     """``fn(features_a, features_b)``: unbiased MMD^2 with the cubic kernel over the whole sets, a float."""
+
+    def kid(a: torch.Tensor, b: torch.Tensor) -> float:  # the hidden reference
+        a, b = a.double(), b.double()
+        d = a.shape[1]
+
+        def k(x, y):
+            return (x @ y.T / d + 1) ** 3
+
+        m, n = len(a), len(b)
+        kaa, kbb = k(a, a), k(b, b)
+        return float((kaa.sum() - kaa.trace()) / (m * (m - 1)) + (kbb.sum() - kbb.trace()) / (n * (n - 1))
+                     - 2 * k(a, b).mean())
+
+    fn = yours(fn)
 
     def trial() -> None:
         g = torch.Generator().manual_seed(fresh_seed())
         for m, n, d, shift in ((5, 5, 8, 0.0), (7, 12, 16, 0.3), (30, 9, 64, 1.0), (4, 40, 2048, 0.1)):
             a = torch.randn(m, d, generator=g, dtype=torch.float64)
             b = torch.randn(n, d, generator=g, dtype=torch.float64) + shift
-            want, got = _kid(a, b), fn(a.clone(), b.clone())
+            want, got = kid(a, b), fn(a.clone(), b.clone())
             if not isinstance(got, (float, int)) and not (isinstance(got, torch.Tensor) and got.numel() == 1):
                 raise CheckFailure(f"return a number (a float), got {type(got).__name__}")
             if not math.isclose(float(got), want, rel_tol=1e-6, abs_tol=1e-9):
@@ -102,13 +105,17 @@ def check_kid_unbiased(fn: Callable[[torch.Tensor, torch.Tensor], float]) -> Che
 
     return run_check("kid_unbiased", trial,
                      hint="write the three kernel matrices first. Which of their entries compare an image with "
-                          "itself, and what does averaging those in do to the estimate? Mind sets of different sizes.")
+                          "itself, and what does averaging those in do to the estimate? Mind sets of different sizes.",
+                     forbid=["fftd_course.evaluation.metrics.kid_from_features",
+                             "fftd_course.evaluation.metrics._unbiased_mmd2"])
 
 
 # ---- exercise 3: find the bug in an FID comparison ---------------------------------------------------------------
 
 def check_fair_fid_pair(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[float, float]]) -> CheckResult:
-    """``fn(features_a, features_b, reference)``: the FIDs of two models computed so that they can be compared."""
+    """``fn(features_a, features_b, reference)``: the FIDs of two models computed so that they can be compared
+    (a find-the-bug exercise with one bug)."""
+    fn = yours(fn)
 
     def trial() -> None:
         g = torch.Generator().manual_seed(fresh_seed())
@@ -117,7 +124,7 @@ def check_fair_fid_pair(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
             a = torch.randn(n_a, 24, generator=g, dtype=torch.float64) * 1.1
             b = torch.randn(n_b, 24, generator=g, dtype=torch.float64) + 0.05
             m = min(n_a, n_b)
-            want = (fid_from_features(a[:m], ref).value, fid_from_features(b[:m], ref).value)
+            want = (metrics.fid_from_features(a[:m], ref).value, metrics.fid_from_features(b[:m], ref).value)
             got = fn(a.clone(), b.clone(), ref.clone())
             if not (isinstance(got, tuple) and len(got) == 2):
                 raise CheckFailure(f"return a pair (fid_a, fid_b) of numbers, got {got!r}")
@@ -125,6 +132,11 @@ def check_fair_fid_pair(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
                 raise CheckFailure(f"{n_a} samples of model A, {n_b} of model B: you return ({float(got[0]):.4g}, "
                                    f"{float(got[1]):.4g}); a fair pair is ({want[0]:.4g}, {want[1]:.4g})")
 
-    return run_check("fair_fid_pair", trial,
-                     hint="run the colleague's function on two sets drawn from the SAME distribution but of "
-                          "different sizes. Which one wins, and why? Which samples may you keep of each model?")
+    return run_check("fair_fid_pair", trial, bugs=Bugs(1, nudges=(
+        "run the colleague's function on two sets drawn from the SAME distribution but of different sizes: "
+        "which one wins, and why?",
+        "FID is estimated from samples, and its bias depends on how many there are: what must the two models "
+        "have in common for their FIDs to be compared?",
+        "which samples may you keep of each model, and may you touch the reference?")),
+        # the package's own FID/KID of a sample set (which leaves the sample counts to its caller)
+        forbid=["fftd_course.reproduction.experiments.Lab.distance"])
