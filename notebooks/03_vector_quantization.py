@@ -16,26 +16,23 @@
 # %% [markdown]
 # # 03 · Vector quantization
 #
-# The "VQ" in IVQ-VAE: between the encoder and the decoder sits a **codebook**, a table of $K$ vectors.
-# Every vector of the encoder's output is replaced by the nearest entry of that table, so an image
-# becomes a small grid of integers (code indices). The paper uses $K = 16384$ codes of 4 channels and,
-# at its chosen compression $f = 64$, a $4\times4$ grid: 16 integers per $256\times256$ image. Stage 2
-# (FFTD) then learns to generate those latents.
+# The "VQ" in IVQ-VAE: between the encoder and the decoder sits a **codebook**, a table of $K$ vectors. Every
+# vector of the encoder's output is replaced by its nearest entry, so an image becomes a small grid of integers
+# (code indices). The paper uses $K = 16384$ codes of 4 channels and, at its chosen $f = 64$, a $4\times4$ grid: 16
+# integers per $256\times256$ image, which stage 2 (FFTD) learns to generate.
 #
-# The paper names the quantization loss $\mathcal{L}_{vq}$ in eq. 15 and says nothing more about it
-# (E18 in [`docs/ERRATA.md`](../docs/ERRATA.md)). This chapter fills that gap with the standard
-# construction (VQ-VAE, VQGAN) and measures its best-known failure.
+# The paper names the quantization loss $\mathcal{L}_{vq}$ (eq. 15) and says no more (E18 in
+# [`docs/ERRATA.md`](../docs/ERRATA.md)): this chapter builds the standard one (VQ-VAE, VQGAN) and measures its
+# best-known failure.
 #
 # **In this chapter you will**
-# - snap vectors to their nearest code and see the codebook as a partition of space;
-# - pass gradients through that snap with the **straight-through estimator**, and check that the
-#   gradient is copied unchanged;
-# - see which parameters each of the two terms of $\mathcal{L}_{vq}$ moves, and where $\beta$ belongs;
-# - **measure codebook collapse** on toy faces and compare the fixes: dead-code replacement,
-#   l2-normalised codes with k-means initialisation, and finite scalar quantization (FSQ);
-# - count the bits a $4\times4$ grid of codes can hold, and what that means for the paper's $f = 64$;
-# - predict which codes win under taming's initialisation, write an EMA codebook update and relate it to
-#   the codebook term's gradient, and find two bugs in a quantizer.
+# - snap vectors to their nearest code, and pass gradients through the snap with the **straight-through estimator**;
+# - see which parameters each term of $\mathcal{L}_{vq}$ moves, and where $\beta$ belongs;
+# - **measure codebook collapse** on toy faces and compare the fixes: dead-code replacement, l2-normalised codes
+#   with k-means initialisation, and finite scalar quantization (FSQ);
+# - count the bits a $4\times4$ grid of codes holds;
+# - predict which codes win under taming's initialisation, write an EMA codebook update, and find two bugs in a
+#   quantizer.
 
 # %%
 import math
@@ -221,28 +218,27 @@ print("z_q carries a straight-through gradient back to z:", z.grad is not None a
 # %% [markdown]
 # ## 4. Codebook collapse, measured
 #
-# A code receives gradient only when it is **chosen**: the codebook term moves the codes that won an
-# argmin, nothing else. A code that no encoder output is close to never wins, never moves, and stays
-# useless: a **dead code**. If the encoder's outputs all land near a handful of codes early in training,
-# the rest of the codebook dies. taming's initialisation makes this likely: codes start uniform in
-# $[-1/K, 1/K]$, tiny next to the encoder's outputs (the run prints both). *Which* codes win then is
+# A code receives gradient only when it is **chosen** (wins an argmin). A code that no encoder output is near never
+# wins and never moves: a **dead code**. If the encoder's outputs land
+# near a handful of codes early on, the rest of the codebook dies. taming's initialisation makes this likely: codes
+# start uniform in $[-1/K, 1/K]$, tiny next to the encoder's outputs (the run prints both). *Which* codes win is
 # exercise 2: predict it before you look at the plots below.
 #
 # The known fixes (E19 in [`docs/ERRATA.md`](../docs/ERRATA.md); the README of
 # [vector-quantize-pytorch](https://github.com/lucidrains/vector-quantize-pytorch) collects more):
-# - **dead-code replacement**: every so often, move codes that were not chosen onto recent encoder
-#   outputs. With a $4\times 4$ latent an image makes only 16 assignments, so the candidates come from a
-#   **buffer** of the last few thousand encoder outputs, not just the current batch;
-# - **l2-normalised codes with k-means initialisation**: compare directions on the unit sphere (no code
-#   can hide far away by its norm) and start the codes where the data is;
-# - **FSQ** (finite scalar quantization): round each of the 4 channels to a few fixed levels; the
-#   codebook is the grid of all combinations and has nothing to learn, so nothing can die.
-#
-# **The experiment.** To compare them in seconds, we shrink the autoencoder to its core: an $f = 8$
-# encoder that looks at each $8\times8$ patch of a 32 px toy face (one strided convolution and a $1\times 1$
-# convolution) gives the paper's $4\times 4$ grid of 4-channel vectors; the decoder mirrors it. Only the
-# quantizer changes between runs. Usage is counted over a sliding window of the last assignments
-# (`quantizer.usage()`), and at the end on held-out faces.
+# - **dead-code replacement**: every so often, move unchosen codes onto recent encoder outputs. A $4\times 4$ latent
+#   makes only 16 assignments per image, so candidates come from a **buffer** of the last few thousand outputs;
+# - **l2-normalised codes with k-means initialisation**: compare directions on the unit sphere (no code can hide far
+#   away by its norm), starting the codes where the data is;
+# - **FSQ** (finite scalar quantization): round each of the 4 channels to a few fixed levels; the codebook is the
+#   grid of all combinations, with nothing to learn and so nothing to die.
+
+# %% [markdown]
+# **The experiment.** To compare them in seconds, we shrink the autoencoder to its core: an $f = 8$ encoder (one
+# strided convolution and a $1\times 1$ convolution) turns each $8\times8$ patch of a 32 px toy face into one vector
+# of the paper's $4\times 4$ grid of 4-channel vectors; the decoder mirrors it. Only the quantizer changes between
+# runs. Usage is counted over a sliding window of the last assignments (`quantizer.usage()`), and at the end on
+# held-out faces.
 
 # %%
 on_gpu = device.type == "cuda"
@@ -366,38 +362,37 @@ plt.show()
 
 # %% [markdown]
 # How to read the numbers above (compare them with the run's printout):
-# - **Plain VQ** starts with tiny codes (the printed start norms), so the few outermost codes win the
-#   assignments and the rest never move. Its reconstructions can only be as varied as the codes it uses.
-# - **Dead-code replacement** revives unused codes on real encoder outputs; the buffer of recent
-#   outputs gives it thousands of candidates even though each image makes only 16 assignments.
-# - **l2 + k-means** starts well and compares directions only; without replacement, codes that lose
-#   early can still die, more slowly.
-# - **FSQ** cannot collapse in the same way (there is no learned codebook to die), but nothing forces
-#   the encoder to visit every grid cell either: its usage is whatever spread the encoder learns.
+# - **Plain VQ** starts with tiny codes (the printed start norms): the few outermost codes win and the rest never
+#   move, so its reconstructions can only be as varied as the codes it uses.
+# - **Dead-code replacement** revives unused codes on real encoder outputs, thousands of candidates from the buffer.
+# - **l2 + k-means** starts well and compares directions only; without replacement, codes that lose early can still
+#   die, more slowly.
+# - **FSQ** has no learned codebook to die, but nothing forces the encoder to visit every grid cell: its usage is
+#   whatever spread the encoder learns.
 #
-# At this scale one run of each is a measurement, not a verdict: seeds and step counts move the
-# numbers. The IVQ-VAE configurations of `fftd_course.ivqvae` use l2 + k-means + dead-code replacement;
-# `quantizer="fsq"` switches any of them to FSQ.
-#
+# One run of each is a measurement, not a verdict: seeds and step counts move the numbers. The IVQ-VAE
+# configurations of `fftd_course.ivqvae` use l2 + k-means + dead-code replacement; `quantizer="fsq"` switches any of
+# them to FSQ.
+
+# %% [markdown]
 # > **What the paper says / what we chose** (E18, E6, E19)
 # >
-# > - *Paper:* eq. 15 adds $\lambda_{vq} \mathcal{L}_{vq}$ and calls $\mathcal{L}_{vq}$ "the quantization
-# >   loss"; no formula, no $\beta$, no word on codebook initialisation or collapse. *We:* use VQ-VAE's
-# >   $\lVert \mathrm{sg}[z_e] - e \rVert^2 + \beta \lVert z_e - \mathrm{sg}[e] \rVert^2$ with
-# >   $\beta = 0.25$ on the **commitment** term, not taming's legacy placement (identical loss values,
-# >   different gradients, as measured above).
-# > - *Paper:* 16384 codes, "latent space 4" (E6). *We:* read it as 4 channels; at f = 64 that is a
-# >   $4\times4\times4$ latent, and collapse is the main risk of so many codes in so few dimensions. Every named
-# >   IVQ-VAE configuration turns on l2-normalised codes, k-means initialisation and dead-code
-# >   replacement from a buffer of recent encoder outputs; FSQ with levels (16, 16, 8, 8), exactly
-# >   16384 codes in 4 channels, is the collapse-free alternative behind the same interface.
-# > - *We:* report usage as distinct codes and perplexity over a stated set (a window of assignments in
-# >   training, all held-out images at the end), never the perplexity of one batch: at batch size 1 and
-# >   16 assignments per image, a batch can show at most 16 codes.
-#
+# > - *Paper:* eq. 15 adds $\lambda_{vq} \mathcal{L}_{vq}$, "the quantization loss": no formula, no $\beta$, no word
+# >   on codebook initialisation or collapse. *We:* use VQ-VAE's
+# >   $\lVert \mathrm{sg}[z_e] - e \rVert^2 + \beta \lVert z_e - \mathrm{sg}[e] \rVert^2$ with $\beta = 0.25$ on the
+# >   **commitment** term, not taming's legacy placement (same loss values, different gradients, as measured above).
+# > - *Paper:* 16384 codes, "latent space 4" (E6). *We:* read it as 4 channels, a $4\times4\times4$ latent at
+# >   f = 64, where collapse is the main risk of so many codes in so few dimensions. Every named IVQ-VAE
+# >   configuration uses l2-normalised codes, k-means initialisation and dead-code replacement from a buffer of
+# >   recent encoder outputs; FSQ with levels (16, 16, 8, 8), exactly 16384 codes in 4 channels, is the
+# >   collapse-free alternative behind the same interface.
+# > - *We:* report usage as distinct codes and perplexity over a stated set (a window of assignments in training,
+# >   all held-out images at the end), never one batch's: at batch size 1 a batch shows at most 16 codes.
+
+# %% [markdown]
 # ## 5. Bits per image
 #
-# A code index out of $K$ carries at most $\log_2 K$ bits. The whole image is then at most
+# A code index out of $K$ carries at most $\log_2 K$ bits, so the whole image at most
 # $\frac{H}{f} \cdot \frac{W}{f} \cdot \log_2 K$ bits, whatever the decoder does with it:
 
 # %%
@@ -624,7 +619,8 @@ checks.check_vq_straight_through(vq_fixed)
 #   exercise 2's argument, and why does k-means initialisation matter more there?
 # - **FSQ levels.** $(8, 8, 4, 4)$ and $(4, 4, 8, 8)$ give the same 1024 codes. Does the order matter
 #   for usage or held-out L1? Try $(32, 32)$ on 2 channels against $(4, 4, 4, 4, 4)$ on 5.
-#
+
+# %% [markdown]
 # ## Summary
 #
 # - Quantization replaces each latent vector by its nearest code: an image becomes a grid of integers.
