@@ -26,14 +26,13 @@
 # alone give blurry reconstructions; the perceptual and adversarial terms push towards sharp ones.
 #
 # **In this chapter you will**
-# - measure L1 and LPIPS on reconstruction-like degradations of toy images and see that they rank them differently;
+# - see L1 and LPIPS rank reconstruction-like degradations of toy images differently;
 # - build LPIPS from its parts, and learn what happens on a machine without its VGG16 weights;
 # - build the PatchGAN discriminator, and see why eq. 14 as printed cannot be trained (the hinge loss can);
-# - compare taming's adaptive weight with the paper's fixed $\lambda_d + \lambda_{vq} = 1$ (eq. 15);
-# - switch a discriminator on while training the package's smallest IVQ-VAE, and measure what it does to the
-#   reconstructions;
-# - in the exercises: write the other classic discriminator loss, predict (then measure) how large a patch each
-#   PatchGAN logit sees, and find the bugs in a broken adaptive weight.
+# - compare taming's adaptive weight with the paper's fixed $\lambda_d + \lambda_{vq} = 1$ (eq. 15), switching a
+#   discriminator on while training the smallest IVQ-VAE;
+# - in the exercises: write the other classic discriminator loss, predict how large a patch each PatchGAN logit
+#   sees, and find the bugs in a broken adaptive weight.
 
 # %%
 import copy
@@ -367,20 +366,19 @@ plt.show()
 # and the codebook term, without saying which. `HybridLoss(weighting="paper", lambda_d=...)` implements
 # that; `weighting="adaptive"` (the default) implements taming's weight with `disc_weight = 0.75`
 # (as in latent-diffusion's VQ-f16 configuration) and the codebook term at weight 1.
+
+# %% [markdown]
+# To see both at work we borrow chapter 05's IVQ-VAE in its smallest CPU configuration `toy-f4` (codes 4 times
+# smaller than the face on each side; the cell prints the sizes). `model(x)` returns the reconstruction and the
+# quantizer's output, whose `.loss` is $L_{vq}$ (weighed by $\lambda_{vq}$); `model.last_layer` is the decoder's
+# final convolution, where the adaptive weight compares gradients. `pipeline.train_ivqvae` runs Algorithm 1
+# (`pipeline.ivqvae_step` at every step): the hybrid loss for the autoencoder and, from `disc_start` on, the hinge
+# loss for the discriminator, logging every term.
 #
-# To see both at work we need an autoencoder and a training loop, and the package has both. Chapter 05
-# assembles the IVQ-VAE (encoder, vector quantizer, decoder) and explains it; here we only use it, in its
-# smallest CPU configuration `toy-f4`, which turns a face into a grid of codes 4 times smaller on each
-# side (the cell prints the sizes). `model(x)` returns the reconstruction and the quantizer's output,
-# whose `.loss` is $L_{vq}$, the term that $\lambda_{vq}$ weighs; `model.last_layer` is the decoder's
-# final convolution, where the adaptive weight compares gradients. `pipeline.train_ivqvae` runs
-# Algorithm 1 (`pipeline.ivqvae_step` at every step): the hybrid loss for the autoencoder and, from
-# `disc_start` on, the hinge loss for the discriminator, logging every term at every step.
-#
-# The perceptual term is left out of the gradient here (`perceptual_weight=0`): on a CPU, VGG16's backward
-# pass would multiply the cost of each step several times (chapter 05 trains with it when the VGG16 file
-# is present); LPIPS is measured on the results instead. First, `PRE_STEPS` steps with a discriminator
-# that never starts, so that the loss is $L_{rec} + \lambda_{vq} L_{vq}$:
+# The perceptual term stays out of the gradient (`perceptual_weight=0`): on a CPU, VGG16's backward pass would
+# multiply each step's cost (chapter 05 trains with it when the VGG16 file is present); LPIPS is measured on the
+# results instead. First, `PRE_STEPS` steps with a discriminator that never starts, so that the loss is
+# $L_{rec} + \lambda_{vq} L_{vq}$:
 
 # %%
 train_images, _ = data.make_toy_faces(2048, size=32, seed=0)
@@ -513,16 +511,15 @@ plt.show()
 # %% [markdown]
 # What the run shows depends on the numbers it printed; what to look for:
 #
-# - **Right after the switch** the adversarial branches' training L1 is compared with the branch
-#   without a discriminator, over the same batches. A jump there is the effect users of taming report
-#   (issues #44, #93): reconstructions get worse when the discriminator comes on, and usually recover later.
-# - A **discriminator loss near 1.0** means the discriminator cannot yet tell reconstructions from real
-#   images, so the "adversarial" gradient the autoencoder follows is mostly noise. A run of this size
-#   is far too short for the adversarial term to pay off; its benefit (sharper textures) shows at the
-#   paper's scale, and in FID more than in L1.
-# - The adaptive weight moves at every step, the paper's stays where it was set. Their printed means
-#   say how far apart the two choices are in this run.
-#
+# - **Right after the switch**, compare the adversarial branches' training L1 with the branch without a
+#   discriminator, over the same batches. A jump is the effect taming's users report (issues #44, #93):
+#   reconstructions get worse when the discriminator comes on, and usually recover later.
+# - A **discriminator loss near 1.0** means it cannot yet tell reconstructions from real images, so the
+#   "adversarial" gradient is mostly noise. A run this short cannot profit from the adversarial term; its benefit
+#   (sharper textures) shows at the paper's scale, and in FID more than in L1.
+# - The adaptive weight moves at every step, the paper's stays where it was set: compare their printed means.
+
+# %% [markdown]
 # > **What the paper says / what we chose (eq. 15, E22 and E11).** The paper fixes
 # > $\lambda_d + \lambda_{vq} = 1$ with no values: one number shared between two unrelated terms (raising the
 # > adversarial weight lowers the codebook weight). `HybridLoss` implements it as `weighting="paper"`
