@@ -16,22 +16,17 @@
 # %% [markdown]
 # # 11 · Reproducing the paper: its tables at toy scale, with seeds and error bars
 #
-# Chapters 01-10 built every piece of the paper and trained it. This chapter tests what the paper
-# *claims*: each of its experiment tables (1, 2, 3, 4, 7, 8, 9 in `docs/PAPER.md`) is re-run on the toy
-# faces with three training seeds per row, and the results are committed in `docs/reproduction/` as they
-# come (a table that still misses seeds says so below, and its claims wait for their error bars). A toy
-# run cannot give the paper's numbers (32 px cartoons, minutes of CPU, a few hundred samples); it can
-# say whether the paper's **orderings** (f = 64 beats f = 32, patch 1 beats patch 2, AdaptiveFusion
-# beats addition...) survive a change of scale, and whether a difference is larger than the scatter
-# between seeds.
+# Chapters 01-10 built and trained every piece. This chapter tests what the paper *claims*: its experiment tables
+# (1, 2, 3, 4, 7, 8, 9 in `docs/PAPER.md`) re-run on the toy faces with three training seeds per row, committed in
+# `docs/reproduction/` as they come (a table still missing seeds says so, and its claims wait). Toy runs (32 px
+# cartoons, minutes of CPU, a few hundred samples) cannot give the paper's numbers; they can say whether its
+# **orderings** (f = 64 beats f = 32, patch 1 beats patch 2, AdaptiveFusion beats addition...) survive a change of
+# scale, and whether a difference exceeds the scatter between seeds.
 #
-# **In this chapter you will**
-# - read how the reproduction was run, on which machine, and how long each table took;
-# - turn per-seed values into error bars and a verdict, and write that rule yourself;
-# - predict each table before you load it, then see it plotted beside the paper's numbers;
-# - re-run Table 3's step sweep live on the committed toy generator;
-# - write KID from its definition and see why it, unlike FID, can compare a few hundred samples;
-# - find the bug in an FID comparison that a reviewer would reject.
+# **In this chapter you will** read how the reproduction was run and how long each table took; turn per-seed values
+# into error bars and a verdict (writing that rule yourself); predict each table, then see it beside the paper's;
+# re-run Table 3's step sweep live; write KID from its definition and see why it, unlike FID, can compare a few
+# hundred samples; and find the bug in an FID comparison that a reviewer would reject.
 
 # %%
 import math
@@ -85,7 +80,8 @@ print("hours per table (the first table to need a model paid for its training):"
 #   on $n$, so FIDs are compared only at equal sample counts, and never with the paper's 50,000-sample FIDs;
 # - **KID**, the kernel distance of section 7 below: unbiased at any $n$, the measure every verdict uses;
 # - **class accuracy**: how often the class judge of chapter 09 names the requested class.
-#
+
+# %% [markdown]
 # ## 2. From seeds to a verdict
 #
 # Each row was trained with seeds 0, 1, 2. A claim of the paper, "row A beats row B on KID", is judged by
@@ -437,7 +433,8 @@ display(Markdown(reproduction.summary_markdown(reproduction.summary())))
 #   folder is used, nothing is overwritten) and watch FID fall while KID stays put.
 # - **On a GPU.** The same command on a CUDA machine trains the same toy models faster; the 256 px
 #   presets of chapter 10 (`celebahq256`, `afhq256`) are what a real reproduction of the paper needs.
-#
+
+# %% [markdown]
 # ## Summary
 #
 # - A reproduction tests a paper's **claims** (orderings), not its numbers: toy scale changes the numbers,
