@@ -44,7 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 import fftd_course
-from fftd_course import checks, data, ivqvae, losses, pipeline, viz
+from fftd_course import checks, data, diagrams, ivqvae, losses, pipeline, viz
 from fftd_course.evaluation import metrics
 from fftd_course.quantize import codebook_usage
 
@@ -81,6 +81,15 @@ print(config)
 print(f"\nf = {config.f}, latent grid {config.latent_size}x{config.latent_size}x{config.z_channels}, "
       f"{config.num_codes} codes -> {config.bits_per_image:.0f} bits per image; "
       f"{ivqvae.count_parameters(model):,} parameters")
+
+# %% [markdown]
+# The model as a picture, drawn by `fftd_course.diagrams` from `config` itself: every width, resolution and
+# shape in it is read from the configuration (try `ivqvae.get_config("paper-f64")`). The encoder runs down the
+# left, the quantizer sits at the bottom, the decoder climbs back up on the right:
+
+# %%
+diagrams.ivqvae_diagram(config)
+plt.show()
 
 # %% [markdown]
 # Follow one batch through the encoder level by level (forward hooks print each part's output shape), then
