@@ -16,25 +16,15 @@
 # %% [markdown]
 # # 07 · AdaptiveFusion: two token streams, two gates (eq. 18-25)
 #
-# The paper's own building block is **AdaptiveFusion** (section 3.2.3 of the paper, eq. 18-25 in
-# [`docs/PAPER.md`](../docs/PAPER.md)). Wherever FFTD has two streams of tokens to merge, it does not simply add
-# them: it weighs the first one **channel by channel** and the second one **token by token**, with weights
-# computed from both, and adds a learnable share of a plain linear mix. The paper's Table 9 credits this
-# block with most of its quality (FID 64.96 with plain addition, 9.64 with AdaptiveFusion).
+# **AdaptiveFusion** (section 3.2.3, eq. 18-25 in [`docs/PAPER.md`](../docs/PAPER.md)), the paper's own block,
+# merges two token streams: it weighs the first **channel by channel** and the second **token by token**, with
+# weights computed from both, plus a learnable share of a linear mix. Table 9 credits it with most of the paper's
+# quality (FID 64.96 with plain addition, 9.64 with it). Two of its equations are misprinted
+# ([E1](../docs/ERRATA.md#e1), [E2](../docs/ERRATA.md#e2)).
 #
-# The paper prints two of these equations wrongly ([E1](../docs/ERRATA.md#e1), [E2](../docs/ERRATA.md#e2));
-# this chapter shows what goes wrong and what the package `fftd_course.fusion` does instead.
-#
-# **In this chapter you will**
-# - find the seven places where FFTD fuses, and the token shapes there (4×4, 2×2 and 1×1 grids);
-# - meet the block's ancestor, CBAM's channel and spatial attention;
-# - build eq. 18-25 one at a time on real tokens and check the result against `fusion.AdaptiveFusion`;
-# - see numerically why `p_max` must be a max pool (E1) and why a ReLU belongs between the two linear
-#   layers of eq. 20 (E2);
-# - predict what a freshly initialised fusion computes, and count the parameters of Table 9's three fusions;
-# - watch the two gates learn to pick the informative channels and tokens of a toy task;
-# - write CBAM's reading of the channel gate, take the spatial gate apart on a 1×1 grid, and find three
-#   bugs that no test on a fresh fusion can see.
+# **In this chapter you will** find FFTD's seven fusions, build eq. 18-25 against `fusion.AdaptiveFusion`, see why E1 and E2 must be fixed,
+# and watch the gates learn; then write CBAM's channel gate, take the spatial gate apart on a 1×1 grid, and find
+# three bugs that no test on a fresh fusion can see.
 
 # %%
 import math
@@ -55,21 +45,16 @@ fftd_course.setup_chapter(seed=0, threads=1)
 # %% [markdown]
 # ## 1. Where FFTD fuses, and on what
 #
-# FFTD (chapter 08) is a five-block Transformer hourglass on the 4×4 latent grid: Block1 at 4×4, Block2 at
-# 2×2, Block3 at 1×1, Block4 at 2×2, Block5 at 4×4. Between blocks the token grid is halved by a strided
-# convolution (eq. 16) or doubled by nearest interpolation and a convolution (eq. 17). AdaptiveFusion joins
-# two streams of tokens $x_1, x_2 \in \mathbb{R}^{B \times L \times D}$ in three kinds of place:
+# FFTD (chapter 08) is a five-block Transformer hourglass on the 4×4 latent grid: Blocks 1-5 at 4×4, 2×2, 1×1, 2×2
+# and 4×4. AdaptiveFusion joins two token streams $x_1, x_2 \in \mathbb{R}^{B \times L \times D}$:
 #
-# 1. **inside every block**: the attention output ($x_1$) with the feed-forward output ($x_2$); the package
-#    runs the two branches in parallel on the same input ([E13](../docs/ERRATA.md#e13));
-# 2. **the inner long skip**: Block2's output ($x_1$) with Block4's output ($x_2$), both on the 2×2 grid;
-# 3. **the outer long skip**: Block1's output ($x_1$) with Block5's output ($x_2$), both on the 4×4 grid
-#    ([E14](../docs/ERRATA.md#e14) says exactly what flows where).
+# 1. **inside every block**: the attention output ($x_1$) with the feed-forward output ($x_2$), run in parallel
+#    ([E13](../docs/ERRATA.md#e13));
+# 2. **the inner long skip**: Block2's output ($x_1$) with Block4's ($x_2$), at 2×2;
+# 3. **the outer long skip**: Block1's output with Block5's, at 4×4 ([E14](../docs/ERRATA.md#e14)).
 #
-# Let us run a small FFTD on stand-in latents and record the inputs of every fusion with forward hooks. A fresh
-# FFTD closes every branch of every block (adaLN-Zero: the gates on the attention and MLP outputs start at 0,
-# chapter 08 says why), so the fusions inside the blocks would see only zeros; to look at what they see
-# during training we open those gates by setting their biases to 1.
+# Hooks record every fusion's inputs in a small FFTD, its blocks' branches opened (a fresh FFTD closes them:
+# adaLN-Zero, chapter 08).
 
 # %%
 faces, labels = data.make_toy_faces(4, size=32, seed=0)
@@ -113,32 +98,25 @@ for name, (a, b) in seen.items():
 print(f"output eps {tuple(eps.shape)}")
 
 # %% [markdown]
-# Seven fusions, all with the same interface `fuse(x1, x2) -> x` on `(B, L, D)` tokens: $L = 16$ (4×4),
-# $L = 4$ (2×2) and, at the bottom, $L = 1$ (1×1). Whatever the fusion does must make sense on all three grids,
-# including one with a single token.
-#
+# Seven fusions, all `fuse(x1, x2) -> x` on `(B, L, D)` tokens, $L$ = 16, 4 or 1: a fusion must make sense on a
+# single token too.
+
+# %% [markdown]
 # ## 2. The ancestor: CBAM
 #
-# AdaptiveFusion's two gates come from CBAM, the Convolutional Block Attention Module
-# ([Woo et al. 2018](https://arxiv.org/abs/1807.06521); reference code:
-# [`MODELS/cbam.py`](https://github.com/Jongchan/attention-module/blob/master/MODELS/cbam.py)). CBAM refines
-# **one** feature map $F \in \mathbb{R}^{C \times H \times W}$ of a CNN in two steps:
+# AdaptiveFusion's gates come from CBAM ([Woo et al. 2018](https://arxiv.org/abs/1807.06521);
+# [reference code](https://github.com/Jongchan/attention-module/blob/master/MODELS/cbam.py)), which refines **one**
+# CNN feature map $F \in \mathbb{R}^{C \times H \times W}$:
 #
-# - **channel gate**: pool over the positions twice, by mean and by max, send each pooled vector through
-#   the same small MLP $C \to C/r \to C$ (with a ReLU in the middle) and add the two results:
-#   $$M_c(F) = \sigma\big(\mathrm{MLP}(\mathrm{AvgPool}(F)) + \mathrm{MLP}(\mathrm{MaxPool}(F))\big) \in (0, 1)^C;$$
-# - **spatial gate**: pool over the channels by mean and by max, stack the two maps, and convolve:
+# - **channel gate**: mean- and max-pool over the positions, the same MLP $C \to C/r \to C$ (ReLU inside) on each,
+#   added: $$M_c(F) = \sigma\big(\mathrm{MLP}(\mathrm{AvgPool}(F)) + \mathrm{MLP}(\mathrm{MaxPool}(F))\big) \in (0, 1)^C;$$
+# - **spatial gate**: mean- and max-pool over the channels, stacked and convolved:
 #   $M_s(F) = \sigma\big(\mathrm{conv}_{7 \times 7}([\mathrm{AvgPool}_c(F); \mathrm{MaxPool}_c(F)])\big) \in (0, 1)^{H \times W}$;
 # - $F' = M_c(F) \odot F$, then $F'' = M_s(F') \odot F'$.
 #
-# AdaptiveFusion keeps the two kinds of gate but changes their job: there are **two** inputs, both gates look
-# at both of them ($x_1 \Vert x_2$, concatenated on the channels), the channel gate weighs $x_1$ and the
-# spatial gate weighs $x_2$, and the results are **added** (with a linear mix of both) instead of applied one
-# after the other. The spatial gate also sees all $2D$ channels (not two pooled maps) through three 3×3
-# convolutions instead of one 7×7 one: on a 4×4 grid a 7×7 kernel would be mostly padding.
-#
-# The whole block at the toy FFTD's width, drawn by `fftd_course.diagrams` from the model's configuration (change
-# the configuration and the widths follow). The channel gate runs along the top, the spatial gate along the bottom:
+# In AdaptiveFusion both gates see $x_1 \Vert x_2$; the channel gate weighs $x_1$, the spatial gate $x_2$ (three
+# 3×3 convolutions: a 7×7 kernel would be mostly padding on 4×4), and the results are **added**, not chained.
+# Drawn by `fftd_course.diagrams` at the toy width (channel gate on top):
 
 # %%
 diagrams.adaptive_fusion_diagram(model.config)
@@ -147,9 +125,8 @@ plt.show()
 # %% [markdown]
 # ## 3. Eq. 18-25, one at a time
 #
-# We take the fusion inside Block1: $x_1$ is the attention output, $x_2$ the MLP output, 16 tokens of width
-# 64 for each of the 4 faces. A fresh `AdaptiveFusion` has both gates at exactly 0.5 (section 6); to see the
-# equations do something, we move every weight a little away from its initial value, as training would.
+# The fusion inside Block1: $x_1$ the attention output, $x_2$ the MLP output, 16 tokens of width 64, 4 faces. A
+# fresh fusion's gates are exactly 0.5 (section 6), so we move every weight a little, as training would.
 
 # %%
 x1, x2 = seen["blocks.0.fuse"]
@@ -162,8 +139,8 @@ f.requires_grad_(False)  # this section only looks at numbers
 print(f"x1 (attention output) {tuple(x1.shape)}, x2 (MLP output) {tuple(x2.shape)}; s = {f.s.item():.3f}")
 
 # %% [markdown]
-# **Eq. 18**, the pooled channel statistics. $x_1 \Vert x_2$ has $2D$ channels; pool over the tokens
-# (dim 1), once by mean and once by **max** (the paper prints `Mean` twice: [E1](../docs/ERRATA.md#e1), section 4):
+# **Eq. 18**: pool the $2D$ channels of $x_1 \Vert x_2$ over the tokens (dim 1), by mean and by **max** (the paper
+# prints `Mean` twice: [E1](../docs/ERRATA.md#e1), section 4):
 # $$p_{avg} = \mathrm{Mean}(x_1 \Vert x_2,\ \mathrm{dim}=1), \qquad p_{max} = \mathrm{Max}(x_1 \Vert x_2,\ \mathrm{dim}=1) \tag{18}$$
 
 # %%
@@ -183,8 +160,8 @@ p_channel = torch.cat([p_avg, p_max], dim=-1)
 print(f"p_channel {tuple(p_channel.shape)} = 4 x D = {4 * D}")
 
 # %% [markdown]
-# **Eq. 20**, the channel weights: two linear layers, $4D \to D/16 \to D$, with a ReLU between them (section 5
-# says why), and a sigmoid. One weight in $(0, 1)$ per channel of $x_1$, the same for all its tokens:
+# **Eq. 20**, the channel weights: $4D \to D/16 \to D$ with a ReLU between (section 5) and a sigmoid: one weight
+# in $(0, 1)$ per channel of $x_1$, shared by its tokens:
 # $$w_{channel} = \sigma\big(\mathrm{Linear}_2(\mathrm{ReLU}(\mathrm{Linear}_1(p_{channel})))\big) \tag{20}$$
 
 # %%
@@ -196,8 +173,8 @@ print(f"w_channel of the first face ranges over [{w_channel[0].min():.3f}, {w_ch
 torch.testing.assert_close(w_channel, f.channel_weights(x1, x2))
 
 # %% [markdown]
-# **Eq. 21** lays the tokens out as an image again: $2D$ channels on the $\sqrt L \times \sqrt L$ grid. Token
-# $k$ is row $\lfloor k / \sqrt L \rfloor$, column $k \bmod \sqrt L$ (row-major, as FFTD's patchify orders them):
+# **Eq. 21** lays the tokens out as $2D$ channels on the $\sqrt L \times \sqrt L$ grid, row-major (token $k$ at row
+# $\lfloor k / \sqrt L \rfloor$, column $k \bmod \sqrt L$, as FFTD's patchify orders them):
 # $$x_{spatial} = \mathrm{Reshape}(x_1 \Vert x_2;\ B, 2D, \sqrt L, \sqrt L) \tag{21}$$
 
 # %%
@@ -208,9 +185,8 @@ print(f"x_spatial {tuple(x_grid.shape)}; token {k} sits at row {k // side}, colu
       torch.equal(x_grid[:, :, k // side, k % side], x[:, k]))
 
 # %% [markdown]
-# **Eq. 22**, the spatial weights: three 3×3 convolutions $2D \to D/4 \to D/4 \to 1$ (padding 1 keeps the grid;
-# ReLUs between them, as between the linears) and a sigmoid: one weight in $(0, 1)$ per token of $x_2$,
-# the same for all its channels:
+# **Eq. 22**, the spatial weights: three 3×3 convolutions $2D \to D/4 \to D/4 \to 1$ (padding 1, ReLUs between)
+# and a sigmoid: one weight in $(0, 1)$ per token of $x_2$, shared by its channels:
 # $$w_{spatial} = \sigma\big(\mathrm{Conv}_3(\mathrm{Conv}_2(\mathrm{Conv}_1(x_{spatial})))\big) \tag{22}$$
 
 # %%
@@ -224,8 +200,7 @@ print("first face's token weights on the grid:\n", w_grid[0, 0].numpy().round(3)
 torch.testing.assert_close(w_spatial, f.spatial_weights(x1, x2))
 
 # %% [markdown]
-# **Eq. 23 and 24** weigh the two inputs after a LayerNorm each (over the channels of every token, with its
-# own learnable scale and shift):
+# **Eq. 23 and 24** weigh the inputs after a LayerNorm each (per token, with learnable scale and shift):
 # $$x_{channel} = w_{channel} \cdot \mathrm{LayerNorm}(x_1), \qquad x_{spatial} = w_{spatial} \cdot \mathrm{LayerNorm}(x_2) \tag{23, 24}$$
 
 # %%
@@ -240,9 +215,9 @@ x_spat = w_spatial * layer_norm(x2, f.norm2)      # (B, L, 1) * (B, L, D): one w
 print(f"x_channel {tuple(x_channel.shape)}, x_spatial {tuple(x_spat.shape)}")
 
 # %% [markdown]
-# **Eq. 25** adds them and a learnable share $s$ of a linear map of both inputs, $\mathrm{Linear}: 2D \to D$:
+# **Eq. 25** adds them and a learnable share $s$ of $\mathrm{Linear}: 2D \to D$ on both inputs; the package's
+# module, with the same weights, must give the same numbers:
 # $$x_{fused} = x_{channel} + x_{spatial} + s \cdot \mathrm{Linear}(x_1 \Vert x_2) \tag{25}$$
-# The package's module, with the same weights, must give the same numbers.
 
 # %%
 x_fused = x_channel + x_spat + f.s * F.linear(x, f.proj.weight, f.proj.bias)
@@ -253,10 +228,8 @@ print(f"x_fused {tuple(x_fused.shape)}: eq. 18-25 written out = fusion.AdaptiveF
 # %% [markdown]
 # ## 4. E1: why `p_max` must be a max pool
 #
-# Eq. 18 as printed pools twice by the mean. Then $p_{max} = p_{avg}$ and the gate only ever sees the average of
-# each channel over the tokens. Two inputs make the difference plain: in the first, channel 0 is 1 on every
-# token (a feature spread thinly over the grid); in the second it is 16 on one token and 0 elsewhere (a
-# feature present in one place, like an eye). Their means are equal.
+# With eq. 18 as printed, $p_{max} = p_{avg}$: the gate sees only each channel's mean. Take channel 0 as 1 on every
+# token (a feature spread thin), or 16 on one token and 0 elsewhere (in one place, like an eye): equal means.
 
 # %%
 spread, spot = torch.zeros(1, 16, D), torch.zeros(1, 16, D)
@@ -289,14 +262,13 @@ fig.colorbar(im, ax=axes, shrink=0.8, label="channel 0")
 plt.show()
 
 # %% [markdown]
-# With two means the gate is blind to the difference: it gives both inputs the same channel weights, exactly.
-# The max pool sees that the second input has something strong somewhere. That is why CBAM uses both pools,
-# and why the package reads eq. 18's second `Mean` as a misprint.
+# With two means both inputs get the same channel weights, exactly; the max pool sees the strong spot: hence
+# CBAM's two pools.
 #
 # ## 5. E2: a width that does not fit, and a layer that is missing
 #
-# Eq. 20 prints $\mathrm{Linear}_1: \mathbb{R}^{2D} \to \mathbb{R}^{D/16}$, but eq. 19 hands it $4D$ numbers.
-# Taken literally, the layer cannot even be called:
+# Eq. 20's $\mathrm{Linear}_1: \mathbb{R}^{2D} \to \mathbb{R}^{D/16}$ gets $4D$ numbers from eq. 19; taken
+# literally, it cannot even be called:
 
 # %%
 linear1_as_printed = nn.Linear(2 * D, D // 16)
@@ -308,10 +280,9 @@ except RuntimeError as err:
 # %% [markdown]
 # Two readings make the shapes consistent:
 #
-# - **(a) widen $\mathrm{Linear}_1$ to $4D \to D/16$** and keep the concatenation of eq. 19. This is the
-#   package's choice: it changes one number and keeps every equation's form.
-# - **(b) follow CBAM**: a shared MLP $2D \to D/16 \to D$ takes $p_{avg}$ and $p_{max}$ one at a time and the
-#   two results are summed before the sigmoid; then "Concat" in eq. 19 is a misprint too. (Exercise 1.)
+# - **(a) $\mathrm{Linear}_1: 4D \to D/16$**, with eq. 19's concatenation: the package's choice;
+# - **(b) CBAM's**: a shared MLP $2D \to D/16 \to D$ on $p_{avg}$ and $p_{max}$ one at a time, summed before the
+#   sigmoid, "Concat" being a misprint too (exercise 1).
 #
 # Their sizes at the paper's width $D = 288$:
 
@@ -323,10 +294,9 @@ for name, gate in [("(a) Linear1: 4D -> D/16 (package)", reading_a), ("(b) CBAM,
     print(f"{name:<35} {sum(p.numel() for p in gate.parameters()):>7,} parameters per channel gate")
 
 # %% [markdown]
-# The paper prints no non-linearity between $\mathrm{Linear}_1$ and $\mathrm{Linear}_2$ either. Without one,
-# the two layers are a single linear map: $W_2(W_1 p + b_1) + b_2 = (W_2 W_1) p + (W_2 b_1 + b_2)$, whose
-# matrix $W_2 W_1$ has rank at most $D/16$. The gate's logits are then a linear function of the pooled
-# statistics, squeezed through a rank-$D/16$ bottleneck for nothing:
+# Nor does the paper print a non-linearity between $\mathrm{Linear}_1$ and $\mathrm{Linear}_2$. Without one they are
+# one linear map, $W_2(W_1 p + b_1) + b_2 = (W_2 W_1) p + (W_2 b_1 + b_2)$, of rank at most $D/16$: a bottleneck
+# for nothing:
 
 # %%
 p = torch.randn(8, 4 * D)
@@ -341,9 +311,7 @@ for name, g in [("without ReLU", lambda v: lin2(lin1(v))), ("with ReLU", lambda 
     print(f"{name:<12}: g(p + q) - g(p) - g(q) + g(0) is at most {gap:.2e} (0 for an affine map)")
 
 # %% [markdown]
-# With a ReLU between them, as in CBAM's shared MLP, the gate can respond non-linearly, for example open a
-# channel only when a pooled statistic passes a threshold. The package puts a ReLU between $\mathrm{Linear}_1$
-# and $\mathrm{Linear}_2$, and likewise between the three convolutions of eq. 22.
+# A ReLU between them, as in CBAM, lets the gate respond non-linearly (open a channel past a threshold, say).
 #
 # > **What the paper says / what we chose.**
 # > [E1](../docs/ERRATA.md#e1): eq. 18 prints $p_{max} = \mathrm{Mean}(x_1 \Vert x_2, \mathrm{dim}=1)$. We read it as
@@ -353,14 +321,15 @@ for name, g in [("without ReLU", lambda v: lin2(lin1(v))), ("with ReLU", lambda 
 # > We use **$\mathrm{Linear}_1: 4D \to D/16$**, a **ReLU**, then $\mathrm{Linear}_2: D/16 \to D$; ReLUs also sit
 # > between $\mathrm{Conv}_1$, $\mathrm{Conv}_2$ and $\mathrm{Conv}_3$. CBAM's shared MLP on each pooled vector is
 # > the other consistent reading (exercise 1).
-# > Where FFTD uses the fusion: inside each block on the parallel attention and MLP branches
-# > ([E13](../docs/ERRATA.md#e13)) and on the two long skips ([E14](../docs/ERRATA.md#e14)).
-#
+# > FFTD fuses inside each block, on the parallel attention and MLP branches ([E13](../docs/ERRATA.md#e13)), and on
+# > the two long skips ([E14](../docs/ERRATA.md#e14)).
+
+# %% [markdown]
 # ## 6. What a fresh fusion computes
 #
-# `AdaptiveFusion.initialize_weights` gives the hidden layers Xavier weights, but the **last** layer of each
-# gate starts at zero, and $s$ starts at 0. Before you run the next cell, write down what a fresh fusion
-# returns for any $x_1, x_2$: what are the two gates, what is left of eq. 25?
+# `AdaptiveFusion.initialize_weights` gives the hidden layers Xavier weights, but each gate's **last** layer starts
+# at zero, and so does $s$. Before you run the next cell, write down what a fresh fusion returns for any $x_1, x_2$: what
+# are the two gates, what is left of eq. 25?
 
 # %%
 fresh = fusion.AdaptiveFusion(D)
@@ -376,15 +345,13 @@ with torch.no_grad():
 print(f"scaling x1 by 100 changes its output by at most {change:.1e}")
 
 # %% [markdown]
-# Since $\sigma(0) = 0.5$ whatever the pooled statistics, a fresh fusion is the **mean of the normalised inputs**:
-# it passes both streams on in equal parts, and training moves the gates away from one half only where that
-# helps, like the learnable skip interpolation of Hourglass DiT, which also starts at 0.5 (`TokenSplit` in
+# With $\sigma(0) = 0.5$ a fresh fusion is the **mean of the normalised inputs**; training moves the gates off one
+# half only where that helps, like Hourglass DiT's learnable skip interpolation (`TokenSplit` in
 # [k-diffusion's `image_transformer_v2.py`](https://github.com/crowsonkb/k-diffusion/blob/master/k_diffusion/models/image_transformer_v2.py)).
-# The LayerNorms matter even here: a fresh fusion does not care how large either input is (Add and Concat would).
+# Thanks to the LayerNorms it ignores the inputs' scale.
 #
-# Table 9 of the paper compares AdaptiveFusion with two plain fusions: **Add**, $x_1 + x_2$, and **Concat**,
-# $\mathrm{Linear}(x_1 \Vert x_2)$ with $2D \to D$, which the package starts at the mean $(x_1 + x_2)/2$. What
-# each costs at the paper's $D = 288$, and in the whole model, which has seven fusions (five blocks, two skips):
+# Table 9 compares it with **Add**, $x_1 + x_2$, and **Concat**, $\mathrm{Linear}(x_1 \Vert x_2)$ ($2D \to D$,
+# started at $(x_1 + x_2)/2$). Their cost at $D = 288$, and in the model's seven fusions:
 
 # %%
 PAPER_TABLE_9 = {"add": 9.54e6, "concat": 11.49e6, "adaptive": 14.98e6}   # parameters, from the paper
@@ -407,27 +374,20 @@ for name, part in adaptive.named_children():
 print(f"  {'s':<13} {adaptive.s.numel():>8,}")
 
 # %% [markdown]
-# Most of an AdaptiveFusion's parameters sit in the first 3×3 convolution of the spatial gate ($2D \cdot D/4 \cdot 9$)
-# and in eq. 25's linear map; the channel gate, with its $D/16$ bottleneck, is small. Our whole-model counts
-# differ from Table 9's because the paper prints no widths (chapter 08 compares every variant); the order
-# Add < Concat < Adaptive is the same, and the steps between them are of the same order (printed above).
+# Most of an AdaptiveFusion's parameters sit in the spatial gate's first convolution ($2D \cdot D/4 \cdot 9$) and
+# eq. 25's linear map. Table 9's whole-model counts differ from ours (it prints no widths), but
+# the order Add < Concat < Adaptive agrees.
 #
-# Table 8's "neither fusion nor multi-resolution" row and Table 9's "Add" row print the same FID to two
-# decimals on both data sets, although the two models differ ([E15](../docs/ERRATA.md#e15)); that is one reason
-# the package keeps all three fusions, so that the ablation can be rerun.
-#
+# Table 8's "neither fusion nor multi-resolution" row and Table 9's "Add" row print the same FIDs although the
+# models differ ([E15](../docs/ERRATA.md#e15)): one reason to keep all three fusions, so the ablation can be rerun.
+
+# %% [markdown]
 # ## 7. Watching the gates learn
 #
-# On the stand-in tokens above the gates mean little. A toy task where the right gates are known shows what
-# they can learn. Each sample has two token sets on a 4×4 grid, $D = 32$:
-#
-# - in $x_1$, only the **first 16 channels** are useful: the target keeps them and drops the rest;
-# - $x_2$ carries an **object**, a 2×2 block of tokens at a random place marked by a fixed direction $v$ added
-#   to those tokens; the target keeps $x_2$ on the object's tokens and drops it elsewhere.
-#
-# The target is $m_c \odot \mathrm{LN}(x_1) + m_s \odot \mathrm{LN}(x_2)$ with a channel mask $m_c$ and the
-# object's token mask $m_s$: exactly what eq. 23-24 can express if the channel gate learns $m_c$ and the spatial
-# gate learns to find the object.
+# A toy task with known right gates ($D = 32$, 4×4): only $x_1$'s **first 16 channels** are useful, and $x_2$
+# carries an **object**, a 2×2 block of tokens at a random place marked by a direction $v$. The target $m_c \odot \mathrm{LN}(x_1) + m_s \odot \mathrm{LN}(x_2)$, with the useful-channel mask $m_c$ and
+# the object's token mask $m_s$, is what eq. 23-24 express if the channel gate learns $m_c$ and the spatial gate
+# finds the object.
 
 # %%
 D_TOY = 32
@@ -479,8 +439,8 @@ for kind in ("add", "concat", "adaptive"):
     print(f"{kind:<9} test MSE: fresh {before:.3f} -> trained {after:.3f}")
 
 # %% [markdown]
-# Add cannot weigh anything, and Concat's linear map treats every token alike, so neither can keep $x_2$ on the
-# object and drop it elsewhere. The gates of the trained AdaptiveFusion, on held-out samples:
+# Add cannot weigh anything, and Concat treats every token alike: neither can keep $x_2$ on the object only. The
+# trained AdaptiveFusion's gates, on held-out samples:
 
 # %%
 ada = trained["adaptive"]
@@ -513,19 +473,16 @@ print(f"mean spatial weight on object tokens {on_object:.3f}, elsewhere {ws[~tes
       f"s = {ada.s.item():.3f}")
 
 # %% [markdown]
-# The channel gate opens on the useful channels of $x_1$ and closes on the rest, the same for every sample,
-# because the useful channels never change. The spatial gate finds the object wherever it is: it reads the
-# content of the tokens through its convolutions, so its weights follow the object from sample to sample.
-# That is the promise of the block: the network decides, per channel and per token, how much of each stream
-# to pass on. (Whether that is what takes the paper's Table 9 from FID 64.96 with Add to 9.64 is another question:
-# see "Going further".)
+# The channel gate opens on $x_1$'s useful channels; the spatial gate reads the tokens' content and follows the
+# object: per channel and per token, the network decides what passes. (Whether that explains Table 9 is another
+# question.)
 #
 # ## 8. Exercises
 #
-# **Exercise 1 (a variant: E2's other reading).** Write the channel gate as CBAM would have it
-# ([E2](../docs/ERRATA.md#e2), reading (b) of section 5): `mlp` is a shared module $2D \to D/16 \to D$ (with its
-# ReLU inside); it takes $p_{avg}$ and $p_{max}$ of eq. 18 **one at a time**. Return the channel weights with
-# the shape eq. 23 multiplies by, `(B, 1, D)`.
+# **Exercise 1 (a variant: E2's other reading).** Write the channel gate as CBAM would
+# ([E2](../docs/ERRATA.md#e2), reading (b) of section 5): a shared `mlp` $2D \to D/16 \to D$ (ReLU inside) applied
+# to eq. 18's $p_{avg}$ and $p_{max}$ **one at a time**. Return the channel weights in the shape eq. 23 multiplies
+# by, `(B, 1, D)`.
 
 # %%
 def cbam_channel_weights(x1: torch.Tensor, x2: torch.Tensor, mlp: nn.Module) -> torch.Tensor:
@@ -577,15 +534,13 @@ u = torch.cat([u1, u2], dim=-1)
 print("p_avg equals p_max on one token:", torch.equal(u.mean(1), u.amax(1)))
 
 # %% [markdown]
-# At the bottom of the hourglass the spatial gate is a small MLP that gives the one token one weight, and at most
-# one ninth of its convolution weights (the centre taps) can learn there; fewer still where a ReLU is off for every
-# sample of the batch. The channel gate's two pools coincide. Every Block3
-# fusion still works (the package's tests run every fusion kind on 1×1 grids), but the "spatial" in it means
-# nothing on a single token. The paper does not discuss this ([E8](../docs/ERRATA.md#e8) defines how many
-# halvings each grid gets).
+# At the bottom of the hourglass the spatial gate is a small MLP giving one token one weight, and at most one ninth
+# of its convolution weights (the centre taps) can learn, fewer where a ReLU is off for the whole batch; the channel
+# gate's two pools coincide. "Spatial" means nothing there, which the paper does not discuss
+# ([E8](../docs/ERRATA.md#e8)).
 #
-# **Exercise 3 (find the bug, stretching).** A colleague wrote the fusion as one function, and it passes a test
-# against a freshly initialised `AdaptiveFusion` to the last digit (run the cell). It has **three** bugs.
+# **Exercise 3 (find the bug, stretching).** A colleague's one-function fusion matches a freshly initialised
+# `AdaptiveFusion` to the last digit (run the cell). It has **three** bugs.
 
 # %%
 def buggy_fuse(x1: torch.Tensor, x2: torch.Tensor, f: fusion.AdaptiveFusion) -> torch.Tensor:
@@ -607,10 +562,10 @@ with torch.no_grad():
 print("buggy_fuse agrees with a fresh AdaptiveFusion")
 
 # %% [markdown]
-# Why can no test on a fresh fusion see these bugs? Use that to find them (try `buggy_fuse` on a fusion whose
-# weights you moved, as in section 3, and compare the intermediate results with eq. 18-25), then write the
-# corrected function. The check runs it against `AdaptiveFusion` with moved weights on 4×4, 2×2 and 1×1 grids.
-# (One of the bugs cannot show on the 1×1 grid: which, and why?)
+# Why can no test on a fresh fusion see these bugs? Use that to find them (run `buggy_fuse` on a fusion with moved
+# weights, as in section 3, and compare its intermediate results with eq. 18-25), then write the corrected
+# function. The check runs it against `AdaptiveFusion` with moved weights on 4×4, 2×2 and 1×1 grids. (One bug
+# cannot show on the 1×1 grid: which, and why?)
 
 # %%
 def fuse_fixed(x1: torch.Tensor, x2: torch.Tensor, f: fusion.AdaptiveFusion) -> torch.Tensor:
@@ -625,39 +580,23 @@ checks.check_fuse_fixed(fuse_fixed)
 # %% [markdown]
 # ## Going further
 #
-# No checks here: open questions, with what to look at.
-#
-# - **Which reading of E2 trains better?** Swap the package's channel gate for exercise 1's CBAM gate in the toy
-#   task of section 7 (or in chapter 09's model) and compare the test loss and the gates. Reading (b) has fewer
-#   parameters; does it lose anything?
-# - **Is the gain in Table 9 the gates, or the LayerNorms?** AdaptiveFusion normalises both inputs; Add does
-#   not. Train a fusion that is only $(\mathrm{LN}(x_1) + \mathrm{LN}(x_2))/2$ (a fresh AdaptiveFusion with its
-#   gates frozen) in chapter 09's pipeline and compare with Add and with the full fusion.
-# - **Harder toy tasks.** Make the useful channels of $x_1$ depend on the sample (say, on a label channel).
-#   Can the channel gate follow them? It sees only pooled statistics of both inputs: what must the inputs carry
-#   so that it can?
-# - **The spatial gate at 2×2.** On a 2×2 grid every output of a 3×3 convolution sees all four tokens, but through
-#   different taps. Which fraction of the weights gets a gradient there (repeat the measurement after exercise 2)?
-# - **Where are the gates used in a trained FFTD?** After chapter 09 has trained a model, hook its seven fusions
-#   and draw their channel and spatial weights across timesteps: do the gates of the long skips behave like
-#   those inside the blocks?
-#
+# - **Which reading of E2 trains better?** Swap exercise 1's CBAM gate into section 7's task or chapter 09's model:
+#   does reading (b), with fewer parameters, lose anything?
+# - **The gates, or the LayerNorms?** Train a fresh AdaptiveFusion with frozen gates,
+#   $(\mathrm{LN}(x_1) + \mathrm{LN}(x_2))/2$, in chapter 09's pipeline against Add and the full fusion.
+# - **Sample-dependent channels.** Can the channel gate, which sees only pooled statistics, follow useful channels
+#   that depend on a label channel?
+# - **At 2×2.** Repeat exercise 2's gradient count on a 2×2 grid.
+
+# %% [markdown]
 # ## Summary
 #
-# - FFTD fuses two token streams seven times: attention with MLP inside each of its five blocks, and Block1 with
-#   Block5, Block2 with Block4 on its long skips; on 4×4, 2×2 and 1×1 grids.
-# - AdaptiveFusion (eq. 18-25) weighs $x_1$ per channel (a CBAM-style gate on mean- and max-pooled statistics of
-#   both inputs) and $x_2$ per token (three 3×3 convolutions on both inputs), after a LayerNorm each, and adds a
-#   learnable share $s$ of a linear mix.
-# - E1: the second pool is a **max** pool; a mean-only gate cannot tell a feature spread over the grid from the
-#   same amount concentrated in one token. E2: $\mathrm{Linear}_1$ takes the $4D$-wide concatenation, and a
-#   **ReLU** sits between the two linear layers (and between the convolutions); without it the gate is one
-#   linear map of rank $D/16$.
-# - A fresh fusion returns $(\mathrm{LN}(x_1) + \mathrm{LN}(x_2))/2$: both gates 0.5, $s = 0$. That also hides
-#   bugs: test a fusion with moved weights and on more than one grid.
-# - Of Table 9's three fusions, AdaptiveFusion has by far the most parameters (counted in section 6); on a toy
-#   task its gates learn to pass the useful channels of one input and the informative tokens of the other, which
-#   neither Add nor Concat can do.
+# - FFTD fuses seven times (in five blocks and on two long skips), on 4×4, 2×2 and 1×1 grids.
+# - AdaptiveFusion (eq. 18-25) weighs $\mathrm{LN}(x_1)$ per channel and $\mathrm{LN}(x_2)$ per token, from both
+#   inputs, plus a share $s$ of a linear mix.
+# - E1: the second pool is a **max**; E2: $\mathrm{Linear}_1$ takes $4D$, with a **ReLU** after it.
+# - A fresh fusion returns $(\mathrm{LN}(x_1) + \mathrm{LN}(x_2))/2$, which hides bugs: test with moved weights.
+# - Its gates learn what Add and Concat cannot, at the most parameters.
 #
 # Next, chapter 08 builds the FFTD block and the hourglass around this fusion.
 
