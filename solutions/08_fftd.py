@@ -16,30 +16,13 @@
 # %% [markdown]
 # # 08 · FFTD: the feature-fused Transformer hourglass
 #
-# Stage 2 of the paper (section 3.2, Algorithm 2) learns to denoise the IVQ-VAE's latents. Its network,
-# **FFTD**, is a DiT-like Transformer whose five blocks form an hourglass over the latent grid: the tokens
-# of a 4×4 latent are merged to 2×2 and 1×1 by strided convolutions (eq. 16) and spread out again (eq. 17),
-# and long skips fuse each level on the way down with the same level on the way up, with the
-# AdaptiveFusion of chapter 07 (eq. 18-25). It follows the diffusion convention of chapter 06,
-# `model(x_t, t, y) -> eps`, so `diffusion.DDIMSampler` drives it unchanged.
+# Stage 2 (section 3.2, Algorithm 2) denoises the latents with **FFTD**, a DiT-like Transformer whose five blocks
+# form an hourglass: tokens merged from 4×4 to 1×1 (eq. 16) and spread out again (eq. 17), with long skips fusing
+# matching levels (AdaptiveFusion, chapter 07). `diffusion.DDIMSampler` drives it as `model(x_t, t, y) -> eps` (chapter 06).
 #
-# The paper describes the pieces but leaves several choices open; the course names each one in
-# `docs/ERRATA.md`: **E8** (how many levels for patch sizes 2 and 4), **E12** (labels when the data has no
-# classes), **E13** (what an FFTD block is) and **E14** (how the long skips are wired).
-#
-# **In this chapter you will**
-# - turn a 4×4×4 latent into tokens for patch sizes 1, 2 and 4, and see the fixed 2-D position embedding;
-# - embed the timestep and the label (with a null label for classifier-free guidance) and condition each
-#   block with adaLN-Zero;
-# - build one FFTD block in cells, match it with `fftd.FFTDBlock`, and see why a fresh block is the identity;
-# - follow the shape of the tokens through the hourglass for every patch size, with and without
-#   multi-resolution, and see where the long skips join;
-# - read `initialize_weights`: a fresh model predicts `eps = 0` exactly, and training wakes it from the output
-#   backwards;
-# - count the parameters of every variant beside the paper's Tables 2 and 9;
-# - sample with `DDIMSampler` and overfit three latents in seconds;
-# - write `unpatchify`, predict the parameters the hourglass's convolutions add, and find the bugs in a
-#   colleague's forward pass.
+# **In this chapter you will** build the block (adaLN-Zero, E13) and the hourglass (E8, E14), see why a fresh
+# model predicts zero, count parameters beside Tables 2 and 9, overfit three latents; then write `unpatchify`,
+# predict the resampling parameters, and find the bugs in a forward pass.
 
 # %%
 import itertools
@@ -61,16 +44,13 @@ print(f"device: {device}; the CPU toy configuration:\n{toy}")
 # %% [markdown]
 # ## 1. From a latent to tokens
 #
-# The IVQ-VAE (chapter 05) turns an image into a latent $z \in \mathbb{R}^{C \times H \times W}$; for the
-# paper's f = 64 and for the course's `toy-f8` it is $4 \times 4 \times 4$. A Transformer works on a sequence
-# of tokens, so FFTD first cuts $z$ into non-overlapping $p \times p$ patches and flattens each into one
-# token, row by row over the grid (DiT's *patchify*):
+# FFTD cuts the latent $z \in \mathbb{R}^{C \times H \times W}$ ($4 \times 4 \times 4$ at f = 64 and in `toy-f8`) into non-overlapping $p \times p$ patches and flattens each into one token, row
+# by row (DiT's *patchify*):
 #
 # $$\mathrm{Patchify}_p: \mathbb{R}^{B \times C \times H \times W} \to \mathbb{R}^{B \times L \times p^2 C},
 # \qquad L = \frac{H}{p} \cdot \frac{W}{p}.$$
 #
-# The paper uses $p = 1$ (16 tokens of 4 numbers) and compares $p = 2$ (4 tokens of 16) and $p = 4$
-# (a single token of 64) in its Table 2.
+# The paper uses $p = 1$ (16 tokens of 4 numbers); Table 2 compares $p = 2$ (4 of 16) and $p = 4$ (one of 64).
 
 # %%
 z = torch.randn(2, 4, 4, 4)  # (B, C, H, W): two latents
@@ -83,8 +63,7 @@ torch.testing.assert_close(fftd.patchify(z, 1)[:, 5], z[:, :, 1, 1])  # token 5 
 print("p = 1: token 5 holds the 4 channels of position (row 1, column 1)")
 
 # %% [markdown]
-# Which latent cells end up in which token? Patchify a latent whose single channel holds each cell's own
-# index: each token then lists the cells it is made of.
+# Which latent cells end up in which token? Patchify a latent whose cells hold their own index:
 
 # %%
 cell_index = torch.arange(16.0).view(1, 1, 4, 4)  # one channel: cell (r, c) holds 4 r + c
@@ -102,16 +81,14 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Each token is then widened to the model's width $D$ by one linear map, $x = \mathrm{Patchify}_p(z)\,W_e +
-# b_e$ with $W_e \in \mathbb{R}^{p^2 C \times D}$ (`model.x_embedder`), and a **fixed** position embedding is
-# added, because attention by itself does not know where a token sits. FFTD uses DiT's 2-D sine-cosine
-# embedding: a quarter of the $D$ channels holds $\sin(r\,\omega_k)$, a quarter $\cos(r\,\omega_k)$ of the
-# token's row $r$, and the other half the same for its column, with geometric frequencies
+# A linear map widens each token to $D$, $x = \mathrm{Patchify}_p(z)\,W_e + b_e$ (`model.x_embedder`), and a
+# **fixed** position embedding is added, since attention alone does not know where a token sits: DiT's 2-D
+# sine-cosine embedding, with $\sin(r\,\omega_k)$ and $\cos(r\,\omega_k)$ of the token's row $r$ in half of the $D$
+# channels and the same of its column in the other half,
 #
 # $$\omega_k = 10000^{-k / (D/4)}, \qquad k = 0, \dots, D/4 - 1.$$
 #
-# It has no parameters. Tokens on the same row share half their embedding; the dot product between two
-# embeddings falls with their distance on the grid:
+# The dot product of two embeddings falls with their distance:
 
 # %%
 D = toy.hidden_size
@@ -132,14 +109,14 @@ plt.show()
 # %% [markdown]
 # ## 2. Conditioning on the timestep and the label
 #
-# The network has to know how noisy its input is. The 0-based timestep $t \in \{0, \dots, 499\}$ is first
-# written as sines and cosines of $F = 256$ frequencies (as in DDPM and DiT), then passed through a small MLP:
+# The 0-based timestep $t \in \{0, \dots, 499\}$ is written as sines and cosines of $F = 256$ frequencies (DDPM,
+# DiT), then passed through a small MLP:
 #
 # $$\mathrm{emb}(t) = \big[\cos(t\,w_0), \dots, \cos(t\,w_{F/2-1}), \sin(t\,w_0), \dots, \sin(t\,w_{F/2-1})\big],
 # \qquad w_k = 10000^{-k/(F/2)},$$
 # $$c_t = \mathrm{Linear}(\mathrm{SiLU}(\mathrm{Linear}(\mathrm{emb}(t)))) \in \mathbb{R}^D .$$
 #
-# The fast frequencies tell neighbouring timesteps apart, the slow ones separate the whole range:
+# Fast frequencies tell neighbouring timesteps apart, slow ones the whole range:
 
 # %%
 t_all = torch.arange(500)
@@ -156,12 +133,9 @@ plt.show()
 print(f"TimestepEmbedder: {model.t_embedder.mlp}")
 
 # %% [markdown]
-# The label $y$ (AFHQ's cat, dog, wild; the toy faces' three classes) looks up a row of a learned table
-# with **one row more than there are classes**: row `num_classes` is the **null label**, "no class".
-# During training each label is replaced by the null label with probability `class_dropout_prob` (10%, as
-# DiT), so one network learns both $\epsilon_\theta(x_t, t, y)$ and the unconditional
-# $\epsilon_\theta(x_t, t, \varnothing)$ that classifier-free guidance mixes (chapter 06). The two
-# embeddings are added: $c = c_t + c_y$.
+# The label $y$ picks a row of a learned table with one extra row, the **null label** ("no class"). Training replaces each label by it with probability `class_dropout_prob` (10%, as DiT), so one network
+# learns $\epsilon_\theta(x_t, t, y)$ and the unconditional $\epsilon_\theta(x_t, t, \varnothing)$ that
+# classifier-free guidance mixes (chapter 06). Then $c = c_t + c_y$.
 
 # %%
 labels = torch.arange(3).repeat(2000)  # 6000 labels, 2000 per class
@@ -176,20 +150,17 @@ print(f"num_classes = 0: table {tuple(uncond.y_embedder.embedding_table.weight.s
 
 # %% [markdown]
 # > **What the paper says / what we chose (`docs/ERRATA.md` E12).** Algorithm 2 feeds a label $y$ to FFTD,
-# > but CelebA-HQ has no classes. An unconditional model is `num_classes = 0`: its table has only the
-# > null row, and `model(x_t, t)` (or `y = None`) uses it. AFHQ and the toy faces use their three classes
-# > and the null label, so they can be sampled per class with guidance.
+# > but CelebA-HQ has no classes. An unconditional model is `num_classes = 0`: its table has only the null row,
+# > which `model(x_t, t)` (or `y = None`) uses. AFHQ and the toy faces have three classes and the null label, for
+# > guidance.
 #
-# **adaLN-Zero.** How does $c$ reach the tokens? Like DiT, every block regresses from $c$ a **shift**, a
-# **scale** and a **gate** for each of its two branches, $(\beta, \gamma, \alpha) = \mathrm{Linear}(\mathrm{SiLU}(c))$,
-# and uses them around a LayerNorm without its own affine parameters:
+# **adaLN-Zero.** As in DiT, every block regresses from $c$ a **shift**, **scale** and **gate** per branch,
+# $(\beta, \gamma, \alpha) = \mathrm{Linear}(\mathrm{SiLU}(c))$, used around a LayerNorm without affine parameters:
 #
 # $$\mathrm{modulate}(h; \beta, \gamma) = \mathrm{LN}(h) \odot (1 + \gamma) + \beta, \qquad
 # \text{branch output} = \alpha \odot f\big(\mathrm{modulate}(h; \beta, \gamma)\big).$$
 #
-# The same token-wise map is applied to every token, but it differs per sample: at $t = 5$ and at $t = 450$
-# the same tokens are normalised, scaled and gated differently. "Zero" is the initialisation: the linear
-# map that produces $(\beta, \gamma, \alpha)$ starts at zero, so $\gamma = \beta = \alpha = 0$ (section 5).
+# "Zero": that linear map starts at zero, so $\gamma = \beta = \alpha = 0$ (section 5).
 
 # %%
 h = torch.randn(2, 16, D)  # (B, L, D) tokens
@@ -205,18 +176,16 @@ print("with shift = scale = 0 it is the plain LayerNorm:",
 # %% [markdown]
 # ## 3. One FFTD block, built in cells
 #
-# The paper says that inside a block AdaptiveFusion fuses "the attention output ($x_1$) with the
-# feed-forward output ($x_2$)", and no more. The course's block (**E13**) runs the two branches **in
-# parallel** on the same input, each with its own adaLN-Zero modulation, fuses them, and adds the result to
-# the residual stream:
+# The paper only says that a block's AdaptiveFusion fuses "the attention output ($x_1$) with the feed-forward
+# output ($x_2$)". The course's block (**E13**) runs both branches **in parallel** on the same input, each with its
+# own adaLN-Zero, and adds their fusion to the residual stream:
 #
 # $$a = \alpha_a \odot \mathrm{Attn}\big(\mathrm{modulate}(x; \beta_a, \gamma_a)\big), \qquad
 # m = \alpha_m \odot \mathrm{MLP}\big(\mathrm{modulate}(x; \beta_m, \gamma_m)\big), \qquad
 # x \leftarrow x + \mathrm{Fuse}(a, m).$$
 #
-# `Attn` is multi-head self-attention over the $L$ tokens, `MLP` is Linear $D \to 4D$, GELU, Linear $4D \to D$,
-# and `Fuse` is AdaptiveFusion (eq. 18-25) or, for the ablation of Table 9, Add or Concat. A fresh block's
-# gates are zero (section 5), so to see every path we take the package's block and nudge all its weights:
+# `MLP` is Linear $D \to 4D$, GELU, Linear $4D \to D$; `Fuse` is AdaptiveFusion (Add or Concat for Table 9).
+# A fresh block's gates are zero, so we nudge its weights:
 
 # %%
 block = fftd.FFTDBlock(D, toy.num_heads, toy.mlp_ratio, fusion="adaptive")
@@ -236,8 +205,8 @@ print(f"the block in cells equals fftd.FFTDBlock: output {tuple(by_hand.shape)};
                   if fftd.count_parameters(part)))
 
 # %% [markdown]
-# The same block as a picture, drawn by `fftd_course.diagrams` from `toy` (width, heads, MLP ratio and fusion
-# are read from the configuration). The pink boxes hold the six vectors adaLN regresses from $c$:
+# The block as drawn by `fftd_course.diagrams` from `toy`'s configuration; the pink boxes hold the six vectors
+# adaLN regresses from $c$:
 
 # %%
 diagrams.fftd_block_diagram(toy)
@@ -245,16 +214,12 @@ plt.show()
 
 # %% [markdown]
 # > **What the paper says / what we chose (`docs/ERRATA.md` E13).** The paper names the two inputs of the
-# > in-block fusion but not the block. Run **in sequence** (as in ViT and DiT), the MLP would read a residual
-# > stream that already holds the attention's output: the two would not be separate views of one input,
-# > and the fusion would need an extra copy kept aside. So the branches run **in parallel** on the same
-# > normalised input (as in GPT-J's and PaLM's parallel blocks), each conditioned on $t$ and $y$ by DiT's
-# > **adaLN-Zero**, and their fusion is added to the residual stream.
+# > in-block fusion but not the block. Run **in sequence** (ViT, DiT), the MLP would read the attention's output:
+# > no longer two views of one input. So the branches run **in parallel** on the same normalised input (as in
+# > GPT-J and PaLM), each with DiT's **adaLN-Zero**, and their fusion is added to the residual stream.
 #
-# Why does a block start as the identity? In a fresh model every gate is zero, so $a = m = 0$ whatever the
-# input, and each fusion maps two zeros to zero: Add trivially, Concat because its bias starts at zero, and
-# AdaptiveFusion because $\mathrm{LN}(0) = 0$ and its residual scale $s$ starts at 0 (chapter 07). Then
-# $x + \mathrm{Fuse}(0, 0) = x$:
+# A fresh block is the identity: zero gates give $a = m = 0$, and every fusion maps two zeros to zero (Concat's
+# bias starts at zero; AdaptiveFusion has $\mathrm{LN}(0) = 0$ and $s = 0$):
 
 # %%
 zeros = torch.zeros(2, 16, D)
@@ -268,16 +233,15 @@ for kind in ("adaptive", "add", "concat"):
 # %% [markdown]
 # ## 4. The hourglass
 #
-# Five blocks, at three resolutions (section 3.2.2-3.2.3). Between them the token sequence is laid out as
-# its $\sqrt{L} \times \sqrt{L}$ grid and resampled by the same layers as the IVQ-VAE's (chapter 01):
+# Five blocks at three resolutions (section 3.2.2-3.2.3). Between them the tokens are laid out on their
+# $\sqrt{L} \times \sqrt{L}$ grid and resampled by the IVQ-VAE's layers (chapter 01):
 #
 # $$\mathrm{Downsample}(x) = \mathrm{Conv2d}_{3\times3,\ \mathrm{stride}\ 2,\ \mathrm{pad}\ 1}(x):
 # (B, D, H, W) \to (B, D, H/2, W/2), \tag{16}$$
 # $$\mathrm{Upsample}(x) = \mathrm{Conv2d}_{3\times3}\big(\mathrm{NearestInterpolate}_{\times 2}(x)\big):
 # (B, D, H, W) \to (B, D, 2H, 2W). \tag{17}$$
 #
-# Block1 works on the token grid (4×4 for $p = 1$), Block2 on the grid halved once, Block3 at the bottom,
-# Block4 halfway up and Block5 back at the token grid. On the way:
+# Block1 and Block5 work on the token grid, Block2 and Block4 on it halved, Block3 at the bottom:
 
 # %%
 tokens = torch.randn(2, 16, D)  # (B, L, D), a 4x4 grid
@@ -291,16 +255,13 @@ print(f"tokens {tuple(tokens.shape)} -> grid {tuple(grid.shape)} -> eq. 16 -> to
 print(f"one resampling convolution: {fftd.count_parameters(down):,} parameters at D = {D}")
 
 # %% [markdown]
-# Halving twice takes a 4×4 grid to 1×1. But with $p = 2$ the token grid is already 2×2, and with $p = 4$ it
-# is 1×1: the paper's "Block2 at 1/2, Block3 at the bottom" has no meaning there (**E8**). The course
-# halves **as often as the grid side stays whole, and at most twice**: `FFTDConfig.levels`. With
-# `multires=False` (the ablation of Table 8) every block stays on the token grid.
+# With $p = 2$ the token grid is already 2×2, with $p = 4$ 1×1: "Block2 at 1/2, Block3 at the bottom" has no
+# meaning there (**E8**). The course halves **as often as the side stays whole, at most twice**
+# (`FFTDConfig.levels`); with `multires=False` (Table 8's ablation) every block stays on the token grid.
 #
-# The **long skips** (section 3.2.3) fuse the levels of the way down with those of the way up (**E14**):
-# Block2's output ($x_1$) with Block4's output ($x_2$), and the fused result is what is upsampled into Block5;
-# Block1's output ($x_1$) with Block5's output ($x_2$), and that fused result goes to the final layer.
-#
-# Forward hooks on the package's model print what every part receives and returns, in the order they run:
+# The **long skips** (section 3.2.3, **E14**) fuse Block2's output ($x_1$) with Block4's ($x_2$) into Block5, and
+# Block1's with Block5's into the final layer. Hooks print each part's
+# input and output, in order:
 
 # %%
 def trace(config) -> list[str]:
@@ -333,8 +294,7 @@ for p, multires in itertools.product((1, 2, 4), (True, False)):
           f"{config.block_grids}\n    " + " | ".join(trace(config)))
 
 # %% [markdown]
-# Each entry is `part tokens-in->tokens-out` (the skips list their first input). The same thing as a picture:
-# the grid side of every block, with the long skips drawn as arcs.
+# Each entry is `part tokens-in->tokens-out` (a skip lists its first input). As a picture, with the skips as arcs:
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(11, 2.9), sharey=True)
@@ -363,19 +323,17 @@ plt.show()
 
 # %% [markdown]
 # > **What the paper says / what we chose (`docs/ERRATA.md` E8, E14).** The paper draws the hourglass for
-# > the 4×4 grid of $p = 1$ only. For $p = 2$ the course halves once (2, 1, 1, 1, 2) and for $p = 4$ never
-# > (every block at 1×1), so the model with multi-resolution on and $p = 4$ is the same network as with it
-# > off; and a 3×3 convolution on a 1×1 grid sees one token and its zero padding. The skips: $x_1$ is always
+# > $p = 1$ only. For $p = 2$ the course halves once (2, 1, 1, 1, 2), for $p = 4$ never (every block at 1×1, the
+# > same network with multi-resolution on or off); a 3×3 convolution on a 1×1 grid sees one token and padding. The skips: $x_1$ is always
 # > the earlier block, $x_2$ the later one, and the Block2/Block4 fusion feeds Block5, so the inner skip is
 # > inside the outer one.
-#
+
+# %% [markdown]
 # ## 5. `initialize_weights`: a fresh FFTD predicts zero
 #
-# DiT's recipe, in one visible method (read its docstring: `FFTD.initialize_weights??`). Linear layers and
-# convolutions get Xavier-uniform weights and zero biases; the label table and the timestep MLP a small
-# normal; every adaLN modulation regresses to **zero** (so every gate is 0 and every block the identity);
-# the final layer's modulation and output projection are **zero**. So a fresh model's first prediction is
-# exactly $\epsilon_\theta = 0$, the mean of its target, instead of a large random vector:
+# DiT's recipe (`FFTD.initialize_weights??`): Xavier-uniform weights, zero biases, a small normal for the
+# embeddings, and **zero** for every adaLN modulation and the final layer. A fresh model's
+# first prediction is exactly $\epsilon_\theta = 0$, the mean of its target:
 
 # %%
 fresh = FFTD(toy)
@@ -388,12 +346,10 @@ zero_share = {name: sum((p_ == 0).sum().item() for p_ in part.parameters()) / ma
 print("share of parameters that start at exactly 0: " + ", ".join(f"{k} {v:.0%}" for k, v in zero_share.items()))
 
 # %% [markdown]
-# (Every bias starts at zero; the final layer is zero entirely, and in the blocks the zeros are the adaLN
-# modulations.) Which parameters can learn at the first step? Every path from the tokens to the loss goes
-# through the final layer's zero output weights, so the output layer alone gets a gradient. Once it has
-# moved, the gradient reaches the tokens, and with them the blocks' gates and everything under them; the
-# timestep and label embeddings reach the tokens only through modulations that were zero until then, so
-# they move last. The network wakes up **from the output backwards**:
+# Which parameters learn at the first step? Every path to the loss passes the final layer's zero output weights,
+# so only the output layer gets a gradient. Then the gradient reaches the tokens, the blocks' gates and what lies
+# under them; the embeddings of $t$ and $y$, behind modulations that were zero, move last. The network wakes
+# **from the output backwards**:
 
 # %%
 learner = FFTD(toy)
@@ -411,10 +367,9 @@ for step in range(3):
 # %% [markdown]
 # ## 6. Parameters of every variant, beside the paper's Tables 2 and 9
 #
-# The paper reports 14.98M parameters for its model and gives the sizes of its ablations, but prints no
-# width, head count or MLP ratio. The course's `paper` configurations use $D = 288$ (6 heads of 48), MLP
-# ratio 4, three classes. Building a model on PyTorch's `meta` device allocates no memory, so all 18
-# variants (patch 1/2/4 × fusion × multi-resolution on/off) are counted in a few seconds:
+# The paper reports 14.98M parameters but prints no width, head count or MLP ratio. The course's `paper`
+# configurations use $D = 288$ (6 heads of 48), MLP ratio 4, three classes. On PyTorch's `meta` device, all 18
+# variants (patch 1/2/4 × fusion × multi-resolution) are counted in seconds, with no memory:
 
 # %%
 PAPER_M = {(1, "adaptive", True): "14.98 (Tables 2, 9)", (2, "adaptive", True): "13.73 (Table 2)",
@@ -465,22 +420,19 @@ implied_d = (-1 + (1 + 8 * per_concat) ** 0.5) / 4
 print(f"if the paper has {n_fusions} Concat fusions, its Concat -> Add step implies D = {implied_d:.0f}, not {paper_model.config.hidden_size}")
 
 # %% [markdown]
-# The width $D = 288$ was picked so that the paper's main model (patch 1, adaptive, multi-resolution) comes
-# out near its 14.98M; the other rows then land where the last column says. The steps between rows show
-# why no single width fits them all:
+# $D = 288$ puts the main model near 14.98M; the steps between rows show why no width fits every row:
 #
-# - **Concat → Add** removes only the seven fusions' projections ($2D^2 + D$ each, if Concat is what our
-#   `ConcatFusion` is). Matching the paper's step would need the width printed above, much wider than ours,
-#   which would in turn make every other row far too large.
-# - **Adaptive → Concat** is what AdaptiveFusion's gates and norms cost beyond a projection; ours is smaller
-#   than the paper's, so the paper's gates (or its fusion count) are bigger than eq. 18-25 with our widths.
-# - **Patch 1 → 2 → 4** removes resampling convolutions (E8) and changes the patch embedding. Our
-#   patch 2 → 4 step is about as large as our patch 1 → 2 step, the paper's is smaller: at $p = 4$ the
-#   paper's model seems to keep some of the resampling (or of its parameters) that ours drops.
+# - **Concat → Add** removes the seven fusions' projections ($2D^2 + D$ each); the paper's step needs the much
+#   larger width printed above.
+# - **Adaptive → Concat**, the gates' and norms' cost, is smaller in ours: the paper's gates (or fusion count)
+#   are bigger.
+# - **Patch 1 → 2 → 4** removes resampling convolutions (E8) and changes the patch embedding. Our patch
+#   2 → 4 step is about as large as our 1 → 2 step, the paper's is smaller: its $p = 4$ model seems to keep
+#   resampling that ours drops.
 #
-# The paper prints no widths, heads or MLP ratio, so these are readings of its totals, not facts about its
-# code. Exercise 2 asks you to predict the resampling part exactly.
-#
+# These are readings of the paper's totals, not facts about its code.
+
+# %% [markdown]
 # > **`docs/ERRATA.md` E15.** Table 8's "neither" row (no AdaptiveFusion, no multi-resolution) has FIDs
 # > 64.96 / 72.31, exactly Table 9's "Add" row. Either the Add model of Table 9 was trained without
 # > multi-resolution, or one row was copied into the other. Our Add model with multi-resolution is the
@@ -488,10 +440,8 @@ print(f"if the paper has {n_fusions} Concat fusions, its Concat -> Add step impl
 #
 # ## 7. The model in the diffusion loop
 #
-# FFTD follows the convention of chapter 06, `model(x_t, t, y) -> eps`, so the samplers drive it unchanged.
-# A very short demonstration that the pieces learn: overfit three latents (one per class) with the loss of
-# eq. 27 for a few hundred steps, with the toy configuration narrowed to $D = 32$ so that it takes seconds.
-# (Chapter 09 trains on real latents of the toy faces.)
+# Do the pieces learn? Overfit three latents (one per class) with eq. 27's loss, on the toy configuration
+# narrowed to $D = 32$.
 
 # %%
 STEPS = 300 if device.type == "cpu" else 1500
@@ -523,9 +473,8 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Now one call of the unchanged `DDIMSampler` (50 steps, chapter 06) on fresh noise, asking for each class ten
-# times. A model that has memorised its three latents should bring every sample close to the latent of the
-# class it was asked for:
+# Now the unchanged `DDIMSampler` (50 steps) on fresh noise, ten samples per class: a model that memorised its
+# three latents brings each sample close to its class's latent:
 
 # %%
 net.eval()
@@ -542,10 +491,10 @@ print(f"{len(samples)} samples in {ms:.1f} ms each; nearest training latent is t
 # %% [markdown]
 # ## Exercises
 #
-# **Exercise 1 (warm-up).** The walkthrough used only `patchify`. Write its inverse,
-# `unpatchify(tokens, p, channels)`: `(B, L, p*p*C) -> (B, C, sqrt(L) p, sqrt(L) p)`, so that
-# `unpatchify(patchify(z, p), p, C)` gives `z` back exactly. It is what the final layer's output goes through
-# to become $\epsilon_\theta$. The check tries patch sizes 1, 2 and 4, several channel counts and grids.
+# **Exercise 1 (warm-up).** Write patchify's inverse, `unpatchify(tokens, p, channels)`:
+# `(B, L, p*p*C) -> (B, C, sqrt(L) p, sqrt(L) p)`, so that `unpatchify(patchify(z, p), p, C)` gives `z` back exactly
+# (the final layer's output becomes $\epsilon_\theta$ through it). The check tries several patch sizes, channel
+# counts and grids.
 
 # %%
 def unpatchify(tokens: torch.Tensor, p: int, channels: int) -> torch.Tensor:
@@ -586,11 +535,10 @@ def resampling_parameters(input_size: int, patch_size: int, hidden_size: int, mu
 checks.check_resampling_parameters(resampling_parameters)
 
 # %% [markdown]
-# **Exercise 3 (find the bug).** A colleague wrote the hourglass's forward pass from the model's parts.
-# It runs for the paper's configuration and returns `eps` of the right shape, yet it is not FFTD: it differs
-# from the hourglass of section 4 in **two** places, and one of them shows only for some patch sizes.
-# Run it, read it against the trace and the picture of section 4, and write the corrected version
-# `fftd_forward(model, x_t, t, y)` below. (It must use the model's parts, not call `model(...)`.)
+# **Exercise 3 (find the bug).** A colleague's hourglass forward pass, built from the model's parts, runs for the
+# paper's configuration and returns `eps` of the right shape, yet differs from section 4's hourglass in **two**
+# places, one showing only for some patch sizes. Read it against section 4's trace and picture, and write the
+# corrected `fftd_forward(model, x_t, t, y)` below (from the model's parts, without calling `model(...)`).
 
 # %%
 def buggy_forward(model: FFTD, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -646,35 +594,25 @@ checks.check_fftd_forward(fftd_forward)
 
 # %% [markdown]
 # **Going further (no check).**
-# - *A sequential block.* Subclass `fftd.FFTDBlock` so that the MLP reads the attention branch's output
-#   (DiT's order) and fuse `(a, m)` as before. Is a fresh block still the identity? Overfit the three latents
-#   of section 7 with both blocks and compare the loss curves; then think about what the fusion can still add.
-# - *Where does the gate go?* Move each gate $\alpha$ outside the fusion, $x + \alpha \odot \mathrm{Fuse}(\dots)$,
-#   with one gate per block. Predict whether every fusion kind still starts as the identity, and which
-#   parameters get a gradient in the first steps (section 5); then check.
-# - *modulate with `scale` instead of `1 + scale`.* With adaLN-Zero, is a fresh block still the identity?
-#   Which gradients are zero at the first steps (compare with the table of section 5), and what does that do
-#   to training?
-# - *A 1×1 grid.* At the bottom of the hourglass a 3×3 convolution sees one token and eight zeros of padding.
-#   Which of its nine weights can ever receive a gradient there? Count how many parameters of `paper-p4`'s
-#   model can never learn for that reason.
-#
+# - *A sequential block* (MLP after attention, as DiT): is a fresh block still the identity? Compare both
+#   overfitting section 7's latents.
+# - *One gate outside the fusion*, $x + \alpha \odot \mathrm{Fuse}(\dots)$: does every fusion still start as the
+#   identity, and what learns first?
+# - *`scale` instead of `1 + scale`* in modulate: is a fresh block still the identity, and which gradients are
+#   zero at first?
+# - *A 1×1 grid.* How many of `paper-p4`'s parameters can never learn, a 3×3 kernel seeing one token?
+
+# %% [markdown]
 # ## Summary
 #
-# - Patchify turns a $4 \times 4 \times 4$ latent into $16 / p^2$ tokens of $4 p^2$ numbers; a linear map widens
-#   them to $D$ and a fixed 2-D sine-cosine embedding says where each token sits.
-# - The timestep (sinusoids, then an MLP) and the label (a table with a null row; 10% label dropout; E12:
-#   `num_classes = 0` for unconditional data) are added into one vector $c$, which conditions every block
-#   through adaLN-Zero: a shift, a scale and a gate per branch.
-# - An FFTD block (E13) runs attention and MLP in parallel on the same modulated input, fuses the gated
-#   outputs with AdaptiveFusion and adds the result to the residual stream; with zero gates it is the identity.
-# - The hourglass resamples the token grid with eq. 16 and eq. 17 as often as the grid allows, at most twice
-#   (E8), and fuses Block2 with Block4 and Block1 with Block5 (E14).
-# - `initialize_weights` makes a fresh model predict $\epsilon = 0$ exactly and wake up from the output
-#   backwards. The `paper` configurations land near Table 2's and Table 9's sizes but not row by row: the
-#   paper prints no widths (E15: its "neither" and "Add" rows are the same numbers).
-# - `DDIMSampler` drives the model unchanged; chapter 09 trains it on the toy faces' latents and decodes
-#   the samples with the IVQ-VAE.
+# - Patchify makes $16 / p^2$ tokens, widened to $D$, plus a fixed 2-D sine-cosine position embedding.
+# - Timestep and label (with a null row, E12) add up to $c$, which conditions every block through adaLN-Zero.
+# - A block (E13) runs attention and MLP in parallel and adds their fusion to the residual stream; fresh, it is
+#   the identity.
+# - The hourglass resamples with eq. 16-17 at most twice (E8) and fuses Block2 with Block4, Block1 with Block5
+#   (E14).
+# - A fresh model predicts $\epsilon = 0$ and wakes from the output backwards; the sizes land near Tables 2 and 9,
+#   not row by row (E15). Chapter 09 trains it on the toy faces' latents.
 
 # %%
 print(f"chapter ran in {fftd_course.chapter_seconds():.0f} s on {device}")
