@@ -95,4 +95,11 @@ test_influence_reference_passes_wrong_fails, test_influence_strict_mode_raises =
 def test_the_chapters_buggy_step_fails(lenient_env):
     buggy = chapter_function("05_ivqvae", "buggy_training_step")  # exercise 2, as given to the learner
 
-    assert checks.check_training_step(buggy).status == "fail"
+    result = checks.check_training_step(buggy)
+    assert result.status == "fail"
+    assert "4 of the 4 bugs" in result.message and result.message.count("nudge") == 1  # one nudge, the count
+
+
+def test_the_bug_count_follows_the_fixes(lenient_env):
+    """Each of the four bugs has its own sub-test: one left in is counted as one."""
+    assert "1 of the 4 bugs" in checks.check_training_step(flawed_step(pass_vq_loss=False)).message

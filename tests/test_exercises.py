@@ -132,16 +132,18 @@ def answer_fragments(line: str) -> list[str]:
 
 
 def hints(checks_source: str) -> list[str]:
-    """The ``hint=...`` strings of a checks module (string literals, implicit concatenations, f-strings)."""
+    """The ``hint=...`` strings of a checks module (string literals, implicit concatenations, f-strings), and each
+    nudge of a find-the-bug check's ``nudges=(...)``."""
     found = []
     for node in ast.walk(ast.parse(checks_source)):
         if isinstance(node, ast.Call):
             for kw in node.keywords:
-                if kw.arg == "hint":
+                if kw.arg in ("hint", "nudges"):
                     try:
-                        found.append(ast.literal_eval(kw.value))
+                        value = ast.literal_eval(kw.value)
                     except ValueError:
-                        found.append(ast.get_source_segment(checks_source, kw.value) or "")
+                        value = ast.get_source_segment(checks_source, kw.value) or ""
+                    found.extend(value if isinstance(value, (tuple, list)) else [value])
     return found
 
 

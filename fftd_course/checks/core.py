@@ -175,6 +175,7 @@ class _Forbidden:
 
 
 _active: _Forbidden | None = None
+forbidden_pieces: dict[str, tuple[str, ...]] = {}  # what each check (by its name) switched off when it last ran
 
 
 def _namespace_of(obj: object) -> dict | None:
@@ -307,6 +308,7 @@ def run_check(name: str, trial: Callable[[], None], hint: str = "", forbid: Sequ
     find-the-bug exercise, given in steps (in place of ``hint``).
     """
     global _active
+    forbidden_pieces[name] = tuple(forbid)
     outer, _active = _active, _Forbidden(forbid)
     guard = _active
     try:
