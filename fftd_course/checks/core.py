@@ -178,12 +178,22 @@ _active: _Forbidden | None = None
 forbidden_pieces: dict[str, tuple[str, ...]] = {}  # what each check (by its name) switched off when it last ran
 
 
-def _namespace_of(obj: object) -> dict | None:
-    if isinstance(obj, functools.partial):
-        obj = obj.func
-    if isinstance(obj, type):
-        return getattr(sys.modules.get(obj.__module__), "__dict__", None)
-    return getattr(obj, "__globals__", None) or getattr(getattr(obj, "__func__", None), "__globals__", None)
+def _namespaces_of(obj: object) -> list[dict]:
+    """The module namespaces the learner's function or class reads its names from (through wrappers too)."""
+    found = []
+    for _ in range(8):  # a wrapper's wrapped function (functools.wraps), a partial's function, a method's function
+        if isinstance(obj, functools.partial):
+            obj = obj.func
+        if isinstance(obj, type):
+            namespace = getattr(sys.modules.get(obj.__module__), "__dict__", None)
+        else:
+            namespace = getattr(obj, "__globals__", None) or getattr(getattr(obj, "__func__", None), "__globals__", None)
+        if namespace is not None:
+            found.append(namespace)
+        obj = getattr(obj, "__wrapped__", None)
+        if obj is None:
+            break
+    return found
 
 
 @contextmanager
@@ -197,7 +207,8 @@ def learner_code(owner: object = None) -> Iterator[None]:
     if guard is None:
         yield
         return
-    guard.scan(_namespace_of(owner))
+    for namespace in _namespaces_of(owner):
+        guard.scan(namespace)
     with guard:
         yield
 
