@@ -31,7 +31,7 @@
 #
 # **In this chapter you will** measure the signal the printed schedule leaves at $t = T$; build DDIM's update
 # against `fftd_course.diffusion`; trade steps against error and time (Table 3, and its impossible 1000-step row);
-# and in the exercises write the `"leading"` spacing, fix an off-by-one and make inversion exact.
+# and in the exercises step a model that predicts velocity, fix an off-by-one and make inversion exact.
 
 # %%
 import math
@@ -477,8 +477,8 @@ print(f"from N(0, I), the weight error with the printed schedule is {ratio:.1f} 
 # > The course's default is `beta_schedule("linear_rescaled", 500)`, both ends times $1000 / T$, as
 # > improved-diffusion and DiT do and as the paper's "500-step variant by linearly interpolated schedule" of its
 # > baseline suggests; `beta_schedule("linear", 500)` is the literal reading. DDIM's sub-sequence is `"trailing"` by
-# > default, so the first step starts at index $T - 1$ like the paper's $z_T$ (exercise 1 measures diffusers' old
-# > `"leading"`); the last step goes to $\bar\alpha = 1$ (the paper's $\alpha_0 = 1$).
+# > default, so the first step starts at index $T - 1$ like the paper's $z_T$ (diffusers' old `"leading"` does
+# > not: see Going further); the last step goes to $\bar\alpha = 1$ (the paper's $\alpha_0 = 1$).
 
 # %% [markdown]
 # ## Inversion, guidance and the conventions the next chapters use
@@ -498,7 +498,7 @@ for steps in (20, 100, T):
 
 # %% [markdown]
 # The samplers call `model(x_t, t, y)`: `t` a LongTensor `(B,)` of 0-based indices, `y` one of labels or `None`.
-# **Classifier-free guidance** (chapter 09) calls the model with the labels and with a learned `null_label` and
+# **Classifier-free guidance** (chapter 09) calls the model with the labels and with a learned `null_label` (E12) and
 # extrapolates, on every channel: $\epsilon = \epsilon_u + s\,(\epsilon_c - \epsilon_u)$; $s = 1$ is the conditional
 # model, $s = 0$ the unconditional one. Here `null_label = K` is the whole mixture:
 
@@ -524,41 +524,38 @@ print(f"cluster 2's own std: {gm.stds[2].mean().item():.2f}")
 # %% [markdown]
 # ## Exercises
 #
-# **Exercise 1 (a variant: another spacing).** DDIM's reference code, and diffusers for years, used **leading**
-# spacing: with stride $c = \lfloor T / n \rfloor$, the first $n$ multiples of $c$ from 0, sampled largest first.
-# Write `leading_timesteps(T, num_steps)` returning a LongTensor `(num_steps,)` in sampling order, like
-# `diffusion.ddim_timesteps`. First predict, for $T = 500$: where does the first step start for $n$ = 50, 300 and 1,
-# compared with the $x_T$ the sampler is given?
+# **Exercise 1 (a variant: another parameterisation).** Many newer models predict the *velocity*
+# $v = \sqrt{a_t}\,\epsilon - \sqrt{1 - a_t}\,z_0$ instead of $\epsilon$. Write `ddim_step_v(x_t, v, a_t, a_s)`:
+# eq. 29 with $\eta = 0$ for such a model, from level $a_t$ to $a_s$ (floats, or tensors that broadcast against
+# `x_t`), without `predict_x0` or `ddim_step`. Eq. 28 and $v$'s definition are two equations in $z_0$ and
+# $\epsilon$: what does the pair $(\sqrt{a_t}, \sqrt{1 - a_t})$ remind you of?
 
 # %%
-def leading_timesteps(T: int, num_steps: int) -> torch.Tensor:
-    """DDIM's 'leading' sub-sequence of 0-based timesteps, noisiest first."""
+def ddim_step_v(x_t: torch.Tensor, v: torch.Tensor, a_t, a_s) -> torch.Tensor:
+    """Deterministic DDIM (eq. 29, eta = 0) from alpha_bar a_t to a_s, for a model that predicts v."""
     # YOUR CODE HERE
     raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
 
 
 # %%
-checks.check_leading_timesteps(leading_timesteps)
+checks.check_ddim_step_v(ddim_step_v)
 
 # %% [markdown]
-# Measure it on the eight faces (same $x_T$) with both spacings: the pixel noise around the face each sample landed
-# on (the data's own is `FACE_STD`):
+# A step to $a_s = 1$ lands on $\hat z_0$. Why predict $v$? The same error of 0.2 per pixel, in $\epsilon$ or in $v$:
 
 # %%
-def pixel_noise(out: torch.Tensor) -> float:
-    return (out - face_set[faces_gm.responsibilities(out).argmax(1)]).std().item()
-
-
-for steps in (1, 2, 5, 50):
-    try:
-        leading_first = int(leading_timesteps(T, steps)[0])
-    except NotImplementedError:
-        print("finish exercise 1 to see this")
-        break
-    noise_left = {spacing: pixel_noise(diffusion.DDIMSampler(rescaled, steps, spacing=spacing).sample(face_model, x_T_faces))
-                  for spacing in ("trailing", "leading")}
-    print(f"{steps:2d} step(s), leading starts at index {leading_first:3d}: pixel noise "
-          f"{noise_left['trailing']:.3f} with trailing, {noise_left['leading']:.3f} with leading spacing")
+err = 0.2 * torch.randn(faces.shape, generator=torch.Generator().manual_seed(2))
+try:
+    for t in (100, 400, T - 1):
+        a = rescaled.alpha_bar[t].item()
+        x_noisy = rescaled.q_sample(faces, torch.full((6,), t), noise)
+        v_true = math.sqrt(a) * noise - math.sqrt(1 - a) * faces
+        from_eps = diffusion.predict_x0(x_noisy, noise + err, a)
+        from_v = ddim_step_v(x_noisy, v_true + err, a, 1.0)
+        print(f"index {t}: z0_hat is off by {(from_eps - faces).std().item():6.2f} per pixel with the error in eps, "
+              f"by {(from_v - faces).std().item():.2f} with it in v")
+except NotImplementedError:
+    print("finish exercise 1 to see this")
 
 # %% [markdown]
 # **Exercise 2 (find the bug).** This deterministic DDIM sampler, written from Algorithm 3, gives almost-right
@@ -602,7 +599,7 @@ except NotImplementedError:
     print("finish exercise 2 to see this")
 
 # %% [markdown]
-# **Exercise 3 (extend: exact inversion).** `DDIMSampler.invert` steps up from $x_s$ to $x_t$ with
+# **Exercise 3 (extend: exact inversion; stretching).** `DDIMSampler.invert` steps up from $x_s$ to $x_t$ with
 # $\epsilon_\theta(x_s, t)$, because $x_t$ is what it computes. The exact step solves eq. 29 ($\eta = 0$) for $x_t$
 # with $\epsilon_\theta(x_t, t)$, a fixed point. Write `invert_exact(model, x0, timesteps, alpha_bar, iterations)`:
 # take the package's estimate, then re-evaluate the model at the current estimate `iterations` times (`0` must equal

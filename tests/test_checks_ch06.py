@@ -9,20 +9,38 @@ from fftd_course import diffusion as D
 from check_contract import chapter_function, contract_tests
 
 
-def leading(T, n):  # an independent answer (the package's ddim_timesteps is switched off in the check)
-    return torch.arange(n - 1, -1, -1, dtype=torch.long) * (T // n)
+def step_v(x_t, v, a_t, a_s):  # an independent answer: z_0 and eps from the two linear equations, then eq. 29
+    a_t, a_s = torch.as_tensor(a_t, dtype=x_t.dtype), torch.as_tensor(a_s, dtype=x_t.dtype)
+    eps = (1 - a_t).sqrt() * x_t + a_t.sqrt() * v
+    z0 = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    return a_s.sqrt() * z0 + (1 - a_s).sqrt() * eps
 
 
-def leading_ascending(T, n):  # the right set, in the wrong order
-    return leading(T, n).flip(0)
+def step_v_as_eps(x_t, v, a_t, a_s):  # feeds v to eq. 29 as if it were the noise
+    a_t, a_s = torch.as_tensor(a_t, dtype=x_t.dtype), torch.as_tensor(a_s, dtype=x_t.dtype)
+    z0 = (x_t - (1 - a_t).sqrt() * v) / a_t.sqrt()
+    return a_s.sqrt() * z0 + (1 - a_s).sqrt() * v
 
 
-def leading_float_stride(T, n):  # T / n instead of the integer stride
-    return (torch.arange(n - 1, -1, -1) * (T / n)).round().long()
+def step_v_sign(x_t, v, a_t, a_s):  # z_0 = sqrt(a) x_t + sqrt(1 - a) v: a sign lost in the algebra
+    a_t, a_s = torch.as_tensor(a_t, dtype=x_t.dtype), torch.as_tensor(a_s, dtype=x_t.dtype)
+    z0 = a_t.sqrt() * x_t + (1 - a_t).sqrt() * v
+    eps = (x_t - a_t.sqrt() * z0) / (1 - a_t).sqrt()
+    return a_s.sqrt() * z0 + (1 - a_s).sqrt() * eps
 
 
-def leading_from_one(T, n):  # counts the multiples from 1, as if timesteps were the paper's 1-based t
-    return torch.arange(n, 0, -1) * (T // n)
+def step_v_swapped(x_t, v, a_t, a_s):  # sine and cosine swapped
+    a_t, a_s = torch.as_tensor(a_t, dtype=x_t.dtype), torch.as_tensor(a_s, dtype=x_t.dtype)
+    z0 = (1 - a_t).sqrt() * x_t - a_t.sqrt() * v
+    eps = a_t.sqrt() * x_t + (1 - a_t).sqrt() * v
+    return a_s.sqrt() * z0 + (1 - a_s).sqrt() * eps
+
+
+def step_v_math_sqrt(x_t, v, a_t, a_s):  # right for floats, but math.sqrt cannot take per-sample tensors
+    import math
+    z0 = math.sqrt(a_t) * x_t - math.sqrt(1 - a_t) * v
+    eps = math.sqrt(1 - a_t) * x_t + math.sqrt(a_t) * v
+    return math.sqrt(a_s) * z0 + math.sqrt(1 - a_s) * eps
 
 
 def sample_reference(model, x_T, timesteps, alpha_bar):
@@ -92,7 +110,7 @@ def invert_from_first_index(model, x0, timesteps, alpha_bar, iterations):  # sta
 
 
 CASES = [
-    (checks.check_leading_timesteps, leading, [leading_ascending, leading_float_stride, leading_from_one]),
+    (checks.check_ddim_step_v, step_v, [step_v_as_eps, step_v_sign, step_v_swapped, step_v_math_sqrt]),
     (checks.check_ddim_sampler, sample_reference,
      [sample_as_given_in_the_chapter, sample_minus_one_wraps, sample_paper_index, sample_neighbour_not_subsequence]),
     (checks.check_exact_inversion, invert, [invert_ignores_iterations, invert_moves_the_start, invert_from_first_index]),
@@ -104,4 +122,4 @@ test_reference_passes_wrong_fails_stub_not_attempted, test_strict_mode_raises_on
 
 def test_messages_name_the_convention(lenient_env):
     assert "0-based" in checks.check_ddim_sampler(sample_paper_index).message
-    assert "LongTensor" in checks.check_leading_timesteps(lambda T, n: leading(T, n).float()).message
+    assert "land on eq. 28" in checks.check_ddim_step_v(step_v_as_eps).message

@@ -10,7 +10,7 @@ from .ch02 import check_multi_head_attention, check_shuffle_pixels, check_split_
 from .ch03 import check_ema_codebook_step, check_perplexity, check_tiny_code_winner, check_vq_straight_through
 from .ch04 import check_adaptive_weight, check_receptive_field, check_vanilla_d_loss
 from .ch05 import check_code_influence, check_reconstruct, check_training_step
-from .ch06 import check_ddim_sampler, check_exact_inversion, check_leading_timesteps
+from .ch06 import check_ddim_sampler, check_ddim_step_v, check_exact_inversion
 from .ch07 import check_cbam_channel_weights, check_fuse_fixed, check_spatial_gate_as_linears
 from .ch08 import check_fftd_forward, check_resampling_parameters, check_unpatchify
 from .ch09 import check_decode_sample, check_guided_eps_on_channels, check_off_code_distance
@@ -27,7 +27,7 @@ __all__ = [
     "check_perplexity", "check_tiny_code_winner", "check_ema_codebook_step", "check_vq_straight_through",
     "check_vanilla_d_loss", "check_receptive_field", "check_adaptive_weight",
     "check_reconstruct", "check_training_step", "check_code_influence",
-    "check_leading_timesteps", "check_ddim_sampler", "check_exact_inversion",
+    "check_ddim_step_v", "check_ddim_sampler", "check_exact_inversion",
     "check_cbam_channel_weights", "check_spatial_gate_as_linears", "check_fuse_fixed",
     "check_unpatchify", "check_resampling_parameters", "check_fftd_forward",
     "check_verdict_from_seeds", "check_kid_unbiased", "check_fair_fid_pair",

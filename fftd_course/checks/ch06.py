@@ -1,9 +1,8 @@
-"""Checks for chapter 06 (diffusion math and the DDIM sampler, eq. 26-29, Algorithm 3): the leading spacing,
-a sampler with its off-by-one repaired, and exact DDIM inversion by fixed-point iteration."""
+"""Checks for chapter 06 (diffusion math and the DDIM sampler, eq. 26-29, Algorithm 3): a DDIM step for a
+velocity-predicting model, a sampler with its off-by-one repaired, and exact DDIM inversion by fixed-point iteration."""
 
 from __future__ import annotations
 
-import random
 from typing import Callable
 
 import torch
@@ -13,33 +12,47 @@ from ..mixture import toy_mixture_2d
 from .core import Bugs, CheckFailure, CheckResult, compare, fresh_seed, run_check, yours
 
 
-def check_leading_timesteps(fn: Callable[[int, int], torch.Tensor]) -> CheckResult:
-    """``fn(T, num_steps)`` is DDIM's 'leading' sub-sequence (0-based, noisiest first), a LongTensor."""
+def check_ddim_step_v(fn: Callable[..., torch.Tensor]) -> CheckResult:
+    """``fn(x_t, v, a_t, a_s)``: the deterministic DDIM step (eq. 29, eta = 0) for a model that predicts the velocity
+    ``v = sqrt(a_t) eps - sqrt(1 - a_t) z_0`` instead of the noise, from level ``a_t`` to ``a_s``."""
 
-    def leading(T: int, num_steps: int) -> torch.Tensor:  # the hidden reference
-        stride = T // num_steps
-        return torch.tensor([stride * k for k in reversed(range(num_steps))], dtype=torch.long)
+    def step(x_t: torch.Tensor, v: torch.Tensor, a_t, a_s) -> torch.Tensor:  # the hidden reference
+        a_t, a_s = torch.as_tensor(a_t, dtype=x_t.dtype), torch.as_tensor(a_s, dtype=x_t.dtype)
+        z0 = a_t.sqrt() * x_t - (1 - a_t).sqrt() * v   # (x_t, v) is (z_0, eps) turned by the angle whose cosine
+        eps = (1 - a_t).sqrt() * x_t + a_t.sqrt() * v  # is sqrt(a_t): turning back solves both equations at once
+        return a_s.sqrt() * z0 + (1 - a_s).sqrt() * eps
 
     fn = yours(fn)
 
     def trial() -> None:
-        rng = random.Random(fresh_seed())
-        cases = [(500, 50), (500, 300), (500, 1), (500, 500), (1000, 7)]
-        cases += [(T, rng.randint(1, T)) for T in (rng.randint(2, 60) for _ in range(10))]
-        for T, n in cases:
-            got, want = fn(T, n), leading(T, n)
-            what = f"leading timesteps for T={T}, {n} step(s)"
-            if not isinstance(got, torch.Tensor) or got.dtype != torch.long:
-                raise CheckFailure(f"{what}: return a LongTensor (timesteps are indices), got "
-                                   f"{getattr(got, 'dtype', type(got).__name__)}")
-            if got.shape != want.shape or not torch.equal(got, want):
-                raise CheckFailure(f"{what}: got {got.tolist()[:6]}{' ...' if got.numel() > 6 else ''}, "
-                                   f"expected {want.tolist()[:6]}{' ...' if want.numel() > 6 else ''}")
+        g = torch.Generator().manual_seed(fresh_seed())
+        diffusion = Diffusion(beta_schedule("linear_rescaled", 200))
+        ab = diffusion.alpha_bar.double()
+        # 1. a perfect velocity (from the clean data and the noise that made x_t) must land exactly on eq. 28
+        z0, noise = torch.randn(32, 3, 4, 4, generator=g, dtype=torch.float64), torch.randn(32, 3, 4, 4, generator=g,
+                                                                                              dtype=torch.float64)
+        for t, s in ((150, 40), (199, 120), (30, 0)):
+            x_t = ab[t].sqrt() * z0 + (1 - ab[t]).sqrt() * noise
+            v = ab[t].sqrt() * noise - (1 - ab[t]).sqrt() * z0
+            got = fn(x_t, v, float(ab[t]), float(ab[s]))
+            compare(got, ab[s].sqrt() * z0 + (1 - ab[s]).sqrt() * noise,
+                    f"a perfect v at index {t}, stepping to index {s}: the step must land on eq. 28 at index {s} with "
+                    "the same z_0 and noise", atol=1e-6, rtol=1e-6)
+        # 2. any v (a model's guess), per-sample levels as (B, 1, 1, 1) tensors, the last step to clean data
+        x_t, v = (torch.randn(16, 4, 4, 4, generator=g, dtype=torch.float64) for _ in range(2))
+        t = torch.randint(1, 200, (16,), generator=g)
+        s = (t * torch.rand(16, generator=g)).long()
+        a_t, a_s = ab[t].view(-1, 1, 1, 1), ab[s].view(-1, 1, 1, 1)
+        compare(fn(x_t, v, a_t, a_s), step(x_t, v, a_t, a_s),
+                "a model's v with per-sample levels of shape (B, 1, 1, 1)", atol=1e-6, rtol=1e-6)
+        compare(fn(x_t, v, a_t, torch.ones_like(a_s)), step(x_t, v, a_t, torch.ones_like(a_s)),
+                "the last step (a_s = 1, clean data)", atol=1e-6, rtol=1e-6)
 
-    return run_check("leading_timesteps", trial,
-                     hint="the stride is an integer division; the sequence starts at 0 (its smallest element) and "
-                          "the sampler visits it from the noisiest end: which order does the sampler expect?",
-                     forbid=["fftd_course.diffusion.ddim_timesteps"])
+    return run_check("ddim_step_v", trial,
+                     hint="write eq. 28 and the definition of v as two equations in z_0 and eps; the coefficients "
+                          "(sqrt(a_t), sqrt(1 - a_t)) are a cosine and a sine of one angle, so the pair (x_t, v) is "
+                          "(z_0, eps) turned by that angle. Turn it back, then use eq. 29 with sigma = 0.",
+                     forbid=["fftd_course.diffusion.ddim_step", "fftd_course.diffusion.predict_x0"])
 
 
 class _RecordingModel:
