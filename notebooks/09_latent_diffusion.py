@@ -16,24 +16,13 @@
 # %% [markdown]
 # # 09 · Latent diffusion: both stages together
 #
-# Chapters 04-05 trained stage 1, the IVQ-VAE (Algorithm 1); chapter 06 built the DDIM sampler on a
-# model it could write down; chapters 07-08 built the FFTD. This chapter joins them into the paper's
-# generator (section 3.3): the frozen IVQ-VAE turns every training image into a 4×4×4 grid of codes once,
-# the FFTD learns to denoise those grids (Algorithm 2), and DDIM turns noise into a grid that the decoder
-# turns into an image (Algorithm 3 and eq. 30). Everything runs on 32 px toy faces of three classes
-# (cat, dog, wild, like AFHQ) on a CPU.
+# The paper's generator (section 3.3) joins the pieces: the frozen IVQ-VAE (Algorithm 1) encodes every training
+# image once into a 4×4×4 grid of codes, the FFTD learns to denoise those grids (Algorithm 2), and DDIM turns noise
+# into a grid for the decoder (Algorithm 3, eq. 30). On a CPU, with 32 px toy faces of three classes.
 #
-# **In this chapter you will**
-# - see the whole pipeline in one table and one picture, on real tensors;
-# - encode the toy faces with the frozen stage 1 and scale the latents to unit variance (errata E16);
-# - train a fresh FFTD for a few seconds with the epsilon loss (eq. 27) and an EMA with warm-up, and plot both;
-# - load the longer-trained toy generator committed with the course and read how it was trained;
-# - sample every class, and follow the denoising in latent space and in image space, step by step;
-# - decode with and without snapping to the codebook (eq. 30) and measure the difference;
-# - measure what the guidance scale and the number of DDIM steps change, beside the paper's Table 3;
-# - drive the toy generator live, with sliders for the class, the guidance, the steps and the seed;
-# - write guidance on a subset of channels, find the bug in a decoding function, and predict, then
-#   measure, how far few-step samples land from the codebook.
+# **In this chapter you will** scale latents (E16), train an FFTD with an EMA, sample and follow the denoising,
+# snap to the codebook or not (eq. 30), measure guidance and DDIM steps (Table 3), and drive the generator live;
+# then guide a subset of channels, fix a decoder, and predict how far few-step samples land from the codes.
 
 # %%
 import json
@@ -64,21 +53,20 @@ print(f"{N_TRAIN} training faces, {N_HELD} held-out faces, classes {CLASSES}")
 # %% [markdown]
 # ## 1. The whole pipeline
 #
-# Write $E$ for the encoder, $Z$ for the codebook, $G$ for the decoder, $\epsilon_\theta$ for the FFTD and
-# $\bar\alpha_t$ for the paper's $\alpha_t$ (the cumulative product of eq. 28; errata E5 in `docs/ERRATA.md`).
+# $E$ is the encoder, $Z$ the codebook, $G$ the decoder, $\epsilon_\theta$ the FFTD, $\bar\alpha_t$ the paper's
+# $\alpha_t$ (E5 in `docs/ERRATA.md`).
 #
 # | stage | the paper | what happens | `fftd_course` |
 # |---|---|---|---|
-# | 1 | Algorithm 1, eq. 1-15 | train $E$, $Z$, $G$ with the hybrid loss; then **freeze** them | `pipeline.train_ivqvae` (chapter 05) |
-# | 2 | Algorithm 2 | encode the data set once: $z_q = \mathrm{Quantize}(E(x), Z)$ | `pipeline.encode_latents` |
+# | 1 | Algorithm 1, eq. 1-15 | train $E$, $Z$, $G$ with the hybrid loss; **freeze** them | `pipeline.train_ivqvae` (chapter 05) |
+# | 2 | Algorithm 2 | encode once: $z_q = \mathrm{Quantize}(E(x), Z)$ | `pipeline.encode_latents` |
 # | | (E16) | scale to unit variance: $z_0 = s\,z_q$, $s = 1/\mathrm{std}(z_q)$ | `pipeline.latent_scale` |
 # | | eq. 28, 27 | $t \sim U\{1..T\}$, $\epsilon \sim N(0, I)$, $z_t = \sqrt{\bar\alpha_t}\,z_0 + \sqrt{1-\bar\alpha_t}\,\epsilon$, loss $\lVert\epsilon - \epsilon_\theta(z_t, t, y)\rVert^2$; EMA of the weights | `pipeline.train_fftd`, `pipeline.EMA` |
-# | 3 | Algorithm 3, eq. 29 | $z_T \sim N(0, I)$, DDIM steps down a sub-sequence, with classifier-free guidance | `diffusion.DDIMSampler` |
-# | | eq. 30 | undo the scale, snap each latent vector to its nearest code, decode: $\hat x = G(\mathrm{Quantize}(z_0 / s, Z))$ | `pipeline.decode_latents` |
+# | 3 | Algorithm 3, eq. 29 | $z_T \sim N(0, I)$, guided DDIM steps down a sub-sequence | `diffusion.DDIMSampler` |
+# | | eq. 30 | unscale, snap, decode: $\hat x = G(\mathrm{Quantize}(z_0 / s, Z))$ | `pipeline.decode_latents` |
 #
-# `pipeline.LatentDiffusion` holds all of it (both networks, the schedule, $s$ and the class names) and
-# samples images by class in one call. The course commits a small trained one, `pipeline.load_toy()`;
-# its stage 1 is the frozen IVQ-VAE of this chapter.
+# `pipeline.LatentDiffusion` holds it all and samples by class in one call; `pipeline.load_toy()` loads the small
+# one the course commits, whose stage 1 this chapter uses.
 
 # %%
 toy = pipeline.load_toy(device)
@@ -99,18 +87,16 @@ def latent_strip(z: torch.Tensor) -> torch.Tensor:
 
 
 # %% [markdown]
-# The table as a picture, drawn by `fftd_course.diagrams` from the toy generator's own configurations: training
-# on top (left to right), sampling below (right to left); dashed lines join the parts both paths share.
+# The table as a picture (`fftd_course.diagrams`, from the toy generator's configurations): training on top,
+# sampling below.
 
 # %%
 diagrams.pipeline_diagram(stage1.config, toy.fftd.config, timesteps=schedule.T)
 plt.show()
 
 # %% [markdown]
-# The same path on real tensors: one training face of each class, its codes $z_q$ (four channels of
-# 4×4, side by side), the scaled $s\,z_q$ the FFTD is trained on, three noise levels of eq. 28 that it
-# learns to undo, and what the decoder makes of the codes. Blue is negative, red positive, one colour
-# scale for every latent.
+# The same path on real tensors, one face per class: its codes $z_q$ (four 4×4 channels), the scaled $s\,z_q$, three
+# noise levels of eq. 28, and the decoded codes (blue negative, red positive, one scale throughout).
 
 # %%
 faces = torch.stack([train_images[train_labels == c][0] for c in range(len(CLASSES))])
@@ -135,9 +121,8 @@ plt.show()
 # %% [markdown]
 # ## 2. Algorithm 2, step 1: encode once, scale to unit variance
 #
-# Stage 1 is frozen, so every image's codes are fixed: encoding the whole training set once is the same
-# as encoding each batch during training, and much cheaper (`encode_latents` runs the encoder in eval
-# mode without gradients and leaves the codebook's statistics alone).
+# Stage 1 is frozen, so encoding the training set once equals encoding every batch, and is far cheaper
+# (`encode_latents` runs in eval mode, without gradients).
 
 # %%
 z_train = pipeline.encode_latents(stage1, train_images, progress=True)   # (N, 4, 4, 4)
@@ -149,11 +134,9 @@ print(f"scale s = 1 / std = {scale:.3f} (the toy generator stored {toy.scale:.3f
       f"s z_q has std {(z_train * scale).std():.3f}")
 
 # %% [markdown]
-# Every latent vector has length 1: the toy IVQ-VAE uses **l2-normalised codes** (chapter 03's fix for
-# codebook collapse), so a 4-channel vector on the unit sphere has entries of standard deviation near
-# $1/\sqrt 4 = 1/2$. The diffusion schedule was designed for data of unit variance. How much does a
-# factor of two matter? The signal-to-noise ratio of $z_t$ is $\mathrm{std}^2\,\bar\alpha_t / (1 - \bar\alpha_t)$,
-# so unscaled latents are drowned earlier:
+# Every latent vector has length 1 (chapter 03's **l2-normalised codes**), so its 4 entries have a standard
+# deviation near $1/2$, while the schedule assumes unit variance. $z_t$'s signal-to-noise ratio is
+# $\mathrm{std}^2\,\bar\alpha_t / (1 - \bar\alpha_t)$, so unscaled latents drown earlier:
 
 # %%
 snr = schedule.snr
@@ -170,22 +153,17 @@ ax.legend(fontsize=8), ax.set_xlabel("value")
 plt.show()
 
 # %% [markdown]
-# > **What the paper says / what we chose** (errata E16 in `docs/ERRATA.md`). The paper never scales
-# > its latents. With l2-normalised codes every entry has a standard deviation near 1/2, so the
-# > schedule would spend its first steps on a signal a quarter as strong (in variance) as the one it was
-# > built for, and the last steps would leave proportionally more of it (printed above). Like latent
-# > diffusion's `scale_factor`, we multiply the codes by one number, $s = 1/\mathrm{std}$, computed once
-# > on the encoded training set. It is stored in `LatentDiffusion.scale` and in its checkpoint (key
-# > `"scale"`), and undone before snapping and decoding (eq. 30). A per-channel scale is possible
+# > **What the paper says / what we chose** (errata E16 in `docs/ERRATA.md`). The paper never scales its latents.
+# > With l2-normalised codes the schedule would work on a signal a quarter as strong (in variance) as the one it
+# > was built for (printed above). Like latent diffusion's `scale_factor`, we multiply the codes by one number,
+# > $s = 1/\mathrm{std}$, computed once on the encoded training set, stored in `LatentDiffusion.scale` and its
+# > checkpoint (key `"scale"`), and undone before snapping and decoding (eq. 30). A per-channel scale is possible
 # > too: see "Going further".
 #
 # ## 3. Algorithm 2, steps 2-5: train a fresh FFTD for a few seconds
 #
-# `train_fftd` draws a batch of scaled latents and their labels, a timestep and noise per latent, makes
-# $z_t$ by eq. 28 and takes one AdamW step on the loss of eq. 27 (`diffusion.loss`). The model replaces a
-# share of the labels by the **null label** itself (label dropout, 10%), so that the same network also
-# learns the unconditional prediction classifier-free guidance needs. After every step an **EMA** (a
-# moving average of the weights) moves towards the new weights; we sample from the average.
+# `train_fftd` noises scaled latents by eq. 28 and steps AdamW on eq. 27's loss; 10% of the labels become the
+# **null label** (for guidance), and we sample an **EMA** of the weights.
 
 # %%
 torch.manual_seed(0)
@@ -199,10 +177,9 @@ print(f"{FFTD_STEPS} steps of batch {FFTD_BATCH} in {train_seconds:.1f} s ({coun
       f"loss {losses[:20].mean():.3f} over the first 20 steps, {losses[-20:].mean():.3f} over the last 20")
 
 # %% [markdown]
-# A plain EMA with decay $d = 0.999$ would still hold $0.999^{200} \approx 82\%$ of the **random starting
-# weights** after 200 steps. The warm-up lets the decay grow with the update count $k$ (0-based):
-# $d_k = \min\!\left(d,\; 1 - (1 + k)^{-3/4}\right)$, so the first update copies the weights ($d_0 = 0$)
-# and $d$ is reached only after about $(1-d)^{-4/3}$ steps.
+# A plain EMA ($d = 0.999$) would still hold $0.999^{200} \approx 82\%$ of the **random starting weights** after 200
+# steps. Its warm-up, $d_k = \min\!\left(d,\; 1 - (1 + k)^{-3/4}\right)$ at update $k$ (0-based), copies the weights
+# first ($d_0 = 0$) and reaches $d$ after about $(1-d)^{-4/3}$ steps.
 
 # %%
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.2))
@@ -231,9 +208,7 @@ plt.show()
 # %% [markdown]
 # ## 4. The longer-trained toy generator
 #
-# The course commits a generator trained by `make weights` (`python -m fftd_course.demo --save-weights
-# ...`), with how it was trained written beside it: the command, the seed, the versions and what was
-# measured. Here is what it says:
+# The course commits a generator trained by `make weights`, with how it was trained written beside it:
 
 # %%
 settings, measured = provenance["settings"], provenance["metrics"]
@@ -250,11 +225,9 @@ print("versions:", provenance["versions"])
 # %% [markdown]
 # ## 5. A class judge
 #
-# To ask "is this sample a cat?" without looking, train a small classifier (`fftd_course.evaluation.judge`). A
-# classifier trained on sharp faces alone calls the decoder's softer images almost at random, so it
-# learns from the faces **and** from their stage-1 reconstructions, with random blur. Its accuracy on
-# reconstructions of held-out faces is the ceiling for any sample: a sample cannot be more
-# recognisable than what the decoder can draw.
+# A small classifier (`fftd_course.evaluation.judge`) answers "is this a cat?". It learns from faces **and** their
+# blurred stage-1 reconstructions (sharp faces alone would leave it guessing on decoded images); its accuracy on
+# reconstructions of held-out faces is the ceiling for any sample.
 
 # %%
 rec_train = pipeline.decode_latents(stage1, z_train[:N_JUDGE] * toy.scale, toy.scale)
@@ -268,9 +241,8 @@ print(f"judge accuracy on {N_HELD} held-out faces: {acc_real:.1%}; on their stag
 # %% [markdown]
 # ## 6. Samples of every class (Algorithm 3, eq. 30)
 #
-# `toy.generate(labels, num_steps, guidance_scale, seed)` draws $z_T$, runs DDIM with classifier-free
-# guidance, undoes the scale, snaps to the codebook and decodes; it returns the images, the sampled
-# latents and the codes they snapped to.
+# `toy.generate(labels, num_steps, guidance_scale, seed)` runs guided DDIM from $z_T$, undoes the scale, snaps and
+# decodes; it returns the images, the sampled latents and their codes.
 
 # %%
 labels = torch.arange(len(CLASSES)).repeat_interleave(N_PER_CLASS)
@@ -288,9 +260,8 @@ print(f"the fresh {FFTD_STEPS}-step FFTD of section 3, same labels (25 steps): {
 # %% [markdown]
 # ## 7. Denoising trajectories, in latent space and in image space
 #
-# With `keep_trajectory=True` the generator keeps, after every DDIM step, the state $z_t$ and the
-# current estimate of the clean latent $\hat z_0$ (eq. 29's first term; both scaled). Decoding
-# $\hat z_0$ shows what the model "has in mind" at each step. One sample per class, 20 steps:
+# `keep_trajectory=True` keeps $z_t$ and the clean estimate $\hat z_0$ (eq. 29's first term) after every step;
+# decoding $\hat z_0$ shows what the model "has in mind". One sample per class, 20 steps:
 
 # %%
 traj = toy.generate(torch.arange(3), num_steps=20, guidance_scale=2.0, seed=3, keep_trajectory=True)
@@ -306,9 +277,8 @@ ax.set_xlabel("DDIM step"), ax.set_ylabel("mean length of a latent vector"), ax.
 plt.show()
 
 # %% [markdown]
-# Pure noise in four channels has vectors of length about 2; the sample ends near the sphere of the
-# scaled codes. Move the slider along the steps: the top row is $z_t$, the middle $\hat z_0$ (four
-# channels each), the bottom the decoded $\hat z_0$.
+# Noise vectors have length about 2; samples end near the scaled codes' sphere. Slider rows: $z_t$, $\hat z_0$, and
+# the decoded $\hat z_0$.
 
 # %%
 def draw_step(step: int) -> None:
@@ -327,16 +297,12 @@ def draw_step(step: int) -> None:
 viz.explore(draw_step, "step", values=list(range(len(t_after))), static=[0, 4, 9, len(t_after) - 1])
 
 # %% [markdown]
-# Early on, $\hat z_0$ is a blurry average; the coarse layout (background colour, where the face sits)
-# is settled within the first few steps, and the details come last. The timesteps are 0-based indices: the paper's $t$ is index $t - 1$,
-# and `-1` is the clean latent (the paper's $\bar\alpha_0 = 1$; errata E5 names the paper's $\alpha_t$ the
-# cumulative product $\bar\alpha_t$).
+# $\hat z_0$ starts as a blurry average; layout settles first, details last (timestep `-1` is the clean latent).
 #
 # ## 8. Decode with and without re-quantization (eq. 30)
 #
-# The sampler's output is a continuous vector per position; the decoder was only ever trained on
-# codes. Eq. 30 snaps every vector to its nearest code before decoding. `decode_latents(...,
-# requantize=False)` skips the snap, so we can see what it changes on the samples of section 6:
+# The decoder was only trained on codes; eq. 30 snaps each sampled vector to its nearest code first.
+# `decode_latents(..., requantize=False)` skips the snap, on section 6's samples:
 
 # %%
 raw = pipeline.decode_latents(stage1, result.latents, toy.scale, requantize=False)
@@ -356,16 +322,14 @@ print(f"length of a sampled latent vector in stage 1's space: {lengths.mean():.3
 print(f"judge accuracy: snapped {acc_samples:.1%}, not snapped {judge.accuracy(the_judge, raw, labels):.1%}")
 
 # %% [markdown]
-# Compare the two L1 numbers: where the sampler lands close to the codes, as after 50 steps, snapping
-# changes an image far less than stage 1 itself changes a face; it removes small off-code noise the
-# decoder never saw in training. Exercise 3 asks how that changes with fewer steps.
+# After 50 steps, snapping changes an image far less than stage 1 changes a face: it removes off-code noise the
+# decoder never saw (exercise 3 asks about fewer steps).
 #
 # ## 9. The guidance scale
 #
-# Classifier-free guidance (chapter 06) calls the FFTD twice per step, with the label and with the null
-# label, and extrapolates from the unconditional prediction past the conditional one by the guidance
-# scale $w$: $w = 1$ is the plain conditional model, $w = 0$ the unconditional one. Guidance can only
-# amplify a difference the FFTD has learned, so first: how much does the label change its prediction?
+# Guidance (chapter 06) calls the FFTD with the label and with the null label, and extrapolates by $w$: $w = 1$ is
+# the conditional model, $w = 0$ the unconditional one. It can only amplify what the FFTD learned, so first: how
+# much does the label change its prediction?
 
 # %%
 t_mid = torch.full((256,), 250, device=device)
@@ -378,8 +342,7 @@ with torch.no_grad():
               f"{(eps_c - eps_u).norm() / eps_u.norm():.1%} of its size")
 
 # %% [markdown]
-# Now sample with $w$ = 0, 1, 2 and 4, and measure class accuracy (the judge) and diversity: the mean L1
-# distance between two samples of the same class.
+# Now $w$ = 0, 1, 2 and 4: class accuracy (the judge), and diversity (mean L1 between samples of a class):
 
 # %%
 def diversity(images: torch.Tensor, labels: torch.Tensor) -> float:
@@ -409,25 +372,19 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# At $w = 0$ the label plays no part, so accuracy sits near chance (33%). Above 1, guidance multiplies
-# the difference between the conditional and unconditional predictions measured above: large where the
-# model has learned its labels, nothing where it has not. Read the table for what each step of $w$ buys
-# in accuracy and costs in diversity (the reconstructions' row is the data's own diversity). The paper
-# uses AFHQ's three classes but does not say which $w$ it sampled with.
+# At $w = 0$ accuracy is near chance (33%); above 1, guidance amplifies the label's measured effect, buying
+# accuracy with diversity (the reconstructions' row is the data's own). The paper does not say which $w$ it used.
 #
-# > **What the paper says / what we chose** (errata E12 in `docs/ERRATA.md`). The FFTD takes a label
-# > $y$, but CelebA-HQ has no classes. Our FFTD's label table has one extra row, the **null label**
-# > (`num_classes`), which label dropout trains as "no label". An unconditional model is an FFTD with
-# > `num_classes=0`, whose every label is the null label; `generate(n=...)` samples it. The toy faces,
-# > like AFHQ, have three classes.
+# > **What the paper says / what we chose** (errata E12 in `docs/ERRATA.md`). The FFTD takes a label $y$, but
+# > CelebA-HQ has no classes. Our label table has one extra row, the **null label** (`num_classes`), trained by
+# > label dropout; an unconditional model has `num_classes=0` (`generate(n=...)`). The toy faces, like AFHQ, have
+# > three classes.
 #
 # ## 10. The number of DDIM steps
 #
-# Table 3 of the paper measures FID and time per image for 50 to 500 DDIM steps. FID with Inception
-# features is too slow for this chapter on a CPU (the demo measures it), so we use two cheaper proxies:
-# the judge's accuracy, and the Fréchet distance (eq. 31) between **the judge's own features** of the
-# samples and of held-out faces. For reference, the same distance for as many stage-1 reconstructions
-# of held-out faces (a Fréchet distance from a few dozen images is biased upwards, so compare equal counts).
+# Table 3 measures FID and time for 50 to 500 steps. Instead of the slow Inception FID: the judge's accuracy, and
+# the Fréchet distance (eq. 31) of **the judge's features** to held-out faces, beside that of as many stage-1
+# reconstructions (equal counts: the distance is biased upwards).
 
 # %%
 def judge_features(images: torch.Tensor) -> torch.Tensor:
@@ -463,24 +420,19 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Time grows in proportion to the steps (one guided FFTD call each), as in the paper. On the quality
-# side, compare the two printed ratios: the paper's FID keeps falling all the way from 50 to 500 steps
-# (Table 3), while on this toy a ratio near 1 means extra steps buy little that the judge can see.
-# Two reasons: a latent snapped to one of 256 codes per position forgives small sampler errors, and a
-# small toy FFTD's own error outweighs the sampler's long before 500 steps. With the paper's 16384
-# codes and 256 px faces there is far more detail for extra steps to get right.
+# Time grows with the steps, as in the paper; but where its FID keeps falling to 500 steps, a ratio near 1 here
+# means extra steps buy little: snapping to 256 codes forgives small sampler errors, and the toy FFTD's own error
+# dominates early.
 #
-# > **What the paper says / what we chose** (errata E10 in `docs/ERRATA.md`). Table 3's last row,
-# > "1000 steps (DDPM)", cannot come from the paper's model: it was trained with $T = 500$ noise levels,
-# > so at most 500 steps exist (`DDIMSampler` refuses more, chapter 06). The row is the pixel-space DDPM
-# > baseline of section 4.3.4, a different network. Our plots stop at 100 steps, where the toy has
-# > long stopped improving.
+# > **What the paper says / what we chose** (errata E10 in `docs/ERRATA.md`). Table 3's last row, "1000 steps
+# > (DDPM)", cannot come from the paper's model: trained with $T = 500$, it has at most 500 steps (`DDIMSampler`
+# > refuses more, chapter 06). The row is the pixel-space DDPM baseline of section 4.3.4, another network. Our plots
+# > stop at 100 steps, where the toy has long stopped improving.
 #
 # ## 11. A live generator
 #
-# Sliders on the committed toy generator: the class, the guidance scale $w$ (section 9), the number of DDIM
-# steps (section 10) and the seed that draws $z_T$. Each redraw samples four faces of one class and says how
-# long that took; a static page (and the test run) shows one picture with the defaults instead.
+# Sliders for the class, $w$, the DDIM steps and the seed redraw four faces and say how long that took (a static
+# page shows one picture).
 
 # %%
 viz.live_generator(toy, n=4, default_steps=25, default_guidance=2.0)
@@ -488,11 +440,10 @@ viz.live_generator(toy, n=4, default_steps=25, default_guidance=2.0)
 # %% [markdown]
 # ## Exercises
 #
-# **Exercise 1 (a variant of guidance).** The latent has four channels. Write
-# `guided_eps_on_channels(eps_c, eps_u, scale, channels)`: classifier-free guidance with factor `scale`
-# on the listed channels only (dimension 1 of the `(B, C, h, w)` predictions), while every other channel
-# keeps what the sampler would use without guidance. `eps_c` is the conditional prediction, `eps_u` the
-# unconditional one; do not change them in place.
+# **Exercise 1 (a variant of guidance).** Write `guided_eps_on_channels(eps_c, eps_u, scale, channels)`:
+# classifier-free guidance with factor `scale` on the listed channels only (dimension 1 of the `(B, C, h, w)`
+# predictions), every other channel keeping what the sampler uses without guidance. `eps_c` is the conditional
+# prediction, `eps_u` the unconditional one; do not change them in place.
 
 # %%
 def guided_eps_on_channels(eps_c: torch.Tensor, eps_u: torch.Tensor, scale: float, channels: list[int]) -> torch.Tensor:
@@ -524,9 +475,9 @@ print(f"image L1 between the two: {(buggy - result.images).abs().mean():.3f}; th
       f"generator's at {same_codes:.0%} of the positions")
 
 # %% [markdown]
-# The right codes are picked at every position (why, with l2-normalised codes?), and yet the images are
-# wrong. Write a correct `decode_sample(ivqvae, z, scale)`. The check also tries a stage 1 whose codes
-# are **not** normalised, where a second, quieter version of the bug changes which codes are picked.
+# The right codes are picked at every position (why, with l2-normalised codes?), yet the images are wrong. Write a
+# correct `decode_sample(ivqvae, z, scale)`. The check also tries a stage 1 with **unnormalised** codes, where a
+# quieter form of the bug changes which codes are picked.
 
 # %%
 def decode_sample(ivqvae, z: torch.Tensor, scale: float) -> torch.Tensor:
@@ -579,34 +530,21 @@ except NotImplementedError:
 # %% [markdown]
 # ## Going further (no checks)
 #
-# - **Guidance on a subset of channels, measured.** Wrap the FFTD in a module whose `forward(x, t, y)`
-#   calls it with `y` and with the null label and combines the two with your `guided_eps_on_channels`;
-#   sample it with `guidance_scale=1` (the wrapper already guides). Which channels carry the class? Is
-#   there a channel whose guidance alone gives most of the accuracy of section 9?
-# - **A per-channel scale** (E16): compute one factor per latent channel instead of one for all, train
-#   a fresh FFTD on it as in section 3 and compare its loss curve. With l2-normalised codes, do the
-#   channels' standard deviations differ enough to matter?
-# - **Sample with $\eta > 0$** (`generate(..., eta=1.0)`): DDIM with fresh noise at each step. How do
-#   accuracy, diversity and the distance to the codes change at 10 and 50 steps?
-# - **Snapping as a step of the sampler**: snap $\hat z_0$ to the codes at every step, not only at the
-#   end (a callback cannot change the state, so write the loop with `diffusion.ddim_step`). Does it help
-#   at 5 steps? What does it do to diversity?
-# - **Train longer**: run section 3 for ten times as many steps and watch the judge's accuracy of the
-#   fresh model climb towards the committed one's. `make demo` trains both stages from scratch and
-#   measures FID with Inception features.
-#
+# - **Channel guidance, measured.** Wrap the FFTD with your `guided_eps_on_channels` (sample with
+#   `guidance_scale=1`): which channels carry the class?
+# - **A per-channel scale** (E16): one factor per latent channel; does the loss curve of section 3 change?
+# - **$\eta > 0$** (`generate(..., eta=1.0)`): how do accuracy, diversity and distance to the codes change?
+# - **Snap at every step** (a loop of `diffusion.ddim_step`): does it help at 5 steps?
+# - **Train longer**: ten times section 3's steps; `make demo` trains both stages and measures Inception FID.
+
+# %% [markdown]
 # ## Summary
 #
-# - Stage 1 is frozen: the data set is encoded once into 4×4×4 codes (`encode_latents`). The codes of
-#   the toy IVQ-VAE have length 1, entries of std about 1/2; we scale them to unit variance for the
-#   diffusion (errata E16) and store the factor in the generator and its checkpoint.
-# - Algorithm 2 is the epsilon loss of eq. 27 on scaled latents, with label dropout for guidance and an
-#   EMA whose warm-up keeps short runs from sampling half-random weights.
-# - Algorithm 3 and eq. 30: DDIM from noise, undo the scale, snap every vector to its nearest code,
-#   decode. Snapping matters most where the sampler lands far from the codes.
-# - Guidance amplifies what the FFTD learned about its labels, trading diversity for class accuracy; time
-#   grows with the number of DDIM steps, and the toy's quality proxies flatten far earlier than the
-#   paper's Table 3. Table 3's 1000-step row is another model (E10).
+# - The frozen stage 1 encodes the data once; the codes are scaled to unit variance (E16).
+# - Algorithm 2: eq. 27's loss on scaled latents, label dropout for guidance, an EMA with warm-up.
+# - Algorithm 3 and eq. 30: DDIM, unscale, snap, decode.
+# - Guidance trades diversity for accuracy; quality flattens far earlier than in Table 3, whose 1000-step row is
+#   another model (E10).
 # - Next: chapter 10 runs the same code at full scale on GPUs.
 
 # %%
