@@ -32,10 +32,12 @@
 # - check your environment (PyTorch, CPU or GPU);
 # - meet the toy faces (cat, dog, wild) that every CPU chapter trains on;
 # - see which chapter builds which equation of the paper;
-# - learn how exercises and their checks work, and solve the first three (the last one is a bug hunt).
+# - learn how exercises and their checks work, and solve three: a prediction about held-out sets, a bug hunt in
+#   image bytes, and data-set statistics computed one batch at a time.
 
 # %%
 import platform
+from collections.abc import Iterable
 
 import matplotlib.pyplot as plt
 import torch
@@ -175,71 +177,62 @@ print("one batch:", tuple(batch.shape), tuple(batch_labels.shape))
 # - `[ ] ... not attempted yet`: the gap is still open. This never stops "Run All", so the rest of
 #   the chapter (which uses the package's own version) always runs.
 #
-# Here is what a wrong answer looks like. This deliberately broken version forgets to scale:
+# Here is what a wrong answer looks like. This deliberately broken version of exercise 1 answers 0 whatever it
+# is given:
 
 # %%
-def to_unit_range_wrong(x: torch.Tensor) -> torch.Tensor:
-    return x + 1.0
+def count_shared_wrong(a: torch.Tensor, b: torch.Tensor) -> int:
+    return 0
 
 
 with checks.lenient():  # lenient: show the FAIL without stopping (the test run would stop otherwise)
-    checks.check_to_unit_range(to_unit_range_wrong)
+    checks.check_count_shared(count_shared_wrong)
 
 # %% [markdown]
 # ## Exercises
 #
-# **Exercise 1 (warm-up).** Images live in $[-1, 1]$ inside the models, but `matplotlib` wants $[0, 1]$.
-# Write `to_unit_range(x)`, the affine map that sends $-1 \mapsto 0$, $0 \mapsto 0.5$ and $1 \mapsto 1$
-# (any shape).
+# **Exercise 1 (warm-up; predict, then measure).** Image *i* of a draw depends only on the seed and *i*. Someone
+# builds a held-out set as `data.ToyFaces(n=128, size=32, seed=0)`, beside the training set `train_set` (512 images,
+# seed 0). *Before measuring, write your prediction in the cell below*: how many of its 128 images are also
+# training images? And how many of the 128 images of the chapter's `held_out` (seed 1)?
+#
+# To measure it, write `count_shared(a, b)`: for two sets of images of shape $(N, C, H, W)$, the number of images
+# of `b` equal, value for value, to some image of `a` (wherever it sits; each image of `b` counts once). The check
+# switches `torch.unique` off: compare the images yourself.
 
 # %%
-def to_unit_range(x: torch.Tensor) -> torch.Tensor:
-    """Map images from [-1, 1] to [0, 1]."""
+def predicted_shared() -> dict[str, int]:
+    """How many of the 128 images of each set are also training images."""
     # YOUR CODE HERE
     raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
 
 
 # %%
-checks.check_to_unit_range(to_unit_range)
-
-# %% [markdown]
-# **Exercise 2.** Diffusion works best on data with zero mean and unit variance per channel: chapter 09
-# scales its latents this way (E16 in [`docs/ERRATA.md`](../docs/ERRATA.md)). Write
-# `standardize_channels(images)` for a $(B, C, H, W)$ batch: each channel $c$ loses its mean $\mu_c$ and is
-# divided by its standard deviation $s_c$, both taken over the batch and all pixels,
-# $$\tilde{x}_{b,c,h,w} = \frac{x_{b,c,h,w} - \mu_c}{s_c}, \qquad
-#   s_c^2 = \frac{1}{BHW} \sum_{b,h,w} (x_{b,c,h,w} - \mu_c)^2 .$$
-
-# %%
-def standardize_channels(images: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, H, W) with every channel at mean 0 and standard deviation 1 over (B, H, W)."""
+def count_shared(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many images of b (N_b, C, H, W) equal some image of a (N_a, C, H, W)."""
     # YOUR CODE HERE
     raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
 
 
 # %%
-checks.check_standardize_channels(standardize_channels)
-
-# %% [markdown]
-# The toy set's raw channel means and the spread of its pixel values, before and after your
-# standardisation:
+checks.check_count_shared(checks.with_prediction(predicted_shared, count_shared))
 
 # %%
-print("raw mean per channel (R, G, B):", [round(float(images[:, c].mean()), 3) for c in range(3)])
+careless = data.ToyFaces(n=128, size=32, seed=0)
+shared = None
 try:
-    versions = {"raw": images, "standardised": standardize_channels(images)}
+    shared = {"seed 0, n=128": count_shared(train_set.images, careless.images),
+              "seed 1 (held_out)": count_shared(train_set.images, held_out.images)}
 except NotImplementedError:
-    versions = {"raw": images}
-    print("finish exercise 2 to see the standardised histogram")
-fig, axes = plt.subplots(1, len(versions), figsize=(6 * len(versions), 2.5), squeeze=False)
-for ax, (name, batch_) in zip(axes[0], versions.items()):
-    for c, colour in enumerate(("red", "green", "blue")):
-        ax.hist(batch_[:, c].flatten().numpy(), bins=60, histtype="step", color=colour, label=colour)
-    ax.set_title(name), ax.set_xlabel("pixel value"), ax.set_ylabel("count"), ax.legend()
-plt.show()
+    print("finish exercise 1 to see this measurement")
+checks.compare_prediction(predicted_shared, shared, agrees=lambda predicted, measured: predicted == measured)
 
 # %% [markdown]
-# **Exercise 3 (find the bug).** To save a picture with an image library you need a $(H, W, C)$ array of
+# A smaller `n` is not another set: it is the start of the same draw. A held-out set needs its own seed, and
+# chapter 05's held-out reconstruction error means something only because of it.
+
+# %% [markdown]
+# **Exercise 2 (find the bug).** To save a picture with an image library you need a $(H, W, C)$ array of
 # bytes, $0 \dots 255$, with $-1 \mapsto 0$ and $1 \mapsto 255$, every value **rounded** to the nearest
 # integer. Here is a version that runs and returns the right shape and dtype. Look at what it draws:
 
@@ -274,16 +267,59 @@ def to_pixels(x: torch.Tensor) -> torch.Tensor:
 checks.check_to_pixels(to_pixels)
 
 # %% [markdown]
+# **Exercise 3 (stretch).** Diffusion works best on data with zero mean and unit variance per channel: chapter 09
+# scales its latents for that (E16 in [`docs/ERRATA.md`](../docs/ERRATA.md)). The statistics must come from the
+# whole training set, which at full scale does not fit in memory: a loader hands it over one batch at a time.
+# Write `channel_stats(batches)`: from an iterable of $(B, C, H, W)$ batches, read once, the mean and standard
+# deviation of each channel $c$ over every pixel of every image,
+# $$\mu_c = \frac{1}{N} \sum_{b,h,w} x_{b,c,h,w}, \qquad s_c^2 = \frac{1}{N} \sum_{b,h,w} (x_{b,c,h,w} - \mu_c)^2,
+#   \qquad N = \text{images} \cdot H \cdot W,$$
+# exactly, whatever the batch sizes (the last batch is often short), and without keeping the batches: the check
+# notices.
+
+# %%
+def channel_stats(batches: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation per channel, (C,) each, over every pixel of every batch, in one pass."""
+    # YOUR CODE HERE
+    raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
+
+
+# %%
+checks.check_channel_stats(channel_stats)
+
+# %% [markdown]
+# The training set batch by batch (8 batches of 60 images and a short one of 32) against the whole set at once,
+# and the pixel values before and after standardising with these statistics:
+
+# %%
+rounded = lambda t: [round(float(v), 4) for v in t]  # noqa: E731
+whole = (train_set.images.mean(dim=(0, 2, 3)), train_set.images.std(dim=(0, 2, 3), unbiased=False))
+print("whole set:      mean (R, G, B)", rounded(whole[0]), " std", rounded(whole[1]))
+try:
+    mean, std = channel_stats(x for x, _ in torch.utils.data.DataLoader(train_set, batch_size=60))
+    print("batch by batch: mean (R, G, B)", rounded(mean), " std", rounded(std))
+except NotImplementedError:
+    print("finish exercise 3 to compare")
+standardised = (train_set.images - whole[0].view(1, 3, 1, 1)) / whole[1].view(1, 3, 1, 1)
+fig, axes = plt.subplots(1, 2, figsize=(12, 2.5))
+for ax, (name, batch_) in zip(axes, {"raw": train_set.images, "standardised": standardised}.items()):
+    for c, colour in enumerate(("red", "green", "blue")):
+        ax.hist(batch_[:, c].flatten().numpy(), bins=60, histtype="step", color=colour, label=colour)
+    ax.set_title(name), ax.set_xlabel("pixel value"), ax.set_ylabel("count"), ax.legend()
+plt.show()
+
+# %% [markdown]
 # ## Going further
 #
 # No checks here: questions to explore with the code above.
 #
 # - **How many faces are different?** Two toy faces of a class differ in colours, position, scale and rotation.
 #   Draw 3000 faces at 8 px: how many distinct images are there? At 32 px?
-# - **Held-out means held out.** `ToyFaces(seed=1)` gives the held-out set. How would you convince yourself that no
-#   held-out image equals a training image, and why does it matter for chapter 05?
-# - **Standardise what, with which statistics?** In exercise 2 the statistics come from the batch itself. Which
-#   should a model use at test time, and where would you store them? (Chapter 09 answers it for the latents.)
+# - **Near copies.** `count_shared` finds exact copies only. Which distance between images would catch a copy
+#   shifted by one pixel or recoloured slightly, and how many near copies does the toy set hold at 8 px?
+# - **Standardise with which statistics?** Exercise 3 computes them on the training set. Should a model use those
+#   or the statistics of each test batch at test time, and where would you store them? (Chapter 09 answers it
+#   for the latents.)
 
 # %% [markdown]
 # ## Summary

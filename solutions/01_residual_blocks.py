@@ -28,9 +28,9 @@
 # | output convolution | eq. 7 | $\hat{x} = \tanh(\mathrm{Conv}_{3\times3}(h))$, $C_h \to C$ channels |
 #
 # **In this chapter you will** see why GroupNorm, not BatchNorm, suits the paper's batch size of 1; build the
-# residual block (eq. 2 as printed and the reference form) and down- and upsampling, following the shapes through an
+# residual block (eq. 2 in the reference form) and down- and upsampling, following the shapes through an
 # encoder; measure what the skip connection does to gradients in deep stacks; and, in the exercises, derive Swish's
-# gradient, predict how eq. 2 as printed trains, and find two bugs in a hand-written GroupNorm.
+# gradient, build the original ResNet's block and predict how it trains, and find two bugs in a hand-written GroupNorm.
 
 # %%
 import matplotlib.pyplot as plt
@@ -152,7 +152,7 @@ print("x * sigmoid(x) equals the package's blocks.swish")
 #
 # Eq. 2 of the paper reads
 # $$h_{i+1} = h_i + \mathrm{Conv}_{3\times3}\big(\mathrm{Swish}(\mathrm{GroupNorm}(h_i))\big): \tag{2}$$
-# one normalise-activate-convolve unit, added back to its input (exercise 2 builds it as printed).
+# one normalise-activate-convolve unit, added back to its input.
 # The reference implementation the paper builds on (VQGAN, in `taming-transformers`) uses **two** such
 # units per block, with dropout before the second convolution, and when a block changes the channel
 # count (at the start of a wider level) the skip becomes a $1\times 1$ convolution, because $h + F(h)$ needs both
@@ -229,6 +229,18 @@ for ours, package in [(DownsampleFromScratch(32), blocks.Downsample(32)), (Upsam
     ours.load_state_dict(package.state_dict())
     torch.testing.assert_close(ours(h0), package(h0))
     print(f"{type(package).__name__}: ours equals the package's; {tuple(h0.shape)} -> {tuple(package(h0).shape)}")
+
+# %%
+as_printed = nn.Conv2d(32, 32, 3, stride=2, padding=1)  # eq. 6's convolution with the stride its text gives
+doubled = F.interpolate(h0, scale_factor=2.0, mode="nearest")
+print(f"eq. 6 with a stride-2 convolution: {tuple(h0.shape)} -> {tuple(as_printed(doubled).shape)}")
+
+# %% [markdown]
+# > **What the paper says / what we chose** ([E21](../docs/ERRATA.md#e21)). The sentence before eq. 6 gives the
+# > upsampling convolution a stride of 2. After the ×2 interpolation that halves the map again, so the block
+# > would return the size it was given (the cell above). Eq. 17, FFTD's upsampling, and the reference
+# > VQGAN `Upsample` use stride 1, and so does `blocks.Upsample`: nearest ×2, then a stride-1 $3\times3$
+# > convolution.
 
 # %% [markdown]
 # Follow the shapes through a small encoder of three levels, as chapter 05 will build it: every level but
@@ -347,45 +359,79 @@ def swish_derivative(x: torch.Tensor) -> torch.Tensor:
 checks.check_swish_derivative(swish_derivative)
 
 # %% [markdown]
-# **Exercise 2 (a variant, then predict and measure).** Build eq. 2 *as printed*: one
-# (GroupNorm, Swish, $3\times3$ convolution) unit added to the input, $h + \mathrm{Conv}(\mathrm{Swish}(\mathrm{GN}(h)))$.
-# The layers are given; when the block changes the channel count, `shortcut` is a $1\times1$ convolution,
-# otherwise the identity. Write `forward`.
+# **Exercise 2 (a variant, then predict and measure).** The original ResNet (He et al., 2016) orders its block
+# differently from eq. 2: each convolution comes *first* and its normalisation after it, and the last activation
+# acts on the *sum*,
+# $$h_{i+1} = \mathrm{Swish}\Big(s(h_i) + \mathrm{GN}_2\big(\mathrm{Conv}_2(\mathrm{Swish}(\mathrm{GN}_1(\mathrm{Conv}_1(h_i))))\big)\Big),$$
+# with $s$ the identity, or a $1\times1$ convolution when the channel count changes. Its skip path is no longer
+# the identity: every block's Swish sits on it.
+#
+# *Before writing it, write your prediction in the cell below*, for a stack of 32 such blocks in the
+# skip-connection experiment. The spread of gradient norms across the blocks: `"like ResBlock"`, `"in between"`
+# or `"like no skip"` (the two spreads printed there)? The activations' scale after 32 blocks, against the input's:
+# `"shrinks"`, `"about the same"` or `"grows"`? Then write `forward` (the layers are given) and run the measurement.
 
 # %%
-class SingleUnitResBlock(nn.Module):
-    """Eq. 2 as printed: a single (GroupNorm, Swish, Conv3x3) unit and the skip connection."""
+def predicted_spread() -> dict[str, str]:
+    """32 post-activation blocks: the spread of gradient norms and the activations' scale after the stack."""
+    ### BEGIN SOLUTION
+    return {"gradient spread": "in between", "activation scale": "grows"}
+    ### END SOLUTION
+
+
+# %%
+class PostActivationBlock(nn.Module):
+    """The original ResNet's order: Conv, GroupNorm, Swish, Conv, GroupNorm, add the skip, then Swish."""
 
     def __init__(self, in_channels: int, out_channels: int, num_groups: int = 32):
         super().__init__()
-        self.norm1 = blocks.group_norm(in_channels, num_groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm1 = blocks.group_norm(out_channels, num_groups)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.norm2 = blocks.group_norm(out_channels, num_groups)
         self.shortcut = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ### BEGIN SOLUTION
-        return self.shortcut(x) + self.conv1(blocks.swish(self.norm1(x)))
+        h = blocks.swish(self.norm1(self.conv1(x)))
+        return blocks.swish(self.shortcut(x) + self.norm2(self.conv2(h)))
         ### END SOLUTION
 
 
 # %%
-checks.check_single_unit_resblock(SingleUnitResBlock)
-
-# %% [markdown]
-# **Now predict, then measure.** A stack of 32 single-unit blocks has half the convolutions of 32
-# reference blocks. *Before running the next cell, write down* whether the spread of gradient norms
-# across the 32 blocks (the ratio printed in the skip-connection section) will be larger, smaller or
-# about the same, and why. Then run it.
+checks.check_post_activation_block(checks.with_prediction(predicted_spread, PostActivationBlock))
 
 # %%
+measured = None
 try:
-    plot_grad_norms({"two units (ResBlock)": norms["with skip (ResBlock)"],
-                     "one unit (eq. 2 as printed)": grad_norm_per_block(SingleUnitResBlock)})
+    spreads = {**norms, "post-activation": grad_norm_per_block(PostActivationBlock)}
+    plot_grad_norms(spreads)
+    r, r_skip, r_none = (float(spreads[k].max() / spreads[k].min())
+                         for k in ("post-activation", "with skip (ResBlock)", "without skip"))
+    word = "like ResBlock" if r < 1.5 * r_skip else "like no skip" if r > r_none / 1.5 else "in between"
+    torch.manual_seed(0)
+    stack = nn.Sequential(*[PostActivationBlock(32, 32, num_groups=8) for _ in range(32)])
+    with torch.no_grad():
+        x_in = torch.randn(4, 32, 16, 16)
+        growth = float(stack(x_in).std() / x_in.std())
+    scale = "grows" if growth > 1.5 else "shrinks" if growth < 1 / 1.5 else "about the same"
+    measured = {"gradient spread": f"{word} ({r:.1f}; ResBlock {r_skip:.1f}, no skip {r_none:.0f})",
+                "activation scale": f"{scale} (x{growth:.2f} after 32 blocks)"}
 except NotImplementedError:
     print("finish exercise 2 to see this measurement")
 
+# %%
+checks.compare_prediction(predicted_spread, measured)
+
 # %% [markdown]
-# **Exercise 3 (find the bug).** Here is GroupNorm written out by hand. It runs, the output has the right
+# Compare with your prediction. GroupNorm sits inside each branch, so it never rescales the sum that travels
+# down the stack; what the skip path carries is whatever the blocks left on it. He et al. moved the activation off
+# that path in their second ResNet paper (*Identity Mappings in Deep Residual Networks*, 2016) for this reason:
+# VQGAN's blocks, and `blocks.ResBlock`, keep the order of eq. 2, with normalisation and Swish *before* each
+# convolution and nothing after the sum.
+
+# %% [markdown]
+# **Exercise 3 (find the bug, stretching).** Here is GroupNorm written out by hand. It runs, the output has the right
 # shape, and every sample comes out with mean 0 and standard deviation close to 1. It still has **two
 # bugs**: the check's report shows how far it is from `F.group_norm`.
 
@@ -433,9 +479,10 @@ checks.check_group_norm(group_norm)
 # No checks here: questions to explore with the code above.
 #
 # - **Zero-initialised residual branches.** Zero the last convolution of every block (`conv2` of
-#   `blocks.ResBlock`, `conv1` of your single-unit block) before the gradient experiment. What does each block
-#   compute at initialisation, and what happens to the "without skip" curve? DiT and FFTD use the same idea
-#   (chapter 08's adaLN-Zero).
+#   `blocks.ResBlock`) before the gradient experiment. What does each block compute at initialisation, and what
+#   gradient reaches `conv1`? DiT and FFTD use the same idea (chapter 08's adaLN-Zero).
+# - **Eq. 2 as printed.** Write the single-unit block (one GroupNorm, Swish, convolution unit and the skip) and
+#   run the gradient experiment on it. Does halving the convolutions per block change the spread?
 # - **Which of exercise 3's two bugs matters in training?** Once your version passes, put each bug back on its
 #   own and measure the largest output difference from `F.group_norm` on a $256\times256$ map with 32 groups,
 #   and on a $4\times4$ map with 128 channels. Which bug could a network learn to undo, and which not?
@@ -452,8 +499,8 @@ checks.check_group_norm(group_norm)
 # - The residual block is $h + F(h)$; we use the reference form (two units, $1\times1$ skip when channels
 #   change) rather than eq. 2's single unit, and say so (E4).
 # - Downsample and Upsample halve and double the resolution; $f = 2^{\text{number of downsamples}}$.
-# - The skip connection keeps gradients alive through deep stacks: measured above, for one unit per
-#   block and for two.
+# - The skip connection keeps gradients alive through deep stacks, as long as nothing sits on it: the original
+#   ResNet's Swish after the sum spreads the gradients more (exercise 2).
 #
 # Next: chapter 02 adds self-attention, the IVQ-VAE's one global operation.
 

@@ -4,8 +4,8 @@ See :mod:`fftd_course.checks.core` for how checks behave in notebooks and under 
 Each chapter's checks live in ``chNN.py``; all are importable from here.
 """
 
-from .ch00 import check_standardize_channels, check_to_pixels, check_to_unit_range
-from .ch01 import check_group_norm, check_single_unit_resblock, check_swish_derivative
+from .ch00 import check_channel_stats, check_count_shared, check_to_pixels
+from .ch01 import check_group_norm, check_post_activation_block, check_swish_derivative
 from .ch02 import check_multi_head_attention, check_shuffle_pixels, check_split_heads
 from .ch03 import check_ema_codebook_step, check_perplexity, check_tiny_code_winner, check_vq_straight_through
 from .ch04 import check_adaptive_weight, check_receptive_field, check_vanilla_d_loss
@@ -21,8 +21,8 @@ from .predict import check_prediction, compare_prediction, with_prediction  # pr
 
 __all__ = [
     "CheckResult", "ExerciseFailed", "lenient", "run_check",
-    "check_to_unit_range", "check_standardize_channels", "check_to_pixels",
-    "check_swish_derivative", "check_single_unit_resblock", "check_group_norm",
+    "check_count_shared", "check_to_pixels", "check_channel_stats",
+    "check_swish_derivative", "check_post_activation_block", "check_group_norm",
     "check_split_heads", "check_multi_head_attention", "check_shuffle_pixels",
     "check_perplexity", "check_tiny_code_winner", "check_ema_codebook_step", "check_vq_straight_through",
     "check_vanilla_d_loss", "check_receptive_field", "check_adaptive_weight",

@@ -1,4 +1,4 @@
-"""Checks for chapter 01 (residual blocks, eq. 1-3, 6, 7): Swish's derivative, eq. 2 as printed, GroupNorm."""
+"""Checks for chapter 01 (residual blocks, eq. 1-3, 6, 7): Swish's derivative, the post-activation block, GroupNorm."""
 
 from __future__ import annotations
 
@@ -49,19 +49,26 @@ def check_swish_derivative(fn: Callable[[torch.Tensor], torch.Tensor]) -> CheckR
                      forbid=["fftd_course.blocks.swish", "fftd_course.blocks.Swish.forward"])
 
 
-def check_single_unit_resblock(cls: type[nn.Module]) -> CheckResult:
-    """``cls(in_channels, out_channels, num_groups=...)`` computes eq. 2 as printed, with a 1x1 skip for new widths."""
+def check_post_activation_block(cls: type[nn.Module]) -> CheckResult:
+    """``cls(in_channels, out_channels, num_groups=...)``: the original ResNet's order, Swish after the sum.
 
-    class SingleUnitResBlock(nn.Module):
-        # The hidden reference (eq. 2 as printed, with a 1x1 skip when the channel count changes).
+    ``Swish(s(x) + GN2(Conv2(Swish(GN1(Conv1(x))))))``, with ``s`` the identity or a 1x1 convolution when the
+    channel count changes; compared with a hidden reference (output and gradient) on inputs with an offset and
+    a scale, so that a missing or misplaced normalisation or activation shows.
+    """
+
+    class PostActivationBlock(nn.Module):  # the hidden answer, with the skeleton's layer names
         def __init__(self, in_channels: int, out_channels: int, num_groups: int = 32):
             super().__init__()
-            self.norm1 = blocks.group_norm(in_channels, num_groups)
             self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+            self.norm1 = blocks.group_norm(out_channels, num_groups)
+            self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+            self.norm2 = blocks.group_norm(out_channels, num_groups)
             self.shortcut = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.shortcut(x) + self.conv1(blocks.swish(self.norm1(x)))
+            h = blocks.swish(self.norm1(self.conv1(x)))
+            return blocks.swish(self.shortcut(x) + self.norm2(self.conv2(h)))
 
     def trial() -> None:
         torch.manual_seed(fresh_seed())
@@ -69,12 +76,16 @@ def check_single_unit_resblock(cls: type[nn.Module]) -> CheckResult:
             x = torch.randn(2, c_in, *size) * 2 + 0.5
             with learner_code(cls):
                 learner = cls(c_in, c_out, num_groups=8)
-            reference = SingleUnitResBlock(c_in, c_out, num_groups=8)
-            _compare_module(learner, reference, x, f"SingleUnitResBlock({c_in} -> {c_out}) on a {tuple(x.shape)} input")
+            reference = PostActivationBlock(c_in, c_out, num_groups=8)
+            with torch.no_grad():  # GroupNorm's gamma and beta away from 1 and 0, so that each norm's place shows
+                for norm in (reference.norm1, reference.norm2):
+                    norm.weight.uniform_(0.5, 1.5), norm.bias.uniform_(-0.5, 0.5)
+            _compare_module(learner, reference, x, f"PostActivationBlock({c_in} -> {c_out}) on a {tuple(x.shape)} input")
 
-    return run_check("SingleUnitResBlock.forward", trial,
-                     hint="read eq. 2 from the inside out: which operation meets h first? And what is added to the "
-                          "unit's output when the block changes the channel count?",
+    return run_check("PostActivationBlock.forward", trial,
+                     hint="read the formula from the inside out: here each convolution comes FIRST and its "
+                          "GroupNorm after it, and the last Swish acts on the SUM, so nothing on the skip path is "
+                          "left untouched. What does the skip carry when the channel count changes?",
                      forbid=["fftd_course.blocks.ResBlock.forward"])
 
 
