@@ -26,10 +26,11 @@
 #   batch split over GPUs and accumulation steps;
 # - launch both stages, read the run folder, and resume a run exactly;
 # - sample, measure FID (and why small $n$ lies), and time sampling beside Table 3;
-# - fix a checkpoint writer that a crash would break, and turn a run's log into hours.
+# - fix a checkpoint writer that a crash would break, and a learning rate that a resume would break.
 
 # %%
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -389,11 +390,12 @@ print(f"this machine: {name}; FFTD {stage2.model} ({sum(p.numel() for p in gener
 # %% [markdown]
 # ## Exercises
 #
-# **Exercise 1 (predict, then measure).** Write `training_plan(config, n_images, gpus)`: the micro-batch each GPU
-# holds at once, and the **optimizer steps per epoch** (one pass over the data; a float, since an epoch need not end
-# on a step) when `fftd_course.train` trains `config` on `n_images` images with `gpus` GPUs. Raise a `ValueError`
-# where the trainer would refuse the split. Careful: the two stages do not iterate over the same items, and a last,
-# incomplete micro-batch is not used; read the `batches` methods, `_latents` and `data.EpochSampler` first.
+# **Exercise 1 (predict, then measure; stretching).** Write `training_plan(config, n_images, gpus)`: the
+# micro-batch each GPU holds at once, and the **optimizer steps per epoch** (one pass over the data; a float, since
+# an epoch need not end on a step) when `fftd_course.train` trains `config` on `n_images` images with `gpus` GPUs.
+# Raise a `ValueError` where the trainer would refuse the split. Careful: the two stages do not iterate over the
+# same items, and a last, incomplete micro-batch is not used; read the `batches` methods, `_latents` and
+# `data.EpochSampler` first.
 
 # %%
 def training_plan(config: train.TrainConfig, n_images: int, gpus: int) -> tuple[int, float]:
@@ -438,8 +440,28 @@ except NotImplementedError:
 
 # %% [markdown]
 # If a stage's numbers disagree, find the items the trainer took that no optimizer step counts (what happens before
-# stage 1's first step, in `train()` and `_Stage1`?). Then predict the `paper` preset on 2 GPUs.
-#
+# stage 1's first step, in `train()` and `_Stage1`?). Then predict below the `paper` preset's stage 2 on 2 GPUs and
+# 30,000 images: `(micro-batch, steps per epoch)` or `"refused"`.
+
+# %%
+def predicted_paper_on_two_gpus() -> tuple[int, float] | str:
+    """The paper preset's stage 2 on 2 GPUs: (micro-batch, steps per epoch), or "refused"."""
+    ### BEGIN SOLUTION
+    return "refused"
+    ### END SOLUTION
+
+
+# %%
+paper_plan = None
+try:
+    paper_plan = training_plan(train.get_preset("paper", "fftd"), SIZES["paper"], gpus=2)
+except ValueError as e:
+    paper_plan = f"refused ({e})"
+except NotImplementedError:
+    print("write training_plan above first, then run this cell again")
+checks.compare_prediction(predicted_paper_on_two_gpus, paper_plan, what="paper preset, stage 2, 2 GPUs")
+
+# %% [markdown]
 # **Exercise 2 (find the bug).** A colleague's trainer saves its checkpoints like this:
 
 # %%
@@ -501,43 +523,64 @@ checks.check_save_checkpoint_atomically(save_checkpoint_atomically)
 # The check cannot cut the power: argue what `fsync` adds (the bytes reach the disk, not just the system's cache,
 # before the rename). Why must the temporary file be in the checkpoint's folder?
 #
-# **Exercise 3 (a variant: hours from a log).** Write `hours_for_steps(log_path, steps, batch_size)`: how
-# many hours `steps` optimizer steps of `batch_size` images would take at the speed a run logged, taken
-# as the median `images_per_s` over the lines of its `log.jsonl` that have one (for an even count, the
-# mean of the two middle values). The check tries made-up logs and your stage-2 run's.
+# **Exercise 3 (find the bug).** A colleague's trainer sets each step's learning rate like this when it resumes,
+# and their loss jumps after every resume:
 
 # %%
-def hours_for_steps(log_path: Path, steps: int, batch_size: int) -> float:
-    """Hours for `steps` steps of `batch_size` images at the median logged images per second."""
-    ### BEGIN SOLUTION
-    import statistics
+def buggy_resumed_lrs(config: train.TrainConfig, ckpt: dict, n: int) -> list[float]:
+    """The learning rates of the next n optimizer steps after `config` resumes from the checkpoint dict `ckpt`."""
+    lrs = []
+    for step in range(n):
+        factor = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0  # linear warm-up
+        if config.lr_schedule == "cosine":  # then a cosine from 1 to lr_final_factor, flat after the last step
+            u = min(step, config.steps) / config.steps
+            factor *= config.lr_final_factor + (1 - config.lr_final_factor) * 0.5 * (1 + math.cos(math.pi * u))
+        lrs.append(config.lr * factor)
+    return lrs
 
-    records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
-    median_speed = statistics.median(r["images_per_s"] for r in records if "images_per_s" in r)
-    return steps * batch_size / median_speed / 3600
+
+# %% [markdown]
+# It has two bugs. Write `resumed_lrs(config, ckpt, n)` as `fftd_course.train` sets the rates: a resumed run is the
+# uninterrupted one, also when the resume raises `steps` (section 3 printed a checkpoint's keys).
+
+# %%
+def resumed_lrs(config: train.TrainConfig, ckpt: dict, n: int) -> list[float]:
+    """The learning rates of the next n optimizer steps after `config` resumes from the checkpoint dict `ckpt`."""
+    ### BEGIN SOLUTION
+    start, horizon = ckpt["step"], ckpt["schedule_steps"]  # steps taken; the cosine's length, kept from the start
+    lrs = []
+    for step in range(start, start + n):
+        factor = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+        if config.lr_schedule == "cosine":
+            u = min(step, horizon) / horizon
+            factor *= config.lr_final_factor + (1 - config.lr_final_factor) * 0.5 * (1 + math.cos(math.pi * u))
+        lrs.append(config.lr * factor)
+    return lrs
     ### END SOLUTION
 
 
 # %%
-checks.check_hours_for_steps(hours_for_steps, log=Path(stage2.out) / "log.jsonl")
+checks.check_resumed_lrs(resumed_lrs)
 
 # %% [markdown]
-# Now the question: how long would the paper's $4\times10^6$ FFTD steps at batch size 1 take on this
-# machine? Table 2 gives the paper's own time, 5.7 hours per $4\times10^5$ steps of the chosen FFTD.
+# A `small64` stage 2 of 1,000 steps, stopped at steps 300 and 600; the third call raises `steps` to 1,500:
 
 # %%
-try:
-    ours = hours_for_steps(Path(stage2.out) / "log.jsonl", 4_000_000, 1)
-    print(f"at this run's logged speed ({stage2.model} FFTD, batch {stage2.batch_size}): {ours:.2f} h for 4e6 images")
-    print(f"the paper (Table 2): {5.7 * 4_000_000 / 400_000:.0f} hours for 4e6 steps of batch 1 on an RTX 4070 Super")
-except NotImplementedError:
-    print("write hours_for_steps above first, then run this cell again")
+run = train.get_preset("small64", "fftd").replace(steps=1000)                       # cosine, 100 warm-up steps
+calls = [(run, {"step": 0, "schedule_steps": 1000}, 300), (run, {"step": 300, "schedule_steps": 1000}, 300),
+         (run.replace(steps=1500), {"step": 600, "schedule_steps": 1000}, 900)]
+fig, ax = plt.subplots(figsize=(7, 2.6))
+for name, lrs_of in (("the colleague's", buggy_resumed_lrs), ("yours", resumed_lrs)):
+    try:
+        ax.plot([lr for config, ckpt, n in calls for lr in lrs_of(config, ckpt, n)], label=name)
+    except NotImplementedError:
+        print("write resumed_lrs above first, then run this cell again")
+for step in (300, 600):
+    ax.axvline(step, color="grey", ls=":")
+ax.set_xlabel("optimizer step"), ax.set_ylabel("learning rate"), ax.legend(fontsize=8)
+plt.show()
 
 # %% [markdown]
-# Is that the time of $4\times10^6$ steps at batch size 1? The log measured images per second at batch 32 or more:
-# does a step at batch 1 cost 1/32 of one at 32? Train the smoke configuration with `batch_size=1` (a new `out`)
-# and compare.
-#
 # ## Going further (no checks)
 #
 # - **Batch 1 against 32, at equal images**: smoke stage 2 with `batch_size=1` for 32 times the steps, same `lr`,

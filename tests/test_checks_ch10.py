@@ -1,9 +1,8 @@
 """Chapter 10 checks: the reference answers pass, plausible wrong answers fail (and raise in strict mode),
 stubs are "not attempted"; the batch-plan reference agrees with where a real (tiny) run stands in its data."""
 
-import json
+import math
 import os
-import statistics
 from pathlib import Path
 
 import pytest
@@ -143,35 +142,39 @@ def save_with_mkstemp(obj, path):  # the same with the low-level calls: os.open,
     Path(tmp).replace(path)
 
 
-# ---- exercise 3: hours from a log ----
+# ---- exercise 3: the learning rate after a resume ----
 
-def _speeds(path):
-    lines = [json.loads(s) for s in Path(path).read_text().splitlines() if s.strip()]
-    return [h["images_per_s"] for h in lines if "images_per_s" in h]
-
-
-def hours_reference(path, steps, batch):
-    return steps * batch / statistics.median(_speeds(path)) / 3600
-
-
-def hours_mean(path, steps, batch):
-    return steps * batch / statistics.mean(_speeds(path)) / 3600
+def _factor(config, horizon, k):
+    warm = min(1.0, (k + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    if config.lr_schedule == "cosine":
+        u = min(k, horizon) / horizon
+        warm *= config.lr_final_factor + (1 - config.lr_final_factor) * 0.5 * (1 + math.cos(math.pi * u))
+    return warm
 
 
-def hours_last_line(path, steps, batch):
-    return steps * batch / _speeds(path)[-1] / 3600
+def lrs_reference(config, ckpt, n):  # an independent answer: the step and the horizon from the checkpoint
+    return [config.lr * _factor(config, ckpt["schedule_steps"], k) for k in range(ckpt["step"], ckpt["step"] + n)]
 
 
-def hours_lower_median(path, steps, batch):  # torch.median: the lower of the two middle values
-    return steps * batch / float(torch.tensor(_speeds(path)).median()) / 3600
+# The chapter's code as the learner gets it: counts from 0 after a resume, and runs the cosine over this call's steps.
+lrs_as_given_in_the_chapter = chapter_function("10_full_scale_cuda_training", "buggy_resumed_lrs", math=math,
+                                               train=train)
 
 
-def hours_without_batch(path, steps, batch):
-    return steps / statistics.median(_speeds(path)) / 3600
+def lrs_step_fixed_only(config, ckpt, n):
+    return [config.lr * _factor(config, config.steps, k) for k in range(ckpt["step"], ckpt["step"] + n)]
 
 
-def hours_in_minutes(path, steps, batch):
-    return steps * batch / statistics.median(_speeds(path)) / 60
+def lrs_horizon_fixed_only(config, ckpt, n):
+    return [config.lr * _factor(config, ckpt["schedule_steps"], k) for k in range(n)]
+
+
+def lrs_horizon_from_saved_config(config, ckpt, n):  # right until a second resume raises steps again
+    return [config.lr * _factor(config, ckpt["config"]["steps"], k) for k in range(ckpt["step"], ckpt["step"] + n)]
+
+
+def lrs_off_by_one(config, ckpt, n):  # the step after the checkpoint's, as if "step" were the last one taken
+    return [config.lr * _factor(config, ckpt["schedule_steps"], k + 1) for k in range(ckpt["step"], ckpt["step"] + n)]
 
 
 CASES = [
@@ -180,8 +183,9 @@ CASES = [
     (checks.check_save_checkpoint_atomically, save_atomically_reference,
      [save_in_place, save_after_deleting, save_via_checkpoint_named_scratch, save_and_forget_rename,
       save_and_keep_copy, save_copy_then_delete, save_rename_without_fsync, save_delete_then_rename]),
-    (checks.check_hours_for_steps, hours_reference,
-     [hours_mean, hours_last_line, hours_lower_median, hours_without_batch, hours_in_minutes]),
+    (checks.check_resumed_lrs, lrs_reference,
+     [lrs_as_given_in_the_chapter, lrs_step_fixed_only, lrs_horizon_fixed_only, lrs_horizon_from_saved_config,
+      lrs_off_by_one]),
 ]
 
 test_reference_passes_wrong_fails_stub_not_attempted, test_strict_mode_raises_on_every_wrong_answer = contract_tests(
@@ -241,12 +245,31 @@ def test_the_plan_matches_where_a_real_run_stands_in_its_data(tmp_path, one_thre
         assert (position["epoch"], position["index"]) == (epoch, index), (config.stage, position, epoch, index)
 
 
-def test_the_real_log_is_checked_when_given(lenient_env, tmp_path):
-    log = tmp_path / "log.jsonl"
-    log.write_text("".join(json.dumps({"step": s, "images_per_s": v}) + "\n" for s, v in ((1, 10.0), (2, 30.0))))
-    assert checks.check_hours_for_steps(hours_reference, log=log)
-    message = checks.check_hours_for_steps(hours_mean, log=log).message
-    assert "your" in message and "reference" in message
+def test_the_reference_is_the_trainers_schedule():
+    """The independent answer agrees with the trainer's own lr_factor, fresh and with the horizon a resume keeps."""
+    import types
+
+    from fftd_course.training.stages.base import Stage
+
+    for schedule, warmup in (("cosine", 30), ("constant", 30), ("cosine", 0)):
+        config = train.get_preset("toy32", "fftd").replace(lr_schedule=schedule, warmup_steps=warmup, steps=300)
+        stage = types.SimpleNamespace(config=config)
+        for horizon in (300, 200):
+            want = [config.lr * Stage.lr_factor(stage, k, horizon) for k in range(120, 320)]
+            got = lrs_reference(config, {"step": 120, "schedule_steps": horizon}, 200)
+            assert got == pytest.approx(want, rel=1e-12)
+
+
+def test_each_resume_bug_has_its_own_sub_test(lenient_env, monkeypatch, capsys):
+    from fftd_course.checks import core
+
+    monkeypatch.setattr(core, "_nudges_given", {})
+    assert "2 of the 2 bugs" in checks.check_resumed_lrs(lrs_as_given_in_the_chapter).message
+    assert "1 of the 2 bugs" in checks.check_resumed_lrs(lrs_step_fixed_only).message
+    assert "1 of the 2 bugs" in checks.check_resumed_lrs(lrs_horizon_fixed_only).message
+    message = checks.check_resumed_lrs(lrs_horizon_from_saved_config).message
+    assert "second resume" in message and "bugs of the given code look fixed" in message
+    capsys.readouterr()
 
 
 def test_the_chapters_answers_on_atomic_saves(lenient_env):

@@ -19,7 +19,7 @@ from torch import nn
 import fftd_course.checks as checks
 from fftd_course import blocks, checkpoints, diffusion, fftd, fusion, losses, pipeline, quantize, train, viz
 from fftd_course.checks import core
-from fftd_course.evaluation import bench, metrics
+from fftd_course.evaluation import metrics
 from fftd_course.fusion import grid_to_tokens, tokens_to_grid
 from fftd_course.quantize import codebook_usage  # a learner's own alias of a package function
 
@@ -93,6 +93,12 @@ def _fair_pair_from_the_lab(a, b, ref):
     return Lab.distance(None, None, a[:n], ref)["fid"], Lab.distance(None, None, b[:n], ref)["fid"]
 
 
+def _trainer_lr_factor(config, step, horizon):
+    from fftd_course.training.stages.base import Stage
+
+    return Stage.lr_factor(types.SimpleNamespace(config=config), step, horizon)
+
+
 # For every exercise, one or more answers that call the package's own implementation of it (the shortcut).
 SHORTCUTS = {
     "check_to_unit_range": [lambda x: viz.to_unit_range(x)],
@@ -123,7 +129,8 @@ SHORTCUTS = {
                             lambda *args: pipeline.ivqvae_update(*args[:4], [args[4]], args[5])],
     "check_code_influence": [lambda model, idx, r, c, k: pipeline.decode_latents(model, model.quantizer.lookup(idx), 1.0)],
     "check_ddim_step_v": [lambda x_t, v, a_t, a_s: diffusion.ddim_step(                         # eq. 29 itself
-        x_t, (1 - torch.as_tensor(a_t)).sqrt() * x_t + torch.as_tensor(a_t).sqrt() * v, a_t, a_s)],
+        x_t, (1 - torch.as_tensor(a_t)).sqrt() * x_t + torch.as_tensor(a_t).sqrt() * v, a_t, a_s),
+                          lambda x_t, v, a_t, a_s: diffusion.ddim_step(x_t, v, a_t, a_s)],
     "check_ddim_sampler": [lambda model, x_T, ts, ab: diffusion.DDIMSampler.sample(None, model, x_T)],
     "check_exact_inversion": [lambda model, x0, ts, ab, it: diffusion.DDIMSampler.invert(None, model, x0)],
     "check_cbam_channel_weights": [lambda x1, x2, mlp: fusion.AdaptiveFusion.channel_weights(
@@ -141,7 +148,10 @@ SHORTCUTS = {
         labels, num_steps=steps, seed=seed).images)[1].loss)],
     "check_training_plan": [lambda config, n, gpus: (train.micro_batch(config, gpus), 0.0)],
     "check_save_checkpoint_atomically": [lambda obj, path: checkpoints.atomic_save(obj, path)],
-    "check_hours_for_steps": [lambda log, steps, batch: bench.run_bench(quick=True)],
+    "check_resumed_lrs": [lambda config, ckpt, n: [config.lr * pipeline.cosine_lr(                  # the schedule
+        ckpt["schedule_steps"], config.warmup_steps, config.lr_final_factor)(k) for k in range(ckpt["step"], ckpt["step"] + n)],
+        lambda config, ckpt, n: [config.lr * _trainer_lr_factor(config, k, ckpt["schedule_steps"])  # the trainer's
+                                 for k in range(ckpt["step"], ckpt["step"] + n)]],
     "check_verdict_from_seeds": [_verdict_from_runner],
     # exercises that replaced earlier ones (issue 18): chapter 00's shared images and one-pass statistics, chapter
     # 02's receptive pixels and multi-head attention, chapter 06's velocity step
@@ -150,7 +160,6 @@ SHORTCUTS = {
     "check_pixels_seen": [lambda block, x, row, col: blocks.AttnBlock.attention_map(block, x)[0, 0, row].view(
         x.shape[-2:]) > 0],
     "check_attention_fixed": [lambda block, x: block(x), lambda block, x: blocks.AttnBlock.forward(block, x)],
-    "check_ddim_step_v": [lambda x_t, v, a_t, a_s: diffusion.ddim_step(x_t, v, a_t, a_s)],
     "check_kid_unbiased": [lambda a, b: metrics.kid_from_features(a, b, subsets=1).value],
     "check_fair_fid_pair": [_fair_pair_from_the_lab],
 }
@@ -358,6 +367,7 @@ FIND_THE_BUG = [
     ("check_fftd_forward", ("08_fftd", "buggy_forward"), 2),
     ("check_decode_sample", ("09_latent_diffusion", "decode_sample_buggy"), 1),
     ("check_save_checkpoint_atomically", ("10_full_scale_cuda_training", "buggy_save_checkpoint"), 1),
+    ("check_resumed_lrs", ("10_full_scale_cuda_training", "buggy_resumed_lrs"), 2),
     ("check_fair_fid_pair", ("11_reproducing_the_paper", "compare_fid_buggy"), 1),
 ]
 

@@ -14,7 +14,7 @@ from .ch06 import check_ddim_sampler, check_ddim_step_v, check_exact_inversion
 from .ch07 import check_cbam_channel_weights, check_fuse_fixed, check_spatial_gate_as_linears
 from .ch08 import check_fftd_forward, check_resampling_parameters, check_unpatchify
 from .ch09 import check_decode_sample, check_guided_eps_on_channels, check_off_code_distance
-from .ch10 import check_hours_for_steps, check_save_checkpoint_atomically, check_training_plan
+from .ch10 import check_resumed_lrs, check_save_checkpoint_atomically, check_training_plan
 from .ch11 import check_fair_fid_pair, check_kid_unbiased, check_verdict_from_seeds
 from .core import CheckResult, ExerciseFailed, lenient, run_check
 from .predict import check_prediction, compare_prediction, with_prediction  # predict, then measure
@@ -32,5 +32,5 @@ __all__ = [
     "check_unpatchify", "check_resampling_parameters", "check_fftd_forward",
     "check_verdict_from_seeds", "check_kid_unbiased", "check_fair_fid_pair",
     "check_guided_eps_on_channels", "check_decode_sample", "check_off_code_distance",
-    "check_training_plan", "check_save_checkpoint_atomically", "check_hours_for_steps",
+    "check_training_plan", "check_save_checkpoint_atomically", "check_resumed_lrs",
 ]

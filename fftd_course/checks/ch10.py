@@ -1,4 +1,4 @@
-"""Checks for chapter 10 (full-scale training: the batch plan, atomic checkpoints, hours from a run's log).
+"""Checks for chapter 10 (full-scale training: the batch plan, atomic checkpoints, the learning rate after a resume).
 
 The checks compare with the trainer itself (:mod:`fftd_course.train`): its per-GPU micro-batch and data order,
 its checkpoint file pattern. The atomic-save check runs the learner's function once per file operation it makes,
@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import builtins
 import io
-import json
 import os
 import random
 import shutil
-import statistics
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +23,7 @@ from .. import data as data_mod
 from .. import train as train_mod
 from .core import Bugs, CheckFailure, CheckResult, fresh_seed, run_check, yours
 
-__all__ = ["check_training_plan", "check_save_checkpoint_atomically", "check_hours_for_steps"]
+__all__ = ["check_training_plan", "check_save_checkpoint_atomically", "check_resumed_lrs"]
 
 
 # ---- exercise 1: per-GPU micro-batch and optimizer steps per epoch ---------------------------------------------
@@ -397,56 +395,72 @@ def check_save_checkpoint_atomically(fn: Callable[[dict, Path], object]) -> Chec
         forbid=["fftd_course.checkpoints.atomic_save", "fftd_course.checkpoints.atomic_write"])
 
 
-# ---- exercise 3: hours for a number of steps, from a run's log ------------------------------------------------
+# ---- exercise 3: find the bugs in a colleague's learning rate after a resume -------------------------------------
 
-def _write_log(path: Path, rng: random.Random, n_lines: int) -> None:
-    base = rng.uniform(50, 5000)
-    lines = [{"loss": rng.uniform(0.1, 1), "step": 10 * (i + 1), "lr": 1e-4,
-              "images_per_s": base * (0.2 if i == 0 else rng.uniform(0.8, 1.3))} for i in range(n_lines)]
-    lines.append({"finished": True, "step": 10 * n_lines, "final": "latent_diffusion.pt"})
-    path.write_text("".join(json.dumps(h) + "\n" for h in lines))
+def _lr_case(lr_schedule: str, warmup: int, steps: int, horizon: int, saved_steps: int, step: int,
+             n: int, lr: float = 1e-3) -> tuple[train_mod.TrainConfig, dict, int]:
+    """(the resuming call's config, the checkpoint it resumes from, how many steps to ask for)."""
+    config = train_mod.get_preset("toy32", "fftd").replace(lr=lr, lr_schedule=lr_schedule, warmup_steps=warmup,
+                                                           steps=steps)
+    saved = config.replace(steps=saved_steps).to_dict()  # the config of the call that wrote the checkpoint
+    return config, {"step": step, "schedule_steps": horizon, "config": saved, "world_size": 1}, n
 
 
-def check_hours_for_steps(fn: Callable[[Path, int, int], float], log: str | Path | None = None) -> CheckResult:
-    """``fn(log_path, steps, batch_size)``: the hours that ``steps`` optimizer steps of ``batch_size`` images take at
-    the median images per second of the run's ``log.jsonl`` (lines without ``images_per_s``, such as the final
-    summary, are skipped), on made-up logs and on ``log`` (a real run's ``log.jsonl``) when given."""
+def check_resumed_lrs(fn: Callable[[train_mod.TrainConfig, dict, int], list[float]]) -> CheckResult:
+    """``fn(config, ckpt, n)``: the learning rates of the next ``n`` optimizer steps when ``config`` resumes from the
+    checkpoint dict ``ckpt``, as :mod:`fftd_course.train` sets them (a find-the-bug exercise with two bugs)."""
 
-    def hours(log_path: str | Path, steps: int, batch_size: int) -> float:  # the hidden reference
-        lines = [json.loads(s) for s in Path(log_path).read_text().splitlines() if s.strip()]
-        speed = statistics.median(h["images_per_s"] for h in lines if "images_per_s" in h)
-        return steps * batch_size / speed / 3600
+    def lrs(config: train_mod.TrainConfig, ckpt: dict, n: int) -> list[float]:  # the hidden reference: the trainer's
+        from ..pipeline import cosine_lr  # schedule, from the step and the horizon the checkpoint carries
+
+        start, horizon = int(ckpt["step"]), int(ckpt["schedule_steps"])
+        if config.lr_schedule == "cosine":
+            factor = cosine_lr(horizon, config.warmup_steps, config.lr_final_factor)
+        else:
+            factor = lambda k: min(1.0, (k + 1) / config.warmup_steps) if config.warmup_steps else 1.0  # noqa: E731
+        return [config.lr * factor(k) for k in range(start, start + n)]
 
     fn = yours(fn)
 
+    def differs(case: tuple) -> str | None:
+        got, want = fn(*case), lrs(*case)
+        if isinstance(got, torch.Tensor):
+            got = got.tolist()
+        if not isinstance(got, (list, tuple)) or len(got) != len(want):
+            raise CheckFailure(f"return a list of {len(want)} learning rates (one per step asked for), got "
+                               f"{type(got).__name__}{' of ' + str(len(got)) if isinstance(got, (list, tuple)) else ''}")
+        for k, (a, b) in enumerate(zip(got, want)):
+            if not isinstance(a, (int, float)) or abs(a - b) > 1e-9 * max(abs(b), 1e-12):
+                return (f"step {case[1]['step'] + k}: your lr {a:.6g}" if isinstance(a, (int, float)) else
+                        f"step {case[1]['step'] + k}: your lr is a {type(a).__name__}") + f", the trainer's {b:.6g}"
+        return None
+
+    restart_case = _lr_case("constant", 10, 50, 50, 50, 4, 12)         # mid-warm-up, nothing else changed
+    horizon_case = _lr_case("cosine", 0, 200, 100, 100, 0, 200)       # --steps raised from 100 to 200
+    remaining = lambda: sum(differs(case) is not None for case in (restart_case, horizon_case))  # noqa: E731
+
     def trial() -> None:
         rng = random.Random(fresh_seed())
-        with tempfile.TemporaryDirectory() as tmp:
-            cases = []
-            batches = rng.sample([1, 32, 256], 3)  # every batch size once: an answer that ignores it always fails
-            for i, n_lines in enumerate((6, 7, 2)):
-                path = Path(tmp) / f"log{i}.jsonl"
-                _write_log(path, rng, n_lines)
-                cases.append((path, batches[i], rng.choice([4_000_000, 400_000, 12_345])))
-            if log is not None:
-                cases.append((Path(log), 1, 4_000_000))
-            for path, batch, steps in cases:
-                got = fn(path, steps, batch)
-                want = hours(path, steps, batch)
-                if isinstance(got, torch.Tensor) and got.numel() == 1:
-                    got = float(got)
-                if not isinstance(got, (int, float)):
-                    raise CheckFailure(f"return the hours as a Python number, got {type(got).__name__}")
-                if abs(got - want) > 1e-6 * want:
-                    lines = len(path.read_text().splitlines())
-                    raise CheckFailure(f"{steps:,} steps of batch {batch} with a log of {lines} lines "
-                                       f"({'your run' if path == Path(log or '') else 'made up'}): your {got:.6g} "
-                                       f"hours, the reference {want:.6g}")
+        w = rng.choice([20, 50, 100])
+        cases = [
+            ("a cosine run resumed during its warm-up", _lr_case("cosine", w, 1000, 1000, 1000, w // 2, 3 * w)),
+            ("a constant schedule resumed after its warm-up", _lr_case("constant", w, 500, 500, 500, 2 * w, 10)),
+            ("a cosine run resumed with steps raised from 1000 to 1500", _lr_case("cosine", w, 1500, 1000, 1000,
+                                                                                   rng.randint(w, 900), 700)),
+            ("its second resume, with steps raised again to 2000 (the checkpoint's config says 1500)",
+             _lr_case("cosine", w, 2000, 1000, 1500, rng.randint(1000, 1400), 300)),
+        ]
+        for what, case in cases:
+            problem = differs(case)
+            if problem:
+                raise CheckFailure(f"{what} (warm-up {case[0].warmup_steps}, from step {case[1]['step']}): {problem}")
 
-    return run_check("hours_for_steps", trial,
-                     hint="the log's speed is in images per second, while the run is counted in optimizer steps "
-                          "of batch_size images; take the median over every line that has a speed (the first "
-                          "window is slowed by start-up, the last line is a summary), with the usual median of "
-                          "an even count; and an hour has 3600 seconds.",
-                     # no package function reads the log; the package's own speed measurement is the benchmark
-                     forbid=["fftd_course.evaluation.bench.run_bench"])
+    return run_check("resumed_lrs", trial, bugs=Bugs(2, nudges=(
+        "print the colleague's first few learning rates after resuming at step 300 of a run with a 100-step warm-up: "
+        "which step does the schedule think it is at?",
+        "the resumed run must be the uninterrupted one: which number in the checkpoint says where the run stands?",
+        "raise steps on a resume and read what the trainer prints, and the docstring of fftd_course/training/engine.py: "
+        "over how many steps does the cosine run then, and where does the checkpoint keep that number?"),
+        remaining=remaining),
+        forbid=["fftd_course.pipeline.cosine_lr", "fftd_course.training.stages.base.Stage.lr_factor",
+                "fftd_course.training.stages.base.Stage.set_lr"])
