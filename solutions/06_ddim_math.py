@@ -16,9 +16,9 @@
 # %% [markdown]
 # # 06 · Diffusion math and the DDIM sampler
 #
-# Stage 2 generates latents by **diffusion** (section 3.3): noise is added step by step, and a network learns to
-# predict it so that a sampler can walk back to data. The paper trains with $T = 500$ noise levels and samples with
-# **DDIM** (Algorithm 3), which skips most.
+# Stage 2 generates latents by **diffusion** (section 3.3): a network learns to predict the noise added step by step,
+# so that a sampler can walk back to data. The paper trains with $T = 500$ noise levels and samples with **DDIM**
+# (Algorithm 3), which skips most.
 #
 # - one step, with a linear schedule $\beta_1, \dots, \beta_T$:
 #   $$q(z_t \mid z_{t-1}) = \mathcal N\!\left(\sqrt{1 - \beta_t}\, z_{t-1},\ \beta_t I\right); \tag{26}$$
@@ -27,7 +27,7 @@
 # - the loss: $$L = \mathbb{E}_{z_0, \epsilon, t}\, \|\epsilon - \epsilon_\theta(z_t, t)\|^2; \tag{27}$$
 # - the DDIM update (eq. 29, below).
 #
-# A Gaussian mixture's best noise predictor has a closed form: that *perfect* model shows what the sampler alone does.
+# A Gaussian mixture's best noise predictor has a closed form: a *perfect* model, to study the sampler alone.
 #
 # **In this chapter you will** measure the signal the printed schedule leaves at $t = T$; build DDIM's update
 # against `fftd_course.diffusion`; trade steps against error and time (Table 3, and its impossible 1000-step row);
@@ -110,7 +110,7 @@ viz.explore(draw_noised, "t", values=[0, 10, 25, 50, 100, 150, 200, 250, 300, 35
 #
 # DDPM's linear schedule runs $\beta_1 = 10^{-4} \to \beta_T = 0.02$ over **1000** steps; the paper prints the same
 # ends with $T = 500$, so the betas sum to about half and $\bar\alpha_T$ stays far from zero. improved-diffusion and
-# DiT scale both ends by $1000 / T$ ("linear_rescaled": $2 \cdot 10^{-4} \to 0.04$). Cosine is shown for comparison.
+# DiT scale both ends by $1000 / T$ ("linear_rescaled"). Cosine is shown for comparison.
 
 # %%
 cosine = diffusion.Diffusion(diffusion.beta_schedule("cosine", T))
@@ -150,20 +150,20 @@ for name, sched in [("linear as printed", printed), ("linear rescaled", rescaled
 #
 # ## The DDIM update, piece by piece (eq. 29)
 #
-# At $x_t$ the model predicts the noise $\epsilon_\theta$. Write $a_t$ for $\bar\alpha_t$ and $s$ for the previous
-# timestep of the sub-sequence (not $t - 1$):
+# At $x_t$ the model predicts the noise $\epsilon_\theta$. With $a_t = \bar\alpha_t$ and $s$ the previous timestep
+# of the sub-sequence (not $t - 1$):
 #
 # 1. **Predict the clean data** (eq. 28 solved for $x_0$):
 #    $\hat z_0 = \left(x_t - \sqrt{1 - a_t}\,\epsilon_\theta\right) / \sqrt{a_t}$.
-# 2. **Re-noise it to level $s$** with predicted and fresh noise $z$:
-#    $\sqrt{1 - a_s - \sigma^2}\,\epsilon_\theta + \sigma z$; the variances add up to $1 - a_s$, keeping eq. 28's marginal.
+# 2. **Re-noise it to level $s$**: $\sqrt{1 - a_s - \sigma^2}\,\epsilon_\theta + \sigma z$, $z$ fresh noise; the
+#    variances add up to $1 - a_s$, keeping eq. 28's marginal.
 # 3. **Choose** $\sigma = \eta \sqrt{(1 - a_s)/(1 - a_t)}\,\sqrt{1 - a_t / a_s}$: $\eta = 0$ is deterministic,
 #    $\eta = 1$ the DDPM posterior $q(x_s \mid x_t, \hat z_0)$.
 #
 # $$x_s = \sqrt{a_s}\,\hat z_0 + \sqrt{1 - a_s - \sigma^2}\,\epsilon_\theta + \sigma z. \tag{29}$$
 #
-# With the noise that made $x_t$, each piece is exact: check `diffusion.predict_x0`, `ddim_sigma` and `ddim_step`,
-# jumping from index 400 to 100:
+# With the noise that made $x_t$ each piece is exact: check `diffusion.predict_x0`, `ddim_sigma` and `ddim_step`
+# from index 400 to 100:
 
 # %%
 sched = rescaled
@@ -319,11 +319,9 @@ plt.show()
 #
 # - **ODE error**: mean distance to where 500 steps take the same $x_T$;
 # - **width error**: mean relative error of the clusters' stds (per axis);
-# - **weight error**: total-variation distance between the clusters' shares (each sample assigned to its likeliest
-#   component) and the true weights;
-# - **time** per batch.
-#
-# `N_POINTS` points drawn from the data set the floor.
+# - **weight error**: total-variation distance of the clusters' shares (samples assigned to their likeliest
+#   component) from the true weights;
+# - **time** per batch; `N_POINTS` points drawn from the data set the floor.
 
 # %%
 def cluster_errors(x: torch.Tensor) -> tuple[float, float]:
@@ -369,12 +367,12 @@ print(f"500 steps took {ratio:.1f} times as long as 50 (one model call per step)
       f"ODE error falls like steps^-{slope:.2f}")
 
 # %% [markdown]
-# Table 3's trade-off: error falls, time grows, and the distribution errors stop at the data's floor. The paper's FID
-# gain from 50 to 500 steps also mixes in how well its network learned.
+# Table 3's trade-off: error falls, time grows, and the distribution errors stop at the data's floor. (The paper's
+# FID gain also mixes in how well its network learned.)
 #
 # ## Table 3's "1000 steps (DDPM)" row (E10)
 #
-# Table 3's 1000-step DDPM row is worse than 500 DDIM steps; yet a $T = 500$ model has only 500 noise levels to visit.
+# That row is worse than 500 DDIM steps; yet a $T = 500$ model has only 500 noise levels to visit.
 
 # %%
 PAPER_TABLE_3 = {  # steps: (FID CelebA-HQ, FID AFHQ, ms per image), from the paper
@@ -413,8 +411,8 @@ print(f"DDPM with 1000 steps took {rows[-1][5] / rows[-3][5]:.1f} times as long 
 #
 # ## Images: a perfect model of eight faces
 #
-# Make each component a 32×32 toy face plus a little pixel noise: the best model of an eight-image data set (it can
-# only reproduce them, as a network that memorised its training set would).
+# Make each component a 32×32 toy face plus a little pixel noise: the best model of eight images (it can only
+# reproduce them, like a network that memorised its training set).
 
 # %%
 face_set, _ = data.make_toy_faces(8, size=32, seed=0)
@@ -498,9 +496,9 @@ for steps in (20, 100, T):
 
 # %% [markdown]
 # The samplers call `model(x_t, t, y)`: `t` a LongTensor `(B,)` of 0-based indices, `y` one of labels or `None`.
-# **Classifier-free guidance** (chapter 09) calls the model with the labels and with a learned `null_label` (E12) and
-# extrapolates, on every channel: $\epsilon = \epsilon_u + s\,(\epsilon_c - \epsilon_u)$; $s = 1$ is the conditional
-# model, $s = 0$ the unconditional one. Here `null_label = K` is the whole mixture:
+# **Classifier-free guidance** (chapter 09) also calls it with a learned `null_label` (E12) and extrapolates, on
+# every channel: $\epsilon = \epsilon_u + s\,(\epsilon_c - \epsilon_u)$ ($s = 1$: conditional, $s = 0$:
+# unconditional). Here `null_label = K` is the whole mixture:
 
 # %%
 y = torch.full((300,), 2)
@@ -661,14 +659,14 @@ except NotImplementedError:
 # %% [markdown]
 # ## Summary
 #
-# - Eq. 28 jumps to any noise level; `Diffusion` holds the schedule, `q_sample` and eq. 27's loss, with 0-based
-#   timesteps.
+# - Eq. 28 jumps to any noise level; `Diffusion` holds the schedule, `q_sample` and eq. 27's loss (0-based
+#   timesteps).
 # - At $T = 500$ the printed linear schedule leaves signal at $t = T$ and draws faces in the wrong proportions; the
 #   course rescales it by $1000 / T$.
 # - DDIM (eq. 29) predicts clean data, re-noises it to the previous timestep of a sub-sequence and adds $\sigma$ of
 #   fresh noise: $\eta = 0$ is an ODE solver, $\eta = 1$ over every step is DDPM.
 # - More steps, less error, more time (Table 3); its 1000-step row is another model.
-# - Chapters 08-09 train with `Diffusion.loss` and sample with `DDIMSampler` (tested against diffusers).
+# - Chapters 08-09 train with `Diffusion.loss` and sample with `DDIMSampler`.
 
 # %%
 print(f"chapter run time: {fftd_course.chapter_seconds():.1f} s on {device}")
