@@ -345,10 +345,9 @@ with torch.no_grad():
 print(f"scaling x1 by 100 changes its output by at most {change:.1e}")
 
 # %% [markdown]
-# With $\sigma(0) = 0.5$ a fresh fusion is the **mean of the normalised inputs**; training moves the gates off one
-# half only where that helps, like Hourglass DiT's learnable skip interpolation (`TokenSplit` in
-# [k-diffusion's `image_transformer_v2.py`](https://github.com/crowsonkb/k-diffusion/blob/master/k_diffusion/models/image_transformer_v2.py)).
-# Thanks to the LayerNorms it ignores the inputs' scale.
+# With $\sigma(0) = 0.5$ a fresh fusion is the **mean of the normalised inputs**, whatever their scale; training
+# moves the gates off one half only where that helps, like Hourglass DiT's learnable skip interpolation (`TokenSplit`
+# in [k-diffusion's `image_transformer_v2.py`](https://github.com/crowsonkb/k-diffusion/blob/master/k_diffusion/models/image_transformer_v2.py)).
 #
 # Table 9 compares it with **Add**, $x_1 + x_2$, and **Concat**, $\mathrm{Linear}(x_1 \Vert x_2)$ ($2D \to D$,
 # started at $(x_1 + x_2)/2$). Their cost at $D = 288$, and in the model's seven fusions:
@@ -375,11 +374,11 @@ print(f"  {'s':<13} {adaptive.s.numel():>8,}")
 
 # %% [markdown]
 # Most of an AdaptiveFusion's parameters sit in the spatial gate's first convolution ($2D \cdot D/4 \cdot 9$) and
-# eq. 25's linear map. Table 9's whole-model counts differ from ours (it prints no widths), but
-# the order Add < Concat < Adaptive agrees.
+# eq. 25's linear map. Table 9's whole-model counts differ from ours (it prints no widths), but the order
+# Add < Concat < Adaptive agrees.
 #
 # Table 8's "neither fusion nor multi-resolution" row and Table 9's "Add" row print the same FIDs although the
-# models differ ([E15](../docs/ERRATA.md#e15)): one reason to keep all three fusions, so the ablation can be rerun.
+# models differ ([E15](../docs/ERRATA.md#e15)): one reason to keep all three fusions.
 
 # %% [markdown]
 # ## 7. Watching the gates learn
@@ -596,12 +595,12 @@ checks.check_fuse_fixed(fuse_fixed)
 # %% [markdown]
 # ## Going further
 #
-# - **Which reading of E2 trains better?** Swap exercise 1's CBAM gate into section 7's task or chapter 09's model:
-#   does reading (b), with fewer parameters, lose anything?
-# - **The gates, or the LayerNorms?** Train a fresh AdaptiveFusion with frozen gates,
-#   $(\mathrm{LN}(x_1) + \mathrm{LN}(x_2))/2$, in chapter 09's pipeline against Add and the full fusion.
-# - **Sample-dependent channels.** Can the channel gate, which sees only pooled statistics, follow useful channels
-#   that depend on a label channel?
+# - **Which reading of E2 trains better?** Swap exercise 1's CBAM gate into section 7's task: does reading (b),
+#   with fewer parameters, lose anything?
+# - **The gates, or the LayerNorms?** Compare a fresh AdaptiveFusion with frozen gates,
+#   $(\mathrm{LN}(x_1) + \mathrm{LN}(x_2))/2$, with Add and the full fusion in chapter 09's pipeline.
+# - **Sample-dependent channels.** Can the channel gate, seeing only pooled statistics, follow useful channels that
+#   depend on a label channel?
 # - **At 2×2.** Repeat exercise 2's gradient count on a 2×2 grid.
 
 # %% [markdown]
