@@ -571,10 +571,8 @@ checks.check_fftd_forward(fftd_forward)
 # **Going further (no check).**
 # - *A sequential block* (MLP after attention, as DiT): is a fresh block still the identity? Compare both
 #   overfitting section 7's latents.
-# - *One gate outside the fusion*, $x + \alpha \odot \mathrm{Fuse}(\dots)$: does every fusion still start as the
-#   identity, and what learns first?
-# - *`scale` instead of `1 + scale`* in modulate: is a fresh block still the identity, and which gradients are
-#   zero at first?
+# - *One gate outside the fusion*, $x + \alpha \odot \mathrm{Fuse}(\dots)$: is a fresh block still the identity?
+# - *`scale` instead of `1 + scale`* in modulate: which gradients are zero at first?
 # - *A 1×1 grid.* How many of `paper-p4`'s parameters can never learn, a 3×3 kernel seeing one token?
 
 # %% [markdown]
@@ -582,12 +580,11 @@ checks.check_fftd_forward(fftd_forward)
 #
 # - Patchify makes $16 / p^2$ tokens, widened to $D$, plus a fixed 2-D sine-cosine position embedding.
 # - Timestep and label (with a null row, E12) add up to $c$, which conditions every block through adaLN-Zero.
-# - A block (E13) runs attention and MLP in parallel and adds their fusion to the residual stream; fresh, it is
-#   the identity.
+# - A block (E13) adds the fusion of parallel attention and MLP to the residual stream; fresh, it is the identity.
 # - The hourglass resamples with eq. 16-17 at most twice (E8) and fuses Block2 with Block4, Block1 with Block5
 #   (E14).
 # - A fresh model predicts $\epsilon = 0$ and wakes from the output backwards; the sizes land near Tables 2 and 9,
-#   not row by row (E15). Chapter 09 trains it on the toy faces' latents.
+#   not row by row (E15). Chapter 09 trains it.
 
 # %%
 print(f"chapter ran in {fftd_course.chapter_seconds():.0f} s on {device}")
