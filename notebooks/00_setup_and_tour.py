@@ -29,11 +29,10 @@
 # the chapter says what we chose.
 #
 # **In this chapter you will**
-# - check your environment (PyTorch, CPU or GPU);
+# - check your environment (CPU or GPU);
 # - meet the toy faces (cat, dog, wild) that every CPU chapter trains on;
-# - see which chapter builds which equation of the paper;
-# - learn how exercises and their checks work, and solve three: a prediction about held-out sets, a bug hunt in
-#   image bytes, and data-set statistics computed one batch at a time.
+# - see which chapter builds which equation;
+# - learn how exercises and their checks work, and solve three (a prediction, a bug hunt, a stretch).
 
 # %%
 import platform

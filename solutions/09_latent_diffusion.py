@@ -22,7 +22,7 @@
 #
 # **In this chapter you will** scale latents (E16), train an FFTD with an EMA, sample and follow the denoising,
 # snap to the codebook or not (eq. 30), measure guidance and DDIM steps (Table 3), and drive the generator live;
-# then guide a subset of channels, fix a decoder, and predict how far few-step samples land from the codes.
+# then fix a guided sampler and a decoder, and predict how far few-step samples land from the codes.
 
 # %%
 import json
@@ -440,27 +440,50 @@ viz.live_generator(toy, n=4, default_steps=25, default_guidance=2.0)
 # %% [markdown]
 # ## Exercises
 #
-# **Exercise 1 (a variant of guidance).** Write `guided_eps_on_channels(eps_c, eps_u, scale, channels)`:
-# classifier-free guidance with factor `scale` on the listed channels only (dimension 1 of the `(B, C, h, w)`
-# predictions), every other channel keeping what the sampler uses without guidance. `eps_c` is the conditional
-# prediction, `eps_u` the unconditional one; do not change them in place.
+# **Exercise 1 (find the bug).** A colleague wrote classifier-free guidance for their own sampler. Their samples
+# look like faces; run it beside the generator's guidance (scale 2, the same $z_T$), class by class:
 
 # %%
-def guided_eps_on_channels(eps_c: torch.Tensor, eps_u: torch.Tensor, scale: float, channels: list[int]) -> torch.Tensor:
-    """Guided noise prediction on `channels`, the unguided one elsewhere."""
+def guided_eps_buggy(model, z_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor, scale: float,
+                     null_label: int) -> torch.Tensor:
+    """Classifier-free guidance: the noise prediction for labels y at guidance scale `scale`."""
+    eps_c = model(z_t, t, y)
+    eps_u = model(z_t, t, torch.zeros_like(y))        # no label
+    return eps_c + scale * (eps_c - eps_u)
+
+
+z_T = torch.randn(len(labels), 4, 4, 4, generator=torch.Generator().manual_seed(11))
+with torch.no_grad():  # the sampler at guidance_scale=1 calls the model once per step: the colleague's guides
+    z = fftd_course.diffusion.DDIMSampler(schedule, 25).sample(
+        lambda z_t, t, y: guided_eps_buggy(toy.fftd, z_t, t, y, 2.0, toy.null_label), z_T.to(device), labels.to(device))
+theirs = pipeline.decode_latents(stage1, z, toy.scale).cpu()
+ours = toy.sample(labels, num_steps=25, guidance_scale=2.0, x_T=z_T)
+for c, name in enumerate(CLASSES):
+    pick = labels == c
+    acc = [judge.accuracy(the_judge, images[pick], labels[pick]) for images in (theirs, ours)]
+    div = [diversity(images[pick], labels[pick]) for images in (theirs, ours)]
+    print(f"{name:>5}: accuracy {acc[0]:6.1%}, diversity {div[0]:.3f} with the colleague's guidance; "
+          f"{acc[1]:6.1%} and {div[1]:.3f} with the generator's")
+
+# %% [markdown]
+# The code has two bugs (E12; chapter 06's guidance section). Write `guided_eps(model, z_t, t, y, scale, null_label)`
+# correctly; the check counts the bugs left.
+
+# %%
+def guided_eps(model, z_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor, scale: float, null_label: int) -> torch.Tensor:
+    """The noise prediction of classifier-free guidance at `scale` (0: unconditional, 1: conditional)."""
     ### BEGIN SOLUTION
-    guided = eps_u + scale * (eps_c - eps_u)
-    out = eps_c.clone()
-    out[:, channels] = guided[:, channels]
-    return out
+    eps_c = model(z_t, t, y)
+    eps_u = model(z_t, t, torch.full_like(y, null_label))
+    return eps_u + scale * (eps_c - eps_u)
     ### END SOLUTION
 
 
 # %%
-checks.check_guided_eps_on_channels(guided_eps_on_channels)
+checks.check_guided_eps(guided_eps)
 
 # %% [markdown]
-# **Exercise 2 (find the bug).** A colleague wrote the last step of sampling like this. Run it on the
+# **Exercise 2 (find the bug, stretching).** A colleague wrote the last step of sampling like this. Run it on the
 # samples of section 6 and compare with the generator's own images:
 
 # %%
@@ -498,15 +521,22 @@ checks.check_decode_sample(decode_sample)
 # %% [markdown]
 # **Exercise 3 (predict, then measure).** Section 8 found the 50-step samples close to the codes. Before
 # you measure: with **2** DDIM steps instead of 50, will the sampled latents land nearer to the codebook
-# or further from it? Will the snapped images look more or less like faces than the unsnapped ones, and
-# will snapping matter more or less than at 50 steps? Write your guesses here:
-#
-# *My prediction:* ...
+# or further from it? Write `"nearer"` or `"further"` in the first cell below. (Keep two more guesses in mind
+# for the pictures: will the snapped images look more or less like faces than the unsnapped ones, and will
+# snapping matter more or less than at 50 steps?)
 #
 # Then write `off_code_distance(generator, num_steps, labels, seed=0)`: sample `labels` with the generator's
 # `generate` method (its default guidance; pass the step count and the seed on) and return the mean
 # Euclidean distance between each sampled latent vector and its nearest code, measured in stage 1's own
 # space, over every position of every sample, as a Python float.
+
+# %%
+def predicted_code_distance() -> str:
+    """With 2 DDIM steps instead of many, do the sampled latents land "nearer" to the codebook or "further"?"""
+    ### BEGIN SOLUTION
+    return "further"
+    ### END SOLUTION
+
 
 # %%
 def off_code_distance(generator: pipeline.LatentDiffusion, num_steps: int, labels: torch.Tensor, seed: int = 0) -> float:
@@ -520,12 +550,13 @@ def off_code_distance(generator: pipeline.LatentDiffusion, num_steps: int, label
 
 
 # %%
-checks.check_off_code_distance(off_code_distance)
+checks.check_off_code_distance(checks.with_prediction(predicted_code_distance, off_code_distance))
 
 # %% [markdown]
 # Now measure, and compare with your prediction (the cell waits for your function):
 
 # %%
+distances = None
 try:
     distances = {steps: off_code_distance(toy, steps, labels[::2], seed=6) for steps in (2, 5, 25, 100)}
     for steps, d in distances.items():
@@ -537,11 +568,15 @@ try:
 except NotImplementedError:
     print("write off_code_distance above first, then run this cell again")
 
+# %%
+checks.compare_prediction(predicted_code_distance, distances and (
+    f"{'further' if distances[2] > distances[100] else 'nearer'} ({distances[2]:.3f} at 2 steps, {distances[100]:.3f} at 100)"),
+    what="2 DDIM steps against 100: the latents land")
+
 # %% [markdown]
 # ## Going further (no checks)
 #
-# - **Channel guidance, measured.** Wrap the FFTD with your `guided_eps_on_channels` (sample with
-#   `guidance_scale=1`): which channels carry the class?
+# - **Channel guidance**: guide some latent channels only (wrap the FFTD as exercise 1 does): which carry the class?
 # - **A per-channel scale** (E16): one factor per latent channel; does the loss curve of section 3 change?
 # - **$\eta > 0$** (`generate(..., eta=1.0)`): how do accuracy, diversity and distance to the codes change?
 # - **Snap at every step** (a loop of `diffusion.ddim_step`): does it help at 5 steps?

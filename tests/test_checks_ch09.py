@@ -1,39 +1,42 @@
 """Chapter 09 checks: the reference answers pass, plausible wrong answers fail (and raise in strict mode),
 stubs are "not attempted"."""
 
+import torch
+
 from fftd_course import checks, pipeline
 
-from check_contract import contract_tests
+from check_contract import chapter_function, contract_tests
 
 
-# ---- exercise 1: guidance on some channels ----
+# ---- exercise 1: find the bugs in a colleague's guidance ----
 
-def guided_reference(eps_c, eps_u, scale, channels):  # an independent answer
-    out = eps_c.clone()
-    out[:, list(channels)] = (eps_u + scale * (eps_c - eps_u))[:, list(channels)]
-    return out
+def guided_reference(model, z_t, t, y, scale, null_label):  # an independent answer: one batched call
+    eps_c, eps_u = model(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_label)])).chunk(2)
+    return scale * eps_c + (1 - scale) * eps_u
 
 
-def guided_all_channels(eps_c, eps_u, scale, channels):  # ignores the channel list
+# The chapter's code as the learner gets it: label 0 as "no label", and the scale on the wrong side.
+guided_as_given_in_the_chapter = chapter_function("09_latent_diffusion", "guided_eps_buggy", torch=torch)
+
+
+def guided_null_fixed_only(model, z_t, t, y, scale, null_label):
+    eps_c, eps_u = model(z_t, t, y), model(z_t, t, torch.full_like(y, null_label))
+    return eps_c + scale * (eps_c - eps_u)
+
+
+def guided_scale_fixed_only(model, z_t, t, y, scale, null_label):
+    eps_c, eps_u = model(z_t, t, y), model(z_t, t, torch.zeros_like(y))
     return eps_u + scale * (eps_c - eps_u)
 
 
-def guided_rest_unconditional(eps_c, eps_u, scale, channels):  # the other channels take eps_u
-    out = eps_u.clone()
-    out[:, list(channels)] = (eps_u + scale * (eps_c - eps_u))[:, list(channels)]
-    return out
+def guided_away_from_label(model, z_t, t, y, scale, null_label):  # extrapolates the wrong way
+    eps_c, eps_u = model(z_t, t, y), model(z_t, t, torch.full_like(y, null_label))
+    return eps_c + scale * (eps_u - eps_c)
 
 
-def guided_swapped(eps_c, eps_u, scale, channels):  # extrapolates away from the label
-    out = eps_c.clone()
-    out[:, list(channels)] = (eps_c + scale * (eps_u - eps_c))[:, list(channels)]
-    return out
-
-
-def guided_in_place(eps_c, eps_u, scale, channels):  # right values, but overwrites the sampler's eps_c
-    idx = list(channels)
-    eps_c[:, idx] = eps_u[:, idx] + scale * (eps_c[:, idx] - eps_u[:, idx])
-    return eps_c
+def guided_without_labels(model, z_t, t, y, scale, null_label):  # y = None as "no label"
+    eps_c, eps_u = model(z_t, t, y), model(z_t, t, None)
+    return eps_u + scale * (eps_c - eps_u)
 
 
 # ---- exercise 2: decode a sample ----
@@ -88,8 +91,9 @@ def distance_wrong_steps(generator, num_steps, labels, seed=0):  # always the de
 
 
 CASES = [
-    (checks.check_guided_eps_on_channels, guided_reference,
-     [guided_all_channels, guided_rest_unconditional, guided_swapped, guided_in_place]),
+    (checks.check_guided_eps, guided_reference,
+     [guided_as_given_in_the_chapter, guided_null_fixed_only, guided_scale_fixed_only, guided_away_from_label,
+      guided_without_labels]),
     (checks.check_decode_sample, decode_reference,
      [decode_buggy, decode_never_unscaled, decode_times_scale, decode_without_snap]),
     (checks.check_off_code_distance, distance_reference,
@@ -108,3 +112,15 @@ def test_the_package_decoder_is_refused(lenient_env):
 def test_a_wrong_distance_names_both_numbers(lenient_env):
     message = checks.check_off_code_distance(distance_scaled_space).message
     assert "your distance" in message and "reference" in message
+
+
+def test_each_guidance_bug_has_its_own_sub_test(lenient_env, monkeypatch, capsys):
+    from fftd_course.checks import core
+
+    monkeypatch.setattr(core, "_nudges_given", {})
+    assert "2 of the 2 bugs" in checks.check_guided_eps(guided_as_given_in_the_chapter).message
+    assert "1 of the 2 bugs" in checks.check_guided_eps(guided_null_fixed_only).message
+    message = checks.check_guided_eps(guided_scale_fixed_only).message
+    assert "1 of the 2 bugs" in message and "no label" in message
+    assert "E12" in checks.check_guided_eps(guided_without_labels).message
+    capsys.readouterr()

@@ -142,7 +142,8 @@ SHORTCUTS = {
     "check_resampling_parameters": [_resampling_by_counting],
     "check_fftd_forward": [lambda model, x_t, t, y: fftd.FFTD.forward(model, x_t, t, y),           # the audit's
                            lambda model, x_t, t, y: model(x_t, t, y)],
-    "check_guided_eps_on_channels": [lambda eps_c, eps_u, scale, ch: diffusion.DDIMSampler._eps(None, None, None, 0, None, scale)],
+    "check_guided_eps": [lambda model, z_t, t, y, scale, null: diffusion.DDIMSampler._eps(
+        None, model, z_t, int(t[0]), y, scale, null, None)],
     "check_decode_sample": [lambda ivqvae, z, scale: pipeline.decode_latents(ivqvae, z, scale)],  # the audit's
     "check_off_code_distance": [lambda gen, steps, labels, seed: float(gen.ivqvae(gen.generate(
         labels, num_steps=steps, seed=seed).images)[1].loss)],
@@ -365,6 +366,7 @@ FIND_THE_BUG = [
     ("check_ddim_sampler", ("06_ddim_math", "buggy_ddim_sample"), 1),
     ("check_fuse_fixed", ("07_adaptive_fusion", "buggy_fuse"), 3),
     ("check_fftd_forward", ("08_fftd", "buggy_forward"), 2),
+    ("check_guided_eps", ("09_latent_diffusion", "guided_eps_buggy"), 2),
     ("check_decode_sample", ("09_latent_diffusion", "decode_sample_buggy"), 1),
     ("check_save_checkpoint_atomically", ("10_full_scale_cuda_training", "buggy_save_checkpoint"), 1),
     ("check_resumed_lrs", ("10_full_scale_cuda_training", "buggy_resumed_lrs"), 2),

@@ -22,7 +22,7 @@ from fftd_course.course import assignments, grading
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTER = "00_setup_and_tour"
-EXERCISES = ["check_to_unit_range", "check_standardize_channels", "check_to_pixels"]
+EXERCISES = ["check_count_shared", "check_to_pixels", "check_channel_stats"]
 CELL_TIMEOUT = 20  # chapter 00's slowest cell takes about a second; a loop is interrupted after this
 
 
@@ -62,20 +62,20 @@ def graded(tmp_path_factory):
     subs["fresh"] = fresh
 
     nb = _notebook("solutions")  # one wrong answer: 2 of 3
-    _replace_answer(nb, "to_unit_range", "    return x / 2.0\n")
+    _replace_answer(nb, "count_shared", "    return len(b)\n")
     subs["partial"] = _write(folder, "partial", nb)
 
     nb = _notebook("solutions")  # raises, loops, replaces a check; a stray cell raises too
-    _replace_answer(nb, "to_unit_range", "    raise ValueError('oops')\n")
-    _replace_answer(nb, "standardize_channels", "    while True:\n        pass\n")
+    _replace_answer(nb, "count_shared", "    raise ValueError('oops')\n")
+    _replace_answer(nb, "channel_stats", "    while True:\n        pass\n")
     _insert(nb, _cell(nb, "check_to_pixels"),
             "checks.check_to_pixels = lambda f: print('[x] check_to_pixels: PASS')")
     _insert(nb, 1, "1 / 0")
     subs["mischief"] = _write(folder, "mischief", nb)
 
     nb = _notebook("solutions")  # an edited check, a deleted check, a check's helper replaced, then the kernel dies
-    nb.cells[_cell(nb, "check_to_unit_range")].source = "checks.check_to_unit_range(lambda x: (x + 1) / 2)"
-    del nb.cells[_cell(nb, "check_standardize_channels")]
+    nb.cells[_cell(nb, "check_count_shared")].source = "checks.check_count_shared(lambda a, b: 0)"
+    del nb.cells[_cell(nb, "check_channel_stats")]
     _insert(nb, _cell(nb, "check_to_pixels"),
             "import fftd_course.checks.ch00 as m\nm.run_check = lambda name, trial, hint='': m.CheckResult(name, 'pass')")
     nb.cells.append(nbformat.v4.new_code_cell("import os\nos._exit(1)"))
@@ -112,27 +112,27 @@ def test_a_fresh_student_notebook_gets_zero(graded):
 def test_one_wrong_answer_costs_one_point(graded):
     r = graded[0]["partial"]
     assert r.points == 2
-    assert _statuses(r)["check_to_unit_range"] == "fail"
-    wrong = next(s for s in r.scores if s.exercise == "check_to_unit_range")
-    assert "differ" in wrong.reason
+    assert _statuses(r)["check_count_shared"] == "fail"
+    wrong = next(s for s in r.scores if s.exercise == "check_count_shared")
+    assert "expected" in wrong.reason
 
 
 def test_raising_looping_and_a_replaced_check_each_fail_with_the_reason(graded):
     r = graded[0]["mischief"]
     s = {x.exercise: x for x in r.scores}
     assert r.points == 0, grading.format_report([r])
-    assert s["check_to_unit_range"].status == "fail" and "ValueError: oops" in s["check_to_unit_range"].reason
-    assert s["check_standardize_channels"].status == "timed out"
+    assert s["check_count_shared"].status == "fail" and "ValueError: oops" in s["check_count_shared"].reason
+    assert s["check_channel_stats"].status == "timed out"
     assert s["check_to_pixels"].status == "check function replaced"
     assert any("ZeroDivisionError" in n for n in r.notes) and any("interrupted" in n for n in r.notes)
 
 
 def test_edited_or_deleted_check_cells_a_replaced_helper_and_a_dead_kernel(graded):
     r = graded[0]["tamper"]
-    assert _statuses(r) == {"check_to_unit_range": "check cell edited", "check_standardize_channels": "check cell deleted",
+    assert _statuses(r) == {"check_count_shared": "check cell edited", "check_channel_stats": "check cell deleted",
                             "check_to_pixels": "check function replaced"}
     assert r.points == 0
-    assert "check_to_pixels.run_check" in r.scores[2].reason
+    assert "check_to_pixels.run_check" in next(s for s in r.scores if s.exercise == "check_to_pixels").reason
 
 
 def test_a_damaged_file_is_scored_not_run(graded):
@@ -165,7 +165,8 @@ def test_check_cells_are_locked_and_answer_cells_marked_for_nbgrader():
         for path in sorted((ROOT / kind).glob("[0-9][0-9]_*.ipynb")):
             nb = nbformat.read(path, as_version=4)
             meta = [c.metadata["nbgrader"] for c in nb.cells if "nbgrader" in c.metadata]
-            answers = [m for m in meta if m["solution"]]
+            # a prediction cell (predict, then measure) is an answer without a check of its own
+            answers = [m for m in meta if m["solution"] and not m["grade_id"].startswith("answer_predicted_")]
             tests = [m for m in meta if m["grade"]]
             assert len(answers) == len(tests) >= 2, path
             for c in nb.cells:
@@ -196,8 +197,8 @@ def test_nbgrader_generate_and_autograde_on_solutions(tmp_path):
     run("db", "assignment", "add", "ch00")
     run("generate_assignment", "ch00", "--force")
     released = nbformat.read(tmp_path / "release" / "ch00" / f"{CHAPTER}.ipynb", as_version=4)
-    answer = released.cells[_cell(released, "answer_to_unit_range")].source
-    assert "raise NotImplementedError" in answer and "(x + 1.0) / 2.0" not in answer
+    answer = released.cells[_cell(released, "answer_count_shared")].source
+    assert "raise NotImplementedError" in answer and "flat_a" not in answer
     for student, nb_path in (("sol", source / f"{CHAPTER}.ipynb"), ("fresh", tmp_path / "release" / "ch00" / f"{CHAPTER}.ipynb")):
         target = tmp_path / "submitted" / student / "ch00"
         target.mkdir(parents=True)

@@ -13,7 +13,7 @@ from .ch05 import check_code_influence, check_reconstruct, check_training_step
 from .ch06 import check_ddim_sampler, check_ddim_step_v, check_exact_inversion
 from .ch07 import check_cbam_channel_weights, check_fuse_fixed, check_spatial_gate_as_linears
 from .ch08 import check_fftd_forward, check_resampling_parameters, check_unpatchify
-from .ch09 import check_decode_sample, check_guided_eps_on_channels, check_off_code_distance
+from .ch09 import check_decode_sample, check_guided_eps, check_off_code_distance
 from .ch10 import check_resumed_lrs, check_save_checkpoint_atomically, check_training_plan
 from .ch11 import check_fair_fid_pair, check_kid_unbiased, check_verdict_from_seeds
 from .core import CheckResult, ExerciseFailed, lenient, run_check
@@ -31,6 +31,6 @@ __all__ = [
     "check_cbam_channel_weights", "check_spatial_gate_as_linears", "check_fuse_fixed",
     "check_unpatchify", "check_resampling_parameters", "check_fftd_forward",
     "check_verdict_from_seeds", "check_kid_unbiased", "check_fair_fid_pair",
-    "check_guided_eps_on_channels", "check_decode_sample", "check_off_code_distance",
+    "check_guided_eps", "check_decode_sample", "check_off_code_distance",
     "check_training_plan", "check_save_checkpoint_atomically", "check_resumed_lrs",
 ]

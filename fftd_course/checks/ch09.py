@@ -5,7 +5,7 @@ The checks build tiny, freshly initialised models (no checkpoint), so they run i
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 
@@ -18,45 +18,93 @@ from ..ivqvae import IVQVAE
 from ..ivqvae import get_config as ivqvae_config
 from .core import Bugs, CheckFailure, CheckResult, compare, fresh_seed, run_check, yours
 
-__all__ = ["check_guided_eps_on_channels", "check_decode_sample", "check_off_code_distance"]
+__all__ = ["check_guided_eps", "check_decode_sample", "check_off_code_distance"]
 
 
-# ---- exercise 1: classifier-free guidance on some channels only ----------------------------------------------
+# ---- exercise 1: find the bugs in a colleague's classifier-free guidance -----------------------------------------
 
-def check_guided_eps_on_channels(fn: Callable[[torch.Tensor, torch.Tensor, float, Sequence[int]], torch.Tensor]) -> CheckResult:
-    """``fn(eps_c, eps_u, scale, channels)`` guides only ``channels`` (dim 1) and leaves the others conditional."""
+class _LabelledModel:
+    """A stand-in for the FFTD: a smooth function of (z_t, t, y), different for every label, each row on its own
+    (so one batched call and two calls give the same numbers). It records the labels it was called with."""
 
-    def guided(eps_c: torch.Tensor, eps_u: torch.Tensor, scale: float, channels: Sequence[int]) -> torch.Tensor:
-        # The hidden reference: guidance with factor `scale` on the latent `channels` listed; every other channel
-        # keeps the conditional prediction eps_c (what the sampler uses at guidance scale 1).
-        out = eps_c.clone()
-        idx = list(channels)
-        out[:, idx] = (eps_u + scale * (eps_c - eps_u))[:, idx]
-        return out
+    def __init__(self, num_classes: int, channels: int, g: torch.Generator):
+        self.num_classes, self.null_label = num_classes, num_classes
+        self.table = torch.randn(num_classes + 1, channels, 1, 1, generator=g, dtype=torch.float64)
+        self.gain = torch.rand(num_classes + 1, 1, 1, 1, generator=g, dtype=torch.float64) + 0.5
+        self.seen: set[int] = set()
+
+    def __call__(self, z_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        if y is None:
+            raise CheckFailure("the model was called with y = None; this FFTD always takes labels: which label "
+                               "stands for \"no label\" (errata E12)?")
+        if not isinstance(y, torch.Tensor) or y.shape != (len(z_t),) or y.dtype != torch.long:
+            raise CheckFailure(f"the model was called with labels {y!r}; pass a LongTensor of shape ({len(z_t)},)")
+        if int(y.min()) < 0 or int(y.max()) > self.null_label:
+            raise CheckFailure(f"the model was called with label {int(y.min()) if int(y.min()) < 0 else int(y.max())}, "
+                               f"outside 0 .. {self.null_label} (the classes, then the null label)")
+        self.seen.update(int(v) for v in y.unique())
+        return torch.tanh(self.gain[y] * z_t.double() + self.table[y] + 1e-3 * t.double().view(-1, 1, 1, 1)).to(z_t.dtype)
+
+
+def _guidance_case(seed: int, num_classes: int = 3, batch: int = 12):
+    g = torch.Generator().manual_seed(seed)
+    model = _LabelledModel(num_classes, 4, g)
+    z_t = torch.randn(batch, 4, 4, 4, generator=g, dtype=torch.float64)
+    t = torch.full((batch,), int(torch.randint(0, 500, (1,), generator=g)), dtype=torch.long)
+    y = torch.arange(batch) % num_classes  # every class, class 0 included
+    return model, z_t, t, y
+
+
+def check_guided_eps(fn: Callable[..., torch.Tensor]) -> CheckResult:
+    """``fn(model, z_t, t, y, scale, null_label)``: the noise prediction of classifier-free guidance at scale
+    ``scale`` (chapter 06's convention: 0 the unconditional model, 1 the conditional one); a find-the-bug exercise
+    with two bugs, each with its own sub-test."""
+
+    def guided(model, z_t, t, y, scale, null_label):  # the hidden reference
+        eps_c, eps_u = model(z_t, t, y), model(z_t, t, torch.full_like(y, null_label))
+        return eps_u + scale * (eps_c - eps_u)
 
     fn = yours(fn)
 
-    def trial() -> None:
-        g = torch.Generator().manual_seed(fresh_seed())
-        cases = [((3, 4, 4, 4), 2.0, [0, 2]), ((2, 4, 4, 4), 4.0, [3]), ((5, 4, 4, 4), 0.0, [1, 2, 3]),
-                 ((2, 4, 4, 4), 2.5, [0, 1, 2, 3]), ((2, 4, 4, 4), 3.0, []), ((4, 6, 2, 2), 1.5, [5, 0])]
-        for shape, scale, channels in cases:
-            eps_c, eps_u = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
-            keep_c, keep_u = eps_c.clone(), eps_u.clone()
-            got = fn(eps_c, eps_u, scale, channels)
-            if not (torch.equal(eps_c, keep_c) and torch.equal(eps_u, keep_u)):
-                raise CheckFailure("your function changed eps_c or eps_u in place; the sampler still needs them: "
-                                   "work on a copy")
-            compare(got, guided(keep_c, keep_u, scale, channels),
-                    f"guidance {scale} on channels {channels} of a {shape} batch")
+    def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return isinstance(a, torch.Tensor) and a.shape == b.shape and torch.allclose(a.double(), b.double(), atol=1e-6)
 
-    return run_check("guided_eps_on_channels", trial,
-                     hint="on a listed channel the result moves from the unconditional prediction towards the "
-                          "conditional one and beyond it, by the guidance scale (chapter 06's guidance section); "
-                          "scale 0 gives the unconditional model there. On every other channel ask: what does "
-                          "the sampler use when there is no guidance at all (scale 1)?",
-                     # the samplers' own guidance (on every channel)
-                     forbid=["fftd_course.diffusion.DDIMSampler._eps"])
+    def null_label_bug(seed: int) -> bool:
+        """The unconditional prediction must come from the model called with the null label."""
+        model, z_t, t, y = _guidance_case(seed)
+        fn(model, z_t, t, y, 2.0, model.null_label)
+        return model.null_label not in model.seen
+
+    def scale_bug(seed: int) -> bool:
+        """Scale 1 is the conditional model, whatever the unconditional prediction is."""
+        model, z_t, t, y = _guidance_case(seed)
+        return not close(fn(model, z_t, t, y, 1.0, model.null_label), model(z_t, t, y))
+
+    seed = fresh_seed()
+
+    def trial() -> None:
+        for k, (num_classes, scale) in enumerate(((3, 2.0), (5, 0.0), (3, 1.0), (2, 4.5))):
+            model, z_t, t, y = _guidance_case(seed + k, num_classes)
+            keep = z_t.clone()
+            got = fn(model, z_t, t, y, scale, model.null_label)
+            if not torch.equal(z_t, keep):
+                raise CheckFailure("your function changed z_t in place; the sampler still needs it")
+            if model.null_label not in model.seen:
+                raise CheckFailure(f"guidance at scale {scale} with {num_classes} classes: the model was called "
+                                   f"only with the labels {sorted(model.seen)}: which of them means \"no label\"?")
+            compare(got, guided(model, z_t, t, y, scale, model.null_label),
+                    f"guidance at scale {scale} with {num_classes} classes (labels {y.tolist()[:6]} ...)",
+                    atol=1e-6, rtol=1e-6)
+
+    return run_check("guided_eps", trial, bugs=Bugs(2, nudges=(
+        "which label did the unconditional call use, and which class has that number? (errata E12: what is the "
+        "null label, and how does the sampler pass it?)",
+        "at scale 1 the sampler should be the plain conditional model, at scale 0 the unconditional one: "
+        "put 0 and 1 into the colleague's last line and compare (chapter 06's guidance section).",
+        "guidance extrapolates from one prediction past the other: from which one does it start, and which "
+        "difference does the scale multiply?"),
+        remaining=lambda: null_label_bug(seed) + scale_bug(seed)),
+        forbid=["fftd_course.diffusion.DDIMSampler._eps"])  # the samplers' own guidance
 
 
 # ---- exercise 2: find the bug in decoding a sample (eq. 30, errata E16) ---------------------------------------
