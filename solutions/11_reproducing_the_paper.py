@@ -177,11 +177,15 @@ def best_row(n: int, metric: str = "kid", worst: bool = False, rows: list | None
 # the lowest L1? Write `"f4"`, `"f8"` or `"f16"`.
 
 # %%
-prediction_table1 = "f8"   # your prediction
+def predicted_table1() -> str:
+    """Which grid reconstructs held-out faces with the lowest L1: "f4", "f8" or "f16"?"""
+    ### BEGIN SOLUTION
+    return "f8"
+    ### END SOLUTION
 
 # %%
 show(1, "l1", paper_key="l1")
-print(f"you predicted {prediction_table1!r}; the lowest mean L1 is {best_row(1, 'l1')!r}")
+checks.compare_prediction(predicted_table1, best_row(1, "l1"), what="the lowest mean L1")
 
 # %% [markdown]
 # The lines under the table are the verdicts, computed from the seeds above. What to keep in mind when
@@ -196,11 +200,15 @@ print(f"you predicted {prediction_table1!r}; the lowest mean L1 is {best_row(1, 
 # and only a little slower. **Predict**: which patch size has the lowest KID here?
 
 # %%
-prediction_table2 = "p1"   # "p1", "p2" or "p4"
+def predicted_table2() -> str:
+    """The patch size with the lowest KID: "p1", "p2" or "p4"."""
+    ### BEGIN SOLUTION
+    return "p1"
+    ### END SOLUTION
 
 # %%
 show(2, "kid", paper_key="fid_celebahq")
-print(f"you predicted {prediction_table2!r}; the lowest mean KID is {best_row(2)!r}")
+checks.compare_prediction(predicted_table2, best_row(2), what="the lowest mean KID")
 
 # %% [markdown]
 # Two effects meet here. Fewer tokens make each step cheaper (the images-per-second column); more
@@ -216,11 +224,15 @@ print(f"you predicted {prediction_table2!r}; the lowest mean KID is {best_row(2)
 # come from its T = 500 model). **Predict**: from how many DDIM steps on does KID stop improving?
 
 # %%
-prediction_table3 = 50   # a step count: 10, 20, 50, 100, 200 or 500
+def predicted_table3() -> int:
+    """From how many DDIM steps on KID stops improving: 10, 20, 50, 100, 200 or 500."""
+    ### BEGIN SOLUTION
+    return 50
+    ### END SOLUTION
 
 # %%
 show(3, "kid", paper_key="fid_afhq")
-print(f"you predicted {prediction_table3}; the lowest mean KID is at {best_row(3)!r}")
+checks.compare_prediction(predicted_table3, best_row(3), what="the lowest mean KID is at")
 
 # %% [markdown]
 # Two things to read off: where the FFTD's curve flattens (after that, more steps cost time and buy
@@ -262,11 +274,15 @@ plt.show()
 # the 1000-step baseline's (`True` or `False`)?
 
 # %%
-prediction_table4 = True
+def predicted_table4() -> bool:
+    """Is the FFTD's KID (500 DDIM steps) lower than the 1000-step baseline's? True or False."""
+    ### BEGIN SOLUTION
+    return True
+    ### END SOLUTION
 
 # %%
 show(4, "kid", paper_key="fid_afhq")
-print(f"you predicted {prediction_table4}; measured: {lower(4, 'ours500', 'baseline1000')}")
+checks.compare_prediction(predicted_table4, lower(4, "ours500", "baseline1000"), what="FFTD lower than the baseline")
 
 # %% [markdown]
 # Per class, each FID and KID has a third of the samples and a third of the reference: their error bars
@@ -333,13 +349,16 @@ checks.check_kid_unbiased(kid_unbiased)
 # which switch hurts generation most?
 
 # %%
-prediction_table7 = "no-hybrid"   # "no-attention", "no-residual" or "no-hybrid"
+def predicted_table7() -> str:
+    """The ablation with the highest KID: "no-attention", "no-residual" or "no-hybrid"."""
+    ### BEGIN SOLUTION
+    return "no-hybrid"
+    ### END SOLUTION
 
 # %%
 show(7, "kid", paper_key="fid_afhq")
 ablated = [r for r in tables[7]["rows"] if r["id"] != "full"]
-print(f"you predicted {prediction_table7!r}; the highest mean KID among the three: "
-      f"{best_row(7, worst=True, rows=ablated)!r}")
+checks.compare_prediction(predicted_table7, best_row(7, worst=True, rows=ablated), what="the highest mean KID")
 
 # %% [markdown]
 # Two measures per row: how well the autoencoder reconstructs (L1, reconstruction KID), and how well an
@@ -353,12 +372,16 @@ print(f"you predicted {prediction_table7!r}; the highest mean KID among the thre
 # number printed twice). **Predict**: does AdaptiveFusion beat plain addition here (`True`/`False`)?
 
 # %%
-prediction_table9 = True
+def predicted_table9() -> bool:
+    """Does AdaptiveFusion have a lower KID than plain addition? True or False."""
+    ### BEGIN SOLUTION
+    return True
+    ### END SOLUTION
 
 # %%
 show(8, "kid", paper_key="fid_afhq")
 show(9, "kid", paper_key="fid_afhq")
-print(f"you predicted {prediction_table9}; measured: {lower(9, 'adaptive', 'add')}")
+checks.compare_prediction(predicted_table9, lower(9, "adaptive", "add"), what="AdaptiveFusion lower than Add")
 
 # %% [markdown]
 # AdaptiveFusion adds parameters and time per step (the parameters column, and chapter 07's counts), so
