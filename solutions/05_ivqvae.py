@@ -172,7 +172,7 @@ for step in range(3):
 # - **LPIPS** needs torchvision's VGG16 weights (chapter 04). When the file is present it is used; when it is
 #   missing, this chapter trains *without* the perceptual term rather than with a random VGG16, whose
 #   distances are not perceptual and would only cost time. The next cell says which happened.
-# - **Quantizer**: 256 codes with k-means initialisation and dead-code replacement (chapter 03).
+# - **Quantizer**: 256 codes with k-means initialisation and dead-code replacement (chapter 03, E19).
 # - Adam at learning rate $5 \cdot 10^{-4}$ with batch 16 on a CPU (the paper: $10^{-4}$, batch 1, 4 million steps; [E9](../docs/ERRATA.md#e9)).
 
 # %%
@@ -347,8 +347,9 @@ print(f"The paper's Table 1 claims L1 decreases as f grows (0.082 at f=8 ... 0.0
 # > the information budget: at a fixed codebook, a 2×2 grid carries a quarter of the bits of a 4×4 grid, so
 # > it can describe less of each image; the printed comparison above says which way our toy run went. The
 # > toy scale is far from the paper's (32 px toy faces, seconds of training, no LPIPS without VGG16 weights),
-# > so neither direction settles the question for CelebA-HQ at 256 px: that takes the full-scale path
-# > (chapters 10-11, on GPUs). Algorithm 1 starts updating the discriminator after 250k steps and says
+# > so neither direction settles the question for CelebA-HQ at 256 px: that takes the full-scale path of
+# > chapter 10, on GPUs. Chapter 11 re-runs Table 1 at toy scale with three seeds, which tells a trend from
+# > the scatter between seeds. Algorithm 1 starts updating the discriminator after 250k steps and says
 # > nothing about the generator's adversarial term; `HybridLoss` gates both with `disc_start`, as VQGAN's
 # > reference code does.
 
