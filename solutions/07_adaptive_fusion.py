@@ -328,8 +328,16 @@ for name, g in [("without ReLU", lambda v: lin2(lin1(v))), ("with ReLU", lambda 
 # ## 6. What a fresh fusion computes
 #
 # `AdaptiveFusion.initialize_weights` gives the hidden layers Xavier weights, but each gate's **last** layer starts
-# at zero, and so does $s$. Before you run the next cell, write down what a fresh fusion returns for any $x_1, x_2$: what
-# are the two gates, what is left of eq. 25?
+# at zero, and so does $s$. Before you run the measurement, write in the cell below the values you expect for a fresh
+# fusion's channel weights, spatial weights and $s$, whatever $x_1, x_2$. What is then left of eq. 25?
+
+# %%
+def predicted_fresh_fusion() -> dict[str, float]:
+    """A fresh AdaptiveFusion's channel weights, spatial weights and s (one number each)."""
+    ### BEGIN SOLUTION
+    return {"channel weights": 0.5, "spatial weights": 0.5, "s": 0.0}
+    ### END SOLUTION
+
 
 # %%
 fresh = fusion.AdaptiveFusion(D)
@@ -343,6 +351,14 @@ print("a fresh AdaptiveFusion returns (LayerNorm(x1) + LayerNorm(x2)) / 2 for th
 with torch.no_grad():
     change = (fresh(100 * x1, x2) - out).abs().max().item()
 print(f"scaling x1 by 100 changes its output by at most {change:.1e}")
+
+# %%
+def one_value(t: torch.Tensor) -> float | str:  # the value every entry holds, or the range when they differ
+    return t.flatten()[0].item() if bool((t == t.flatten()[0]).all()) else f"{t.min():.3g} to {t.max():.3g}"
+
+
+checks.compare_prediction(predicted_fresh_fusion, {"channel weights": one_value(wc), "spatial weights": one_value(ws),
+                                                   "s": fresh.s.item()})
 
 # %% [markdown]
 # With $\sigma(0) = 0.5$ a fresh fusion is the **mean of the normalised inputs**, whatever their scale; training
@@ -500,11 +516,20 @@ checks.check_cbam_channel_weights(cbam_channel_weights)
 # %% [markdown]
 # **Exercise 2 (predict, then measure: the bottom of the hourglass).** Block3 works on a **1×1** grid, and its
 # fusion's spatial gate runs three 3×3 convolutions (padding 1) on a single token. Think about what a 3×3 kernel
-# can see there. Then write `spatial_gate_as_linears(gate)`: given the `nn.Sequential` of eq. 22 (`Conv2d`,
-# `ReLU`, `Conv2d`, `ReLU`, `Conv2d`), return three `(W, b)` pairs of plain matrices and bias vectors
+# can see there, and write in the first cell below what share (in %) of the gate's convolution weights you expect
+# to receive a gradient on a 1×1 grid, at most. Then write `spatial_gate_as_linears(gate)`: given the
+# `nn.Sequential` of eq. 22 (`Conv2d`, `ReLU`, `Conv2d`, `ReLU`, `Conv2d`), return three `(W, b)` pairs of plain matrices and bias vectors
 # (`W` of shape out × in) such that on a 1×1 grid the gate equals
 # $\sigma(W_3\,\mathrm{ReLU}(W_2\,\mathrm{ReLU}(W_1 u + b_1) + b_2) + b_3)$ for the single token
 # $u = x_1 \Vert x_2$. The check builds that MLP from your pairs and compares it with the real gate.
+
+# %%
+def predicted_share_learning() -> float:
+    """At most how many % of the spatial gate's conv weights get a gradient on a 1x1 grid."""
+    ### BEGIN SOLUTION
+    return 100 / 9
+    ### END SOLUTION
+
 
 # %%
 def spatial_gate_as_linears(gate: nn.Sequential) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -516,7 +541,7 @@ def spatial_gate_as_linears(gate: nn.Sequential) -> list[tuple[torch.Tensor, tor
 
 
 # %%
-checks.check_spatial_gate_as_linears(spatial_gate_as_linears)
+checks.check_spatial_gate_as_linears(checks.with_prediction(predicted_share_learning, spatial_gate_as_linears))
 
 # %% [markdown]
 # Now measure what the answer implies: on a 1×1 grid, which of the spatial gate's weights receive a gradient at
@@ -537,6 +562,9 @@ print(f"on a 1x1 grid {used:,} of the spatial gate's {total:,} conv weights get 
       f"{off_centre} of them lie off the kernels' centres")
 u = torch.cat([u1, u2], dim=-1)
 print("p_avg equals p_max on one token:", torch.equal(u.mean(1), u.amax(1)))
+
+# %%
+checks.compare_prediction(predicted_share_learning, 100 * used / total, what="% of conv weights with a gradient")
 
 # %% [markdown]
 # At the bottom of the hourglass the spatial gate is a small MLP giving one token one weight, and at most one ninth

@@ -516,8 +516,17 @@ checks.check_unpatchify(unpatchify)
 # building a model, write `resampling_parameters(input_size, patch_size, hidden_size, multires)`: the number
 # of parameters all of them hold together, for a latent of `input_size` × `input_size` and tokens of width
 # `hidden_size`. Think about the grids that are not 4×4 too (a 12×12 latent, a 6×6 one, E8). The check
-# counts them on real models. Then compare your number for the paper's configuration with the patch 1 → 2
-# and patch 2 → 4 steps printed in section 6: what else changes between those rows?
+# counts them on real models. First, predict in the cell below: what share (in %) of the patch 1 → 2 and
+# patch 2 → 4 steps printed in section 6 is resampling? After the check, the cell below it measures both; what
+# else changes between those rows?
+
+# %%
+def predicted_resampling_share() -> dict[str, float]:
+    """% of each patch-size step of section 6 that the resampling convolutions make up."""
+    ### BEGIN SOLUTION
+    return {"patch 1 -> 2": 100.0, "patch 2 -> 4": 100.0}
+    ### END SOLUTION
+
 
 # %%
 def resampling_parameters(input_size: int, patch_size: int, hidden_size: int, multires: bool) -> int:
@@ -532,7 +541,17 @@ def resampling_parameters(input_size: int, patch_size: int, hidden_size: int, mu
 
 
 # %%
-checks.check_resampling_parameters(resampling_parameters)
+checks.check_resampling_parameters(checks.with_prediction(predicted_resampling_share, resampling_parameters))
+
+# %%
+resampling = {}
+for p in (1, 2, 4):
+    with torch.device("meta"):
+        model_p = FFTD(get_config("paper", patch_size=p))
+    resampling[p] = fftd.count_parameters(model_p.downsample) + fftd.count_parameters(model_p.upsample)
+checks.compare_prediction(predicted_resampling_share, {
+    f"patch {a} -> {b}": 100 * (resampling[a] - resampling[b]) / (counts[a, "adaptive", True] - counts[b, "adaptive", True])
+    for a, b in ((1, 2), (2, 4))})
 
 # %% [markdown]
 # **Exercise 3 (find the bug).** A colleague's hourglass forward pass, built from the model's parts, runs for the
