@@ -583,11 +583,18 @@ checks.check_ddim_sampler(ddim_sample)
 
 # %% [markdown]
 # **Predict, then measure.** How far apart are the buggy and the correct samples? Predict the size of the
-# difference per pixel from the schedule alone (which $\bar\alpha$ does the buggy last step land on, and what
-# does eq. 28 then add?), then measure on the eight faces with 10 steps:
+# difference per pixel (its standard deviation) from the schedule alone (which $\bar\alpha$ does the buggy last
+# step land on, and what does eq. 28 then add?) in the cell below, then measure on the eight faces with 10 steps.
 
 # %%
-ts10 = diffusion.ddim_timesteps(T, 10)
+def predicted_gap_std() -> float:
+    """The std per pixel of (buggy - correct) samples, from the schedule alone."""
+    # YOUR CODE HERE
+    raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
+
+
+# %%
+ts10, gap = diffusion.ddim_timesteps(T, 10), None
 try:
     gap = ddim_sample(face_model, x_T_faces, ts10, rescaled.alpha_bar) - buggy_ddim_sample(
         face_model, x_T_faces, ts10, rescaled.alpha_bar)
@@ -595,6 +602,9 @@ try:
           f"{FACE_STD}")
 except NotImplementedError:
     print("finish exercise 2 to see this")
+
+# %%
+checks.compare_prediction(predicted_gap_std, None if gap is None else gap.std().item(), what="std of buggy - correct")
 
 # %% [markdown]
 # **Exercise 3 (extend: exact inversion; stretching).** `DDIMSampler.invert` steps up from $x_s$ to $x_t$ with
