@@ -220,7 +220,8 @@ for side in [256, 128, 64, 32, 16, 8, 4]:
     print(f"{side:>4}x{side:<4} {side * side:>6} tokens   W = {(side * side) ** 2 * 4 / 2**20:>12,.2f} MiB")
 
 # %% [markdown]
-# At $256\times256$ a single $W$ would take tens of GiB; at $16\times16$ it is a fraction of a MiB.
+# At $256\times256$ a single $W$ takes 16,384 MiB (16 GiB) for one image and one head; at $16\times16$ it is
+# a quarter of a MiB.
 # Attention at $16\times16$ (and in the middle block at $4\times4$) buys global context where it is cheap, and leaves the high resolutions,
 # where detail is local anyway, to convolutions.
 #
