@@ -141,7 +141,7 @@ for name in ["paper-f8", "paper-f16", "paper-f32", "paper-f64", "toy-f4", "toy-f
 # 2. the **discriminator's**: from its start step on (E11), the hinge loss of eq. 14 on real images and
 #    the (detached) reconstructions, one step. Before the start step there is no discriminator loss at all.
 #
-# The package has them as `model(x)` and `pipeline.ivqvae_step` (exercises 1 and 2 come back to both). Here
+# The package has them as `model(x)` and `pipeline.ivqvae_step` (exercises 1 and 2 come back to each). Here
 # the package's step runs on a tiny model whose discriminator starts at step 1, and we watch which parameters
 # each step moves:
 
@@ -392,23 +392,59 @@ if long_model is not None:
 # %% [markdown]
 # ## Exercises
 #
-# **Exercise 1 (warm-up).** Write Algorithm 1's forward pass with the model's three parts (`model.encode`,
-# `model.quantize`, `model.decode`), without calling `model(x)`. Return the reconstruction and the quantizer's
-# loss $L_{vq}$. Which of the quantizer's outputs must the decoder get so that the encoder still receives a
-# gradient (chapter 03)?
+# **Exercise 1 (find the bugs).** A colleague split Algorithm 1's forward pass into its three parts, to log the
+# codes on the way. Their reconstructions look nearly right, yet a model trained with this function would learn
+# wrongly in ways no picture shows. It has three bugs. Find them and write `forward_fixed(model, x)`, returning
+# `(x_hat, vq_loss)` with the values of `model(x)`'s reconstruction and $L_{vq}$ *and* the same gradients (the
+# reconstruction's must reach the encoder, $L_{vq}$'s the codebook), without calling `model(x)`. The images `x`
+# are already in $[-1, 1]$. The check counts the bugs left and gives one nudge per try; the cell after it shows
+# which parts of the model each version trains.
 
 # %%
-def reconstruct(model: ivqvae.IVQVAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_hat, vq_loss) for a batch of images x in [-1, 1]."""
+def buggy_forward(model: ivqvae.IVQVAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    z = model.encode(2 * x - 1)  # images to [-1, 1]
+    q = model.quantize(z)
+    codes = model.quantizer.lookup(q.indices)  # the chosen codes, (B, z_channels, h, w)
+    x_hat = model.decode(codes)
+    return x_hat, q.loss.detach()  # L_vq, as a number to log
+
+
+with checks.lenient():  # show the FAIL without stopping the test run
+    checks.check_forward_fixed(buggy_forward)
+
+
+# %%
+def forward_fixed(model: ivqvae.IVQVAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_hat, vq_loss) for images x in [-1, 1], with the gradients of model(x)."""
     # YOUR CODE HERE
     raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
 
 
 # %%
-checks.check_reconstruct(reconstruct)
+checks.check_forward_fixed(forward_fixed)
+
+
+# %%
+def gradient_reach(forward) -> dict[str, float]:
+    """Total |gradient| each part of the trained model receives from L1 + L_vq on 16 held-out faces."""
+    x = held_images[:16].to(device)
+    model.zero_grad()
+    x_hat, vq_loss = forward(model, x)
+    ((x_hat - x).abs().mean() + vq_loss).backward()
+    reach = {part: sum(p.grad.abs().sum().item() for p in getattr(model, part).parameters() if p.grad is not None)
+             for part in ("encoder", "quantizer", "decoder")}
+    model.zero_grad()
+    return reach
+
+
+for name, forward in [("buggy_forward", buggy_forward), ("forward_fixed", forward_fixed)]:
+    try:
+        print(f"{name:>14}: " + ", ".join(f"{part} {g:.3g}" for part, g in gradient_reach(forward).items()))
+    except NotImplementedError:
+        print(f"{name:>14}: finish exercise 1 to see this")
 
 # %% [markdown]
-# **Exercise 2 (find the bugs).** Somebody wrote Algorithm 1's training step from memory. Before it crashes, it
+# **Exercise 2 (find the bugs, stretching).** Somebody wrote Algorithm 1's training step from memory. Before it crashes, it
 # trains something other than what eq. 15 says, and it has four bugs in all. Find them (running it on the tiny
 # model of section 2 helps), then write a correct `training_step`: the check trains your step and the package's
 # side by side and compares every parameter after each step.

@@ -30,8 +30,8 @@
 # - build attention from scratch, equal to PyTorch's `scaled_dot_product_attention` and the package's `AttnBlock`;
 # - see why the scores are divided by $\sqrt{C}$, and look at attention maps on toy faces;
 # - measure attention's time and memory from $8\times8$ to $64\times64$, and see why the paper uses it at $16\times16$;
-# - settle what the paper's "multi-head" sentence means for its single-head equations, and build that reading;
-# - predict, then measure, what attention does when the pixels are shuffled.
+# - settle what the paper's "multi-head" sentence means for its single-head equations, and repair that reading;
+# - predict, then measure, one output pixel's reach, and what shuffling the pixels does.
 
 # %%
 import math
@@ -232,7 +232,7 @@ for side in [256, 128, 64, 32, 16, 8, 4]:
 # > (the paper does not mention a normalisation there). `AttnBlock(C, num_heads=n)` shows what the
 # > multi-head reading would be: the same four $1\times1$ convolutions (so the same parameter count), with
 # > the channels split into $n$ heads that each attend on their own and are scaled by $\sqrt{C/n}$
-# > (exercises 1 and 2 build it). It computes a different function from the same weights:
+# > (exercise 3 repairs a hand-written one). It computes a different function from the same weights:
 
 # %%
 single, multi = blocks.AttnBlock(C, num_groups=8), blocks.AttnBlock(C, num_heads=4, num_groups=8)
@@ -245,58 +245,60 @@ print("attention maps:", tuple(single.attention_map(h).shape), "vs", tuple(multi
 # %% [markdown]
 # ## Exercises
 #
-# **Exercise 1 (warm-up).** The multi-head reading of eq. 8-10 splits the $C$ channels of every token
-# into $n$ heads of $C/n$ **neighbouring** channels: head 0 gets channels $0 \dots C/n - 1$, head 1 the
-# next $C/n$, and so on. Write `split_heads(x, num_heads)`: $(B, N, C) \to (B, n, N, C/n)$, so that
-# `split_heads(x, n)[:, i]` holds head $i$ of every token.
+# **Exercise 1 (predict, then measure).** Take the $16\times16$ map `h` of the walkthrough and its centre pixel
+# $(8, 8)$. On how many of the 256 input pixels does that one output pixel depend, after a $3\times3$
+# convolution, after two $3\times3$ convolutions in a row, and after the attention block `package`? *Write your
+# prediction in the first cell below* (three numbers), before measuring.
+#
+# To measure it, write `pixels_seen(block, x, row, col)`: an $(H, W)$ bool map, `True` where the output pixel
+# `(row, col)` of `block(x)` (all its channels, every sample) depends on the input pixel. You need no formula
+# for each block: autograd knows which inputs an output was computed from.
 
 # %%
-def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """(B, N, C) -> (B, heads, N, C / heads); head i holds channels i*C/heads ... (i+1)*C/heads - 1."""
+def predicted_pixels_seen() -> dict[str, int]:
+    """Of the 256 pixels of h, how many the centre output pixel depends on, for each block."""
     ### BEGIN SOLUTION
-    b, n, c = x.shape
-    return x.view(b, n, num_heads, c // num_heads).permute(0, 2, 1, 3)
+    return {"3x3 convolution": 9, "two 3x3 convolutions": 25, "attention block": 256}
     ### END SOLUTION
 
 
 # %%
-checks.check_split_heads(split_heads)
-
-# %% [markdown]
-# **Exercise 2 (a variant of what the walkthrough built).** Write multi-head attention on tokens:
-# `multi_head_attention(q, k, v, num_heads)` takes $(B, N, C)$ queries, keys and values, lets every head
-# attend on its own with eq. 9's softmax scaled by its own width, $\sqrt{C/n}$, and returns the heads'
-# outputs put back side by side, $(B, N, C)$, channels in the same order as the input's. You may use
-# your `split_heads`, `blocks.attention_weights` or `F.scaled_dot_product_attention`.
-
-# %%
-def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """(B, N, C) queries, keys, values -> (B, N, C): eq. 9-10's weighting done per head of C / num_heads channels."""
+def pixels_seen(block: nn.Module, x: torch.Tensor, row: int, col: int) -> torch.Tensor:
+    """(H, W) bool: True where output pixel (row, col) of block(x) depends on that input pixel."""
     ### BEGIN SOLUTION
-    heads = F.scaled_dot_product_attention(*(split_heads(t, num_heads) for t in (q, k, v)))  # (B, n, N, C/n)
-    b, n, tokens, d = heads.shape
-    return heads.transpose(1, 2).reshape(b, tokens, n * d)
+    x = x.detach().clone().requires_grad_(True)
+    block(x)[:, :, row, col].sum().backward()
+    return x.grad.abs().sum(dim=(0, 1)) > 0
     ### END SOLUTION
 
 
 # %%
-checks.check_multi_head_attention(multi_head_attention)
-
-# %% [markdown]
-# With your function, the package's 4-head block is eq. 8, your attention, and eq. 10:
+checks.check_pixels_seen(checks.with_prediction(predicted_pixels_seen, pixels_seen))
 
 # %%
+conv_a, conv_b = nn.Conv2d(C, C, 3, padding=1), nn.Conv2d(C, C, 3, padding=1)
+reach_blocks = {"3x3 convolution": conv_a, "two 3x3 convolutions": nn.Sequential(conv_a, conv_b),
+                "attention block": package}
+seen = {}
 try:
-    hn = multi.norm(h)
-    q4, k4, v4 = (conv(hn).flatten(2).transpose(1, 2) for conv in (multi.q, multi.k, multi.v))  # (B, HW, C)
-    mixed = multi_head_attention(q4, k4, v4, 4).transpose(1, 2).reshape(h.shape)  # (B, HW, C) -> (B, C, H, W)
-    torch.testing.assert_close(h + multi.proj_out(mixed), multi(h))
-    print("eq. 8 + your multi_head_attention + eq. 10 == blocks.AttnBlock(C, num_heads=4)")
+    seen = {name: pixels_seen(block, h, 8, 8) for name, block in reach_blocks.items()}
 except NotImplementedError:
-    print("finish exercises 1 and 2 to see this comparison")
+    print("finish exercise 1 to see this measurement")
+else:
+    fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.6))
+    for ax, (name, mask) in zip(axes, seen.items()):
+        ax.imshow(mask, cmap="gray", vmin=0, vmax=1), ax.plot(8, 8, "r+", ms=10), ax.set_axis_off()
+        ax.set_title(f"{name}: {int(mask.sum())} pixels", fontsize=9)
+    plt.show()
+
+# %%
+checks.compare_prediction(predicted_pixels_seen, {name: int(mask.sum()) for name, mask in seen.items()})
 
 # %% [markdown]
-# **Exercise 3 (predict, then measure).** Shuffle the $H \cdot W$ pixels of a feature map with a random
+# How many $3\times3$ convolutions in a row would it take for the centre pixel to see the whole $16\times16$
+# map, and for a corner pixel? That is the depth one attention block saves the encoder.
+#
+# **Exercise 2 (predict, then measure).** Shuffle the $H \cdot W$ pixels of a feature map with a random
 # permutation, run a block, and put the output's pixels back in their original order. *Before running
 # anything, write down your prediction* for two blocks: the attention block `package` from the
 # walkthrough, and a $3\times3$ convolution. Will the result equal the block's output on the unshuffled map
@@ -329,13 +331,55 @@ try:
             gap = (round_trip - direct).abs().max() / direct.abs().max()
             print(f"{name:>16}: largest |shuffled round trip - direct| = {gap:.1e} of the output's scale")
 except NotImplementedError:
-    print("finish exercise 3 to see this measurement")
+    print("finish exercise 2 to see this measurement")
 
 # %% [markdown]
 # Compare with your prediction. What does the result say about how much an attention block knows about
 # *where* a pixel is? The FFTD Transformer of chapter 08 works on tokens too, and adds position
 # embeddings to them: this measurement is the reason.
 #
+# **Exercise 3 (find the bugs, stretching).** A colleague wrote the multi-head reading of the block (E17) in one
+# function, with the channels kept before the pixels. It runs, and with one head it even looks plausible, but
+# it has three bugs: its output differs from `blocks.AttnBlock(C, num_heads=n)` with the same weights. Find
+# them and write `attention_fixed(block, x)`, equal to `block(x)` for any number of heads, using the block's
+# layers (`block.norm`, `block.q`, `block.k`, `block.v`, `block.proj_out`) but not the block's own methods.
+# The check tells you how many bugs remain and gives one nudge per try.
+
+# %%
+def buggy_attention(block: blocks.AttnBlock, x: torch.Tensor) -> torch.Tensor:
+    b, c, height, width = x.shape
+    n, d = block.num_heads, c // block.num_heads
+    hn = block.norm(x)
+    q, k, v = (conv(hn).view(b, n, d, height * width) for conv in (block.q, block.k, block.v))  # (B, heads, d, HW)
+    scores = torch.einsum("bhci,bhcj->bhij", q, k) / math.sqrt(c)  # score of query pixel i for key pixel j
+    weights = scores.softmax(dim=2)
+    out = torch.einsum("bhij,bhcj->bhic", weights, v)  # every query pixel's weighted average of the values
+    return x + block.proj_out(out.reshape(b, c, height, width))
+
+
+with checks.lenient():  # show the FAIL without stopping the test run
+    checks.check_attention_fixed(buggy_attention)
+
+
+# %%
+def attention_fixed(block: blocks.AttnBlock, x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H, W): equal to block(x) for blocks.AttnBlock(C, num_heads=n)."""
+    ### BEGIN SOLUTION
+    b, c, height, width = x.shape
+    n, d = block.num_heads, c // block.num_heads
+    hn = block.norm(x)
+    q, k, v = (conv(hn).view(b, n, d, height * width) for conv in (block.q, block.k, block.v))  # (B, heads, d, HW)
+    scores = torch.einsum("bhci,bhcj->bhij", q, k) / math.sqrt(d)  # each head scaled by its own width
+    weights = scores.softmax(dim=-1)  # row i (query pixel i) sums to 1 over the keys j
+    out = torch.einsum("bhij,bhcj->bhci", weights, v)  # (B, heads, d, HW): a head's channels together, then pixels
+    return x + block.proj_out(out.reshape(b, c, height, width))
+    ### END SOLUTION
+
+
+# %%
+checks.check_attention_fixed(attention_fixed)
+
+# %% [markdown]
 # ## Going further
 #
 # No checks here: questions to explore with the code above.
@@ -346,7 +390,7 @@ except NotImplementedError:
 #   pixel attend to?" section in one head and zeros in the others. What do the other heads' maps show, and why?
 # - **Memory at the paper's scale.** At batch 16, 4 heads, bfloat16: at which resolution does one layer's
 #   explicit $W$ outgrow an 80 GB GPU? What does the fused kernel change?
-# - **Positions.** Add a sinusoidal position embedding to `h` before the block and repeat exercise 3's
+# - **Positions.** Add a sinusoidal position embedding to `h` before the block and repeat exercise 2's
 #   measurement. Where must the embedding go for the round trip to break?
 
 # %% [markdown]
@@ -360,7 +404,7 @@ except NotImplementedError:
 # - The paper's equations are single-head; so is our default. The multi-head reading splits the
 #   channels into heads, each scaled by its own width (E17).
 # - Attention alone does not know where a pixel is: shuffling the pixels commutes with it (measured in
-#   exercise 3).
+#   exercise 2).
 #
 # Next: chapter 03 turns the encoder's output into codebook entries: vector quantization.
 

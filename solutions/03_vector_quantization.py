@@ -302,7 +302,7 @@ def train_with(make_quantizer, progress) -> dict:
         out = quantizer(encoder(held_images))
         l1 = (decoder(out.z_q) - held_images).abs().mean().item()
     return dict(curve=curve, usage=quantize.codebook_usage(out.indices, num_codes), l1=l1,
-                quantizer=quantizer, encoder=encoder)
+                quantizer=quantizer, encoder=encoder, decoder=decoder)
 
 
 # %%
@@ -456,24 +456,80 @@ print("lookup(indices) gives back z_q, and snap(z_q) gives back the indices")
 # %% [markdown]
 # ## Exercises
 #
-# **Exercise 1 (warm-up).** Write `perplexity(indices, num_codes)`: the exponential of the entropy of
-# the code histogram,
-# $$\mathrm{PPL} = \exp\Big(-\sum_{k:\, p_k > 0} p_k \log p_k\Big), \qquad p_k = \frac{n_k}{N},$$
-# where $n_k$ counts how often code $k$ occurs among the $N$ indices. It is 1 when one code takes
-# everything and `num_codes` when all are used equally. Return a float or a 0-d tensor.
+# **Exercise 1 (predict, then measure).** Plain VQ above ended with most of its codebook dead. Dead-code
+# replacement (section 4) moves every code that no encoder output chose onto a recent encoder output. Do it
+# once, by hand, to the trained plain-VQ model, then look at the held-out faces again. *Write your prediction in
+# the first cell below:* how many codes will the held-out faces use, with what perplexity, and will the held-out
+# L1 of the unchanged decoder get `"better"`, `"worse"` or stay `"about the same"`? (Section 4's table gives the
+# values before.)
+#
+# Then write `revive_dead_codes(codebook, counts, candidates, generator)`: a new codebook in which every code
+# with `counts == 0` sits on its own candidate row, drawn at random with `generator` (there are at least as many
+# candidates as dead codes), while every used code stays where it was. The cell after the check counts uses on
+# the training faces, revives the dead codes onto training outputs, and measures on held-out faces.
 
 # %%
-def perplexity(indices: torch.Tensor, num_codes: int) -> float:
-    """exp(entropy) of the empirical distribution of code indices (any shape)."""
+def predicted_revival() -> dict:
+    """After the revival, on held-out faces: codes used, perplexity, and "better", "worse" or "about the same" L1."""
     ### BEGIN SOLUTION
-    counts = torch.bincount(indices.flatten(), minlength=num_codes).double()
-    p = counts[counts > 0] / counts.sum()
-    return torch.exp(-(p * p.log()).sum()).item()
+    return {"codes used": 800, "perplexity": 600, "held-out L1": "worse"}
     ### END SOLUTION
 
 
 # %%
-checks.check_perplexity(perplexity)
+def revive_dead_codes(codebook: torch.Tensor, counts: torch.Tensor, candidates: torch.Tensor,
+                      generator: torch.Generator) -> torch.Tensor:
+    """(K, D), (K,) counts, (N, D) -> (K, D): every code with count 0 moved onto a different random candidate."""
+    ### BEGIN SOLUTION
+    dead = (counts == 0).nonzero().squeeze(1)
+    pick = torch.randperm(len(candidates), generator=generator)[: len(dead)].to(candidates.device)
+    revived = codebook.clone()
+    revived[dead] = candidates[pick].to(codebook.dtype)
+    return revived
+    ### END SOLUTION
+
+
+# %%
+checks.check_revive_dead_codes(checks.with_prediction(predicted_revival, revive_dead_codes))
+
+# %%
+plain = results["plain VQ"]
+with torch.no_grad():  # (B, 4, h, w) -> (B h w, 4): one row per encoder output
+    z_train, z_held = (plain["encoder"](x).permute(0, 2, 3, 1).reshape(-1, 4) for x in (train_images, held_images))
+codes = plain["quantizer"].codes().detach()
+train_counts = torch.bincount(quantize.nearest_code(z_train, codes), minlength=num_codes)
+print(f"{int((train_counts == 0).sum())} of {num_codes} codes are dead on the {len(z_train)} training outputs")
+
+
+@torch.no_grad()
+def held_out(codebook: torch.Tensor) -> tuple[int, float, float]:
+    """Codes used, perplexity and the decoder's L1 on the held-out faces, with their vectors snapped to codebook."""
+    idx = quantize.nearest_code(z_held, codebook)
+    usage = quantize.codebook_usage(idx, num_codes)
+    z_q = codebook[idx].view(len(held_images), 4, 4, 4).permute(0, 3, 1, 2)  # rows back to (B, 4, 4, 4)
+    return usage.distinct, usage.perplexity, (plain["decoder"](z_q) - held_images).abs().mean().item()
+
+
+# %%
+revival = {}
+try:
+    revived = revive_dead_codes(codes, train_counts, z_train, torch.Generator().manual_seed(0))
+except NotImplementedError:
+    print("finish exercise 1 to see this measurement")
+else:
+    (used0, ppl0, l1_0), (used1, ppl1, l1_1) = held_out(codes), held_out(revived)
+    print(f"held-out faces before: {used0} codes, perplexity {ppl0:.1f}, L1 {l1_0:.4f}")
+    print(f"held-out faces after:  {used1} codes, perplexity {ppl1:.1f}, L1 {l1_1:.4f}")
+    word = "about the same" if abs(l1_1 - l1_0) < 0.02 * l1_0 else "better" if l1_1 < l1_0 else "worse"
+    revival = {"codes used": used1, "perplexity": ppl1, "held-out L1": f"{word} ({l1_0:.4f} -> {l1_1:.4f})"}
+
+# %%
+checks.compare_prediction(predicted_revival, revival)
+
+# %% [markdown]
+# Perplexity counts how evenly the codes are *chosen*; it cannot tell whether the decoder knows what a chosen code
+# means. A revived code sits on real data, but the decoder has never seen it. That is why the package revives codes
+# during training, one usage window at a time, so that the decoder learns each new code before the next check.
 
 # %% [markdown]
 # **Exercise 2 (predict, then measure).** Plain VQ starts from taming's codebook, uniform in
@@ -584,7 +640,7 @@ except NotImplementedError:
 # jumps as far as a busy one. Look at what it does to a code with $n_k = 0$, and compare with
 # section 4's dead codes (the "Going further" list comes back to it).
 #
-# **Exercise 4 (find the bug).** A colleague wrote the quantizer of section 3 by hand. It runs, every
+# **Exercise 4 (find the bug, stretching).** A colleague wrote the quantizer of section 3 by hand. It runs, every
 # shape is right, the loss has the right value, and yet it has **two bugs**. Find them with the check's
 # report, then write the corrected `vq_fixed(z_e, codebook, beta)`: `(z_q, loss)` as
 # `quantize.VectorQuantizer` computes them (values *and* the gradients that reach `z_e` and the codebook).

@@ -195,48 +195,6 @@ def pixels_chw(x):  # channels still first
     return ((x + 1) * 127.5).round().to(torch.uint8)
 
 
-def heads_loop(x, n):  # an independent answer: slice the channels head by head
-    d = x.shape[-1] // n
-    return torch.stack([x[..., i * d:(i + 1) * d] for i in range(n)], dim=1)
-
-
-def heads_view_only(x, n):  # reshapes straight to (B, n, N, d): mixes tokens and channels
-    b, t, c = x.shape
-    return x.reshape(b, n, t, c // n)
-
-
-def heads_interleaved(x, n):  # head i gets channels i, i + n, i + 2n, ...
-    b, t, c = x.shape
-    return x.view(b, t, c // n, n).permute(0, 3, 1, 2)
-
-
-def heads_not_moved(x, n):  # (B, N, n, d): right groups, wrong axis order
-    b, t, c = x.shape
-    return x.view(b, t, n, c // n)
-
-
-def mha_loop(q, k, v, n):
-    d = q.shape[-1] // n
-    outs = []
-    for i in range(n):
-        qi, ki, vi = (t[..., i * d:(i + 1) * d] for t in (q, k, v))
-        outs.append(torch.softmax(qi @ ki.transpose(-2, -1) / d ** 0.5, dim=-1) @ vi)
-    return torch.cat(outs, dim=-1)
-
-
-def mha_full_width_scale(q, k, v, n):  # scales every head by sqrt(C) instead of sqrt(C / n)
-    return mha_loop(q * (1 / n) ** 0.5, k, v, n)
-
-
-def mha_bad_merge(q, k, v, n):  # heads merged without moving the head axis back
-    heads = F.scaled_dot_product_attention(heads_loop(q, n), heads_loop(k, n), heads_loop(v, n))
-    return heads.reshape(q.shape[0], q.shape[1], -1)
-
-
-def mha_single_head(q, k, v, n):  # ignores num_heads
-    return F.scaled_dot_product_attention(q, k, v)
-
-
 def shuffle_loop(x, perm):
     flat = x.flatten(2)
     return torch.stack([flat[..., int(p)] for p in perm], dim=-1).reshape(x.shape)
@@ -267,8 +225,6 @@ CASES = [
      [PreActivationOrder, SwishBeforeTheSum, NormAfterTheSum, PlainSkip, RenamedPostActivation]),
     (checks.check_group_norm, gn_by_hand,
      [gn_interleaved, gn_unbiased, gn_no_affine, gn_batch_stats]),
-    (checks.check_split_heads, heads_loop, [heads_view_only, heads_interleaved, heads_not_moved]),
-    (checks.check_multi_head_attention, mha_loop, [mha_full_width_scale, mha_bad_merge, mha_single_head]),
     (checks.check_shuffle_pixels, shuffle_loop, [shuffle_scatter, shuffle_rows_only]),
 ]
 

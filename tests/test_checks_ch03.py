@@ -1,7 +1,6 @@
 """Chapter 03's exercise checks: the reference answers pass, plausible wrong answers fail (and raise in strict
 mode), and stubs are reported as "not attempted"."""
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -113,25 +112,46 @@ def vq_wrong_layout(z_e, codebook, beta):  # flattens (B, C, H, W) without movin
     return (flat + (e - flat).detach()).reshape(b, c, h, w), loss
 
 
-# ---- exercise 1: perplexity -------------------------------------------------------------------------
+# ---- exercise 1: reviving dead codes ---------------------------------------------------------------
 
-def perplexity_reference(indices, num_codes):
-    counts = torch.bincount(indices.flatten(), minlength=num_codes).double()
-    p = counts[counts > 0] / counts.sum()
-    return math.exp(-(p * p.log()).sum().item())
-
-
-def perplexity_distinct(indices, num_codes):  # counts codes, ignores how unevenly they are used
-    return float(indices.unique().numel())
-
-
-def perplexity_entropy_only(indices, num_codes):  # forgot the exp
-    return math.log(perplexity_reference(indices, num_codes))
+def revive_loop(codebook, counts, candidates, generator):  # an independent answer: one dead code at a time
+    order = torch.randperm(len(candidates), generator=generator).tolist()
+    revived = codebook.clone()
+    for k in range(len(codebook)):
+        if counts[k] == 0:
+            revived[k] = candidates[order.pop(0)]
+    return revived
 
 
-def perplexity_nan(indices, num_codes):  # 0 * log 0 = nan when unused codes are kept
-    p = torch.bincount(indices.flatten(), minlength=num_codes).double() / indices.numel()
-    return torch.exp(-(p * p.log()).sum())
+def revive_live_ones(codebook, counts, candidates, generator):  # the mask the wrong way round
+    return revive_loop(codebook, (counts == 0).long(), candidates, generator)
+
+
+def revive_with_replacement(codebook, counts, candidates, generator):  # two codes may land on one candidate
+    dead = counts == 0
+    revived = codebook.clone()
+    revived[dead] = candidates[torch.randint(len(candidates), (int(dead.sum()),), generator=generator)]
+    return revived
+
+
+def revive_first_candidates(codebook, counts, candidates, generator):  # no randomness: the oldest outputs only
+    dead = counts == 0
+    revived = codebook.clone()
+    revived[dead] = candidates[: int(dead.sum())]
+    return revived
+
+
+def revive_in_place(codebook, counts, candidates, generator):  # moves the caller's codes
+    dead = counts == 0
+    codebook[dead] = candidates[torch.randperm(len(candidates), generator=generator)[: int(dead.sum())]]
+    return codebook
+
+
+def revive_global_rng(codebook, counts, candidates, generator):  # ignores the generator it was given
+    dead = counts == 0
+    revived = codebook.clone()
+    revived[dead] = candidates[torch.randperm(len(candidates))[: int(dead.sum())]]
+    return revived
 
 
 CASES = [
@@ -140,7 +160,8 @@ CASES = [
     (checks.check_ema_codebook_step, ema_loop, [ema_moves_unused, ema_sum_not_mean, ema_decay_swapped, ema_in_place]),
     (checks.check_vq_straight_through, vq_reference,
      [vq_legacy_beta, vq_no_straight_through, vq_no_stop_gradient, vq_wrong_layout]),
-    (checks.check_perplexity, perplexity_reference, [perplexity_distinct, perplexity_entropy_only, perplexity_nan]),
+    (checks.check_revive_dead_codes, revive_loop,
+     [revive_live_ones, revive_with_replacement, revive_first_candidates, revive_in_place, revive_global_rng]),
 ]
 
 test_reference_passes_wrong_fails_stub_not_attempted, test_strict_mode_raises_on_every_wrong_answer = contract_tests(
@@ -153,4 +174,7 @@ def test_failure_messages_say_what_differs(lenient_env):
     assert "int64" in checks.check_tiny_code_winner(winner_float).message
     assert "nearest codes" in checks.check_tiny_code_winner(winner_nearest).message
     assert "modified" in checks.check_ema_codebook_step(ema_in_place).message
-    assert "NaN" in checks.check_perplexity(perplexity_nan).message
+    assert "two codes or more" in checks.check_revive_dead_codes(revive_with_replacement).message
+    assert "at random" in checks.check_revive_dead_codes(revive_first_candidates).message
+    assert "modified its inputs" in checks.check_revive_dead_codes(revive_in_place).message
+    assert "used moved" in checks.check_revive_dead_codes(revive_live_ones).message

@@ -1,24 +1,43 @@
 """Chapter 05's checks: the reference passes, plausible wrong answers fail (and raise in strict mode), stubs are
 "not attempted"."""
 
-from fftd_course import checks
+import pytest
+import torch
+
+from fftd_course import checks, ivqvae
 
 from check_contract import chapter_function, contract_tests
 
-
-def reconstruct_reference(model, x):
-    q = model.quantize(model.encode(x))
-    return model.decode(q.z_q), q.loss
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread runs them fastest
 
 
-def reconstruct_detached_codes(model, x):  # decodes the codes without the straight-through gradient
-    q = model.quantize(model.encode(x))
-    return model.decode(q.z_q.detach()), q.loss
+def forward_flawed(rescale=False, lookup=False, detach_loss=False):
+    """The chapter's forward pass with any of its three bugs switched on (all off: a correct answer)."""
+
+    def fn(model, x):
+        q = model.quantize(model.encode(2 * x - 1 if rescale else x))
+        x_hat = model.decode(model.quantizer.lookup(q.indices) if lookup else q.z_q)
+        return x_hat, q.loss.detach() if detach_loss else q.loss
+
+    return fn
 
 
-def reconstruct_unquantized(model, x):  # skips the quantizer's snapping
+def forward_by_hand(model, x):  # an independent answer: the straight-through estimator written out
+    z = model.encode(x)
+    q = model.quantize(z)
+    codes = model.quantizer.lookup(q.indices)
+    z_e = torch.nn.functional.normalize(z, dim=1) if model.quantizer.l2_normalize else z
+    return model.decode(z_e + (codes - z_e).detach()), q.loss
+
+
+def forward_unquantized(model, x):  # skips the quantizer's snapping
     z = model.encode(x)
     return model.decode(z), model.quantize(z).loss
+
+
+def forward_loss_as_float(model, x):  # L_vq as a Python number
+    x_hat, vq_loss = forward_flawed()(model, x)
+    return x_hat, float(vq_loss)
 
 
 def flawed_step(zero_grad_ae: bool = True, pass_vq_loss: bool = True, discriminator_first: bool = False):
@@ -49,7 +68,9 @@ def flawed_step(zero_grad_ae: bool = True, pass_vq_loss: bool = True, discrimina
 
 
 CASES = [
-    (checks.check_reconstruct, reconstruct_reference, [reconstruct_detached_codes, reconstruct_unquantized]),
+    (checks.check_forward_fixed, forward_by_hand,
+     [forward_flawed(rescale=True), forward_flawed(lookup=True), forward_flawed(detach_loss=True), forward_unquantized,
+      forward_loss_as_float]),
     (checks.check_training_step, flawed_step(),  # the defaults: a correct step, written without the package
      [flawed_step(zero_grad_ae=False), flawed_step(pass_vq_loss=False), flawed_step(discriminator_first=True)]),
 ]
@@ -103,3 +124,13 @@ def test_the_chapters_buggy_step_fails(lenient_env):
 def test_the_bug_count_follows_the_fixes(lenient_env):
     """Each of the four bugs has its own sub-test: one left in is counted as one."""
     assert "1 of the 4 bugs" in checks.check_training_step(flawed_step(pass_vq_loss=False)).message
+
+
+def test_the_chapters_forward_pass_bugs_are_counted(lenient_env):
+    buggy = chapter_function("05_ivqvae", "buggy_forward", ivqvae=ivqvae, torch=torch)
+    result = checks.check_forward_fixed(buggy)
+    assert result.status == "fail"
+    assert "3 of the 3 bugs" in result.message and result.message.count("nudge") == 1
+    assert "2 of the 3 bugs" in checks.check_forward_fixed(forward_flawed(lookup=True, detach_loss=True)).message
+    assert "1 of the 3 bugs" in checks.check_forward_fixed(forward_flawed(rescale=True)).message
+    assert checks.check_forward_fixed(chapter_function("05_ivqvae", "forward_fixed", ivqvae=ivqvae, torch=torch))

@@ -21,7 +21,7 @@ from fftd_course import blocks, checkpoints, diffusion, fftd, fusion, losses, pi
 from fftd_course.checks import core
 from fftd_course.evaluation import metrics
 from fftd_course.fusion import grid_to_tokens, tokens_to_grid
-from fftd_course.quantize import codebook_usage  # a learner's own alias of a package function
+from fftd_course.quantize import nearest_code  # a learner's own alias of a package function
 
 from check_contract import chapter_function
 
@@ -95,6 +95,16 @@ def _fair_pair_from_the_lab(a, b, ref):
     return Lab.distance(None, None, a[:n], ref)["fid"], Lab.distance(None, None, b[:n], ref)["fid"]
 
 
+def _revive_by_the_quantizer(codebook, counts, candidates, generator):
+    vq = quantize.VectorQuantizer(codebook.shape[0], codebook.shape[1], replace_dead_codes=True,
+                                  buffer_size=len(candidates))
+    with torch.no_grad():
+        vq.codebook.copy_(codebook), vq.counts_since_check.copy_(counts), vq.recent_z.copy_(candidates)
+        vq.recent_z_count.fill_(len(candidates))
+    vq.replace_dead_codes_now()
+    return vq.codebook.detach().clone()
+
+
 def _trainer_lr_factor(config, step, horizon):
     from fftd_course.training.stages.base import Stage
 
@@ -108,16 +118,10 @@ SHORTCUTS = {
     "check_swish_derivative": [_swish_by_autograd],
     "check_post_activation_block": [ResBlockShortcut],
     "check_group_norm": [lambda x, g, w, b, eps: F.group_norm(x, g, w, b, eps), _group_norm_module],
-    "check_pixels_seen": [lambda block, x, r, c: blocks.AttnBlock.attention_map(block, x)[0, 0].sum(0).view(
-        x.shape[-2:]) > 0],
-    "check_attention_fixed": [lambda block, x: block(x), lambda block, x: blocks.AttnBlock.forward(block, x),
-                              lambda block, x: x + block.proj_out((blocks.attention_weights(*block.qkv(x)[:2])
-                                                                   @ block.qkv(x)[2]).transpose(-2, -1).reshape(x.shape))],
     "check_shuffle_pixels": [lambda x, perm: tokens_to_grid(grid_to_tokens(x)[:, perm])],
-    "check_perplexity": [lambda idx, n: quantize.codebook_usage(idx, n).perplexity,   # the audit's shortcut
-                         lambda idx, n: codebook_usage(idx, n).perplexity,            # through the learner's alias
-                         lambda idx, n: metrics.codebook_usage(idx, n).perplexity],   # through a re-export
-    "check_tiny_code_winner": [lambda z, codes: quantize.nearest_code(z, codes * 1e-6)],
+    "check_revive_dead_codes": [_revive_by_the_quantizer],
+    "check_tiny_code_winner": [lambda z, codes: quantize.nearest_code(z, codes * 1e-6),
+                               lambda z, codes: nearest_code(z, codes * 1e-6)],  # through the learner's alias
     "check_ema_codebook_step": [lambda codebook, z, idx, decay: quantize.kmeans(z, codebook.shape[0], iters=1)],
     "check_vq_straight_through": [_vq_module],
     "check_vanilla_d_loss": [lambda real, fake: losses.hinge_d_loss(real, fake)],
@@ -162,7 +166,9 @@ SHORTCUTS = {
                                                                               for x in batches])))],
     "check_pixels_seen": [lambda block, x, row, col: blocks.AttnBlock.attention_map(block, x)[0, 0, row].view(
         x.shape[-2:]) > 0],
-    "check_attention_fixed": [lambda block, x: block(x), lambda block, x: blocks.AttnBlock.forward(block, x)],
+    "check_attention_fixed": [lambda block, x: block(x), lambda block, x: blocks.AttnBlock.forward(block, x),
+                              lambda block, x: x + block.proj_out((blocks.attention_weights(*block.qkv(x)[:2])
+                                                                   @ block.qkv(x)[2]).transpose(-2, -1).reshape(x.shape))],
     "check_kid_unbiased": [lambda a, b: metrics.kid_from_features(a, b, subsets=1).value],
     "check_fair_fid_pair": [_fair_pair_from_the_lab],
 }
@@ -175,7 +181,8 @@ WRITTEN = [name for name in EXERCISES if name in SHORTCUTS]  # (an entry of an e
 def test_the_exercises_and_the_shortcuts_written_out():
     assert len(EXERCISES) >= 36
     assert all(name in checks.__all__ for name in EXERCISES)
-    audit = ["check_perplexity", "check_adaptive_weight", "check_training_step", "check_fuse_fixed",
+    # (the audit's seventh, chapter 03's perplexity through codebook_usage, left with the exercise it answered)
+    audit = ["check_adaptive_weight", "check_training_step", "check_fuse_fixed",
              "check_fftd_forward", "check_decode_sample", "check_save_checkpoint_atomically"]
     assert set(audit) <= set(WRITTEN)  # the shortcuts the audit found are among those written out
     assert len(WRITTEN) >= 30
@@ -242,28 +249,24 @@ def test_the_shortcut_raises_in_strict_mode(name, strict):
 
 
 def test_the_stand_ins_are_gone_after_the_check(lenient_env):
-    real = (quantize.codebook_usage, metrics.codebook_usage, codebook_usage, fftd.FFTD.forward, F.group_norm,
-            os.replace, torch.save)
-    checks.check_perplexity(lambda idx, n: quantize.codebook_usage(idx, n).perplexity)
+    real = (quantize.nearest_code, nearest_code, fftd.FFTD.forward, F.group_norm, os.replace, torch.save)
+    checks.check_tiny_code_winner(lambda z, codes: nearest_code(z, codes))
     checks.check_fftd_forward(lambda model, x_t, t, y: model(x_t, t, y))
     checks.check_group_norm(lambda x, g, w, b, eps: F.group_norm(x, g, w, b, eps))
     checks.check_save_checkpoint_atomically(lambda obj, path: checkpoints.atomic_save(obj, path))
-    assert (quantize.codebook_usage, metrics.codebook_usage, codebook_usage, fftd.FFTD.forward, F.group_norm,
-            os.replace, torch.save) == real
-    assert quantize.codebook_usage(torch.zeros(4, dtype=torch.long), 2).perplexity == 1.0
+    assert (quantize.nearest_code, nearest_code, fftd.FFTD.forward, F.group_norm, os.replace, torch.save) == real
+    assert quantize.nearest_code(torch.ones(1, 2), torch.eye(2) * 2).tolist() == [0]
 
 
 def test_a_caught_stand_in_still_fails(lenient_env):
     """An answer that tries the package first and falls back to its own code is still refused."""
-    def perplexity(indices, num_codes):
+    def winner(z, codebook):
         try:
-            return codebook_usage(indices, num_codes).perplexity
+            return nearest_code(z, codebook * 1e-6)
         except Exception:
-            counts = torch.bincount(indices.flatten(), minlength=num_codes).double()
-            p = counts[counts > 0] / counts.sum()
-            return float(torch.exp(-(p * p.log()).sum()))
+            return (z @ codebook.T).argmax(dim=1)
 
-    result = checks.check_perplexity(perplexity)
+    result = checks.check_tiny_code_winner(winner)
     assert result.status == "fail" and "write it yourself" in result.message
 
 

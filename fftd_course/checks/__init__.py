@@ -6,10 +6,10 @@ Each chapter's checks live in ``chNN.py``; all are importable from here.
 
 from .ch00 import check_channel_stats, check_count_shared, check_to_pixels
 from .ch01 import check_group_norm, check_post_activation_block, check_swish_derivative
-from .ch02 import check_multi_head_attention, check_shuffle_pixels, check_split_heads
-from .ch03 import check_ema_codebook_step, check_perplexity, check_tiny_code_winner, check_vq_straight_through
+from .ch02 import check_attention_fixed, check_pixels_seen, check_shuffle_pixels
+from .ch03 import check_ema_codebook_step, check_revive_dead_codes, check_tiny_code_winner, check_vq_straight_through
 from .ch04 import check_adaptive_weight, check_receptive_field, check_vanilla_d_loss
-from .ch05 import check_code_influence, check_reconstruct, check_training_step
+from .ch05 import check_code_influence, check_forward_fixed, check_training_step
 from .ch06 import check_ddim_sampler, check_ddim_step_v, check_exact_inversion
 from .ch07 import check_cbam_channel_weights, check_fuse_fixed, check_spatial_gate_as_linears
 from .ch08 import check_fftd_forward, check_resampling_parameters, check_unpatchify
@@ -23,10 +23,10 @@ __all__ = [
     "CheckResult", "ExerciseFailed", "lenient", "run_check",
     "check_count_shared", "check_to_pixels", "check_channel_stats",
     "check_swish_derivative", "check_post_activation_block", "check_group_norm",
-    "check_split_heads", "check_multi_head_attention", "check_shuffle_pixels",
-    "check_perplexity", "check_tiny_code_winner", "check_ema_codebook_step", "check_vq_straight_through",
+    "check_pixels_seen", "check_shuffle_pixels", "check_attention_fixed",
+    "check_revive_dead_codes", "check_tiny_code_winner", "check_ema_codebook_step", "check_vq_straight_through",
     "check_vanilla_d_loss", "check_receptive_field", "check_adaptive_weight",
-    "check_reconstruct", "check_training_step", "check_code_influence",
+    "check_forward_fixed", "check_training_step", "check_code_influence",
     "check_ddim_step_v", "check_ddim_sampler", "check_exact_inversion",
     "check_cbam_channel_weights", "check_spatial_gate_as_linears", "check_fuse_fixed",
     "check_unpatchify", "check_resampling_parameters", "check_fftd_forward",

@@ -1,4 +1,4 @@
-"""Checks for chapter 03 (vector quantization: perplexity, the winner under tiny codes, an EMA codebook step, a
+"""Checks for chapter 03 (vector quantization: reviving dead codes, the winner under tiny codes, an EMA codebook step, a
 quantizer with the straight-through estimator and L_vq)."""
 
 from __future__ import annotations
@@ -145,29 +145,60 @@ def check_vq_straight_through(fn: Callable[[torch.Tensor, torch.Tensor, float], 
                 "fftd_course.quantize.straight_through", "fftd_course.quantize.vq_losses"])
 
 
-def check_perplexity(fn: Callable[[torch.Tensor, int], object]) -> CheckResult:
-    """``fn(indices, num_codes)`` returns ``exp(entropy)`` of the code histogram (a float or a 0-d tensor)."""
+def check_revive_dead_codes(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+                            ) -> CheckResult:
+    """``fn(codebook, counts, candidates, generator)``: a new codebook in which every code with count 0 sits on its
+    own candidate drawn at random (without replacement, with ``generator``), the used codes unchanged."""
     fn = yours(fn)
+
+    def call(codebook: torch.Tensor, counts: torch.Tensor, candidates: torch.Tensor, seed: int) -> torch.Tensor:
+        given = (codebook.clone(), counts.clone(), candidates.clone())
+        got = fn(codebook, counts, candidates, torch.Generator().manual_seed(seed))
+        if not all(torch.equal(a, b) for a, b in zip(given, (codebook, counts, candidates))):
+            raise CheckFailure("your function modified its inputs; return a new codebook and leave the given one as "
+                               "it was")
+        if not isinstance(got, torch.Tensor) or got.shape != codebook.shape or got.dtype != codebook.dtype:
+            raise CheckFailure(f"return a {tuple(codebook.shape)} {codebook.dtype} codebook, got "
+                               f"{tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__}"
+                               f"{' ' + str(got.dtype) if isinstance(got, torch.Tensor) else ''}")
+        return got
+
+    def one_case(k: int, d: int, n: int, dead: int, g: torch.Generator) -> None:
+        codebook = torch.randn(k, d, generator=g)
+        counts = torch.randint(1, 50, (k,), generator=g)
+        counts[torch.randperm(k, generator=g)[:dead]] = 0
+        candidates = torch.randn(n, d, generator=g) * 3 + 5  # far from every code: a moved code shows
+        seed = int(torch.randint(2**31, (), generator=g))
+        got = call(codebook, counts, candidates, seed)
+        live, gone = counts > 0, counts == 0
+        what = f"{k} codes, {dead} of them unused, {n} candidates"
+        if not torch.equal(got[live], codebook[live]):
+            raise CheckFailure(f"{what}: {int((got[live] != codebook[live]).any(1).sum())} codes that were used "
+                               "moved; only the unused ones (count 0) should")
+        if not dead:
+            return
+        match = (got[gone][:, None, :] == candidates[None]).all(-1)  # (dead, n): which candidate each revived code is
+        if not match.any(1).all():
+            raise CheckFailure(f"{what}: {int((~match.any(1)).sum())} unused codes are not exactly on a candidate")
+        picked = match.float().argmax(1)
+        if picked.unique().numel() < dead:
+            raise CheckFailure(f"{what}: {dead - picked.unique().numel()} candidates were given to two codes or more; "
+                               "two identical codes waste one of them")
+        if not torch.equal(call(codebook, counts, candidates, seed), got):
+            raise CheckFailure(f"{what}: the same generator seed gave another codebook; draw with the generator "
+                               "you are given")
+        if n > dead + 1 and all(torch.equal(call(codebook, counts, candidates, seed + i), got) for i in (1, 2, 3)):
+            raise CheckFailure(f"{what}: four generator seeds gave the same codebook; draw the candidates at random "
+                               "with the generator")
 
     def trial() -> None:
         g = torch.Generator().manual_seed(fresh_seed())
-        cases = [
-            (torch.randint(0, 16, (4, 4, 4), generator=g), 16),
-            (torch.randint(0, 3, (50,), generator=g), 512),  # few codes used in a large codebook
-            (torch.zeros(2, 4, 4, dtype=torch.long), 8),  # total collapse: perplexity 1
-            (torch.arange(64).view(4, 4, 4), 64),  # every code once: perplexity 64
-        ]
-        for indices, num_codes in cases:
-            got = fn(indices.clone(), num_codes)
-            try:
-                got = torch.as_tensor(got, dtype=torch.float64).reshape(())
-            except (TypeError, RuntimeError, ValueError):
-                raise CheckFailure(f"return one number (a float or a 0-d tensor), got {type(got).__name__}") from None
-            want = torch.tensor(quantize.codebook_usage(indices, num_codes).perplexity, dtype=torch.float64)
-            compare(got, want, f"perplexity of indices {tuple(indices.shape)} over {num_codes} codes", atol=1e-4, rtol=1e-4)
+        for k, d, n, dead in [(16, 3, 40, 6), (32, 4, 11, 10), (8, 2, 20, 0), (12, 4, 12, 12), (64, 4, 200, 50)]:
+            one_case(k, d, n, dead, g)
 
-    return run_check("perplexity", trial,
-                     hint="p_k is a fraction of ALL indices (every dimension), codes with p_k = 0 contribute nothing "
-                          "(0 log 0 is taken as 0), and the answer is exp of the entropy, not the entropy itself.",
-                     forbid=["fftd_course.quantize.codebook_usage", "fftd_course.quantize._batch_perplexity",
-                             "fftd_course.quantize.Quantizer.usage"])
+    return run_check("revive_dead_codes", trial,
+                     hint="which codes are dead is written in counts; each dead code needs a different candidate "
+                          "(a random draw without replacement, from the generator you are given), and the codes in "
+                          "use must not move. Work on a copy.",
+                     forbid=["fftd_course.quantize.VectorQuantizer.replace_dead_codes_now",
+                             "fftd_course.quantize.VectorQuantizer.maintain"])

@@ -18,32 +18,75 @@ def _tiny_model(seed: int) -> IVQVAE:
     return IVQVAE(get_config("toy-f8", ch=8, num_codes=32))
 
 
-def check_reconstruct(fn: Callable[[IVQVAE, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> CheckResult:
-    """``fn(model, x)`` returns ``(x_hat, vq_loss)``: encode, quantize, decode (Algorithm 1's forward pass)."""
+def check_forward_fixed(fn: Callable[[IVQVAE, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> CheckResult:
+    """``fn(model, x)`` returns ``(x_hat, vq_loss)`` as ``model(x)`` does, with the same gradients: the reconstruction's
+    reaches the encoder (straight through the quantizer), L_vq's reaches the codebook.
+
+    A find-the-bug exercise with three bugs, each with a sub-test: the reconstruction's values, the encoder's
+    gradient from the reconstruction, the codebook's gradient from L_vq.
+    """
     fn = yours(fn)
+
+    def run(model: IVQVAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        got = fn(model, x.clone())
+        if not isinstance(got, tuple) or len(got) != 2 or not all(isinstance(t, torch.Tensor) for t in got):
+            raise CheckFailure("return a pair of tensors (x_hat, vq_loss)")
+        return got
+
+    def grads(model: IVQVAE, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's first convolution's and the codebook's gradient of ``output`` (zeros where none arrives)."""
+        model.zero_grad()
+        if output.requires_grad:
+            output.backward(retain_graph=True)
+        params = (model.encoder.conv_in.weight, model.quantizer.codebook)
+        return tuple(p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params)
+
+    def setup(seed: int, shape: tuple[int, ...] = (2, 3, 16, 16)):
+        model = _tiny_model(seed).eval()  # eval: the quantizer keeps its codebook as it is
+        return model, torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+    def values_differ(model, x, got) -> bool:
+        with torch.no_grad():
+            want = model(x)[0]
+        return got[0].shape != want.shape or not torch.allclose(got[0], want, atol=1e-5, rtol=1e-4)
+
+    def no_encoder_gradient(model, got) -> bool:
+        return not grads(model, got[0].square().mean())[0].abs().sum() > 0
+
+    def no_codebook_gradient(model, got) -> bool:
+        return not grads(model, got[1].reshape(()))[1].abs().sum() > 0
+
+    def remaining() -> int:
+        model, x = setup(fresh_seed())
+        got = run(model, x)
+        return int(values_differ(model, x, got)) + int(no_encoder_gradient(model, got)) + int(
+            no_codebook_gradient(model, got))
 
     def trial() -> None:
         seed = fresh_seed()
-        model = _tiny_model(seed).eval()  # eval: the quantizer keeps its codebook as it is
-        for shape in [(2, 3, 32, 32), (1, 3, 16, 24)]:
-            x = torch.rand(shape) * 2 - 1
-            got = fn(model, x)
-            if not isinstance(got, tuple) or len(got) != 2:
-                raise CheckFailure("return a pair (x_hat, vq_loss)")
+        for shape in [(2, 3, 16, 16), (1, 3, 16, 24)]:
+            model, x = setup(seed, shape)
+            got = run(model, x)
             x_hat, q = model(x)
             compare(got[0], x_hat, f"x_hat for a {shape} batch")
-            compare(got[1], q.loss, f"vq_loss for a {shape} batch")
-            model.zero_grad()
-            got[0].square().mean().backward()
-            grad = model.encoder.conv_in.weight.grad
-            if grad is None or not grad.abs().sum() > 0:
-                raise CheckFailure("no gradient reached the encoder: decode the quantizer's straight-through z_q, "
-                                   "not the plain nearest codes")
+            compare(got[1].reshape(()), q.loss.reshape(()), f"vq_loss for a {shape} batch")
+            if no_encoder_gradient(model, got):
+                raise CheckFailure("the values match, but no gradient of x_hat reaches the encoder")
+            for i, (mine, want) in enumerate(zip(grads(model, got[1].reshape(())), grads(model, q.loss))):
+                compare(mine, want, f"the gradient of vq_loss reaching the {('encoder', 'codebook')[i]}")
+            for i, (mine, want) in enumerate(zip(grads(model, (got[0] - x).abs().mean()),
+                                                 grads(model, (x_hat - x).abs().mean()))):
+                compare(mine, want, f"the gradient of the L1 loss reaching the {('encoder', 'codebook')[i]}")
 
-    return run_check("reconstruct", trial,
-                     hint="three parts in the order of Algorithm 1; the quantizer returns several things: which one "
-                          "carries the straight-through gradient (chapter 03), and which one is L_vq?",
-                     forbid=["fftd_course.ivqvae.IVQVAE.forward"])
+    return run_check(
+        "forward_fixed", trial,
+        bugs=Bugs(3, nudges=(
+            "compare the range of the images the encoder receives with the range this chapter's data already has.",
+            "the quantizer hands back more than one version of the chosen codes: which one lets the reconstruction's "
+            "gradient pass to the encoder (chapter 03, section 2)?",
+            "L_vq is a loss the training step minimises (eq. 15): which part of the model can it still train in "
+            "the form it is returned?"), remaining=remaining),
+        forbid=["fftd_course.ivqvae.IVQVAE.forward"])
 
 
 def check_training_step(fn: Callable[..., dict]) -> CheckResult:
