@@ -572,10 +572,20 @@ checks.check_vanilla_d_loss(vanilla_d_loss)
 
 # %% [markdown]
 # **Predict, then run.** Trained on the real and blurred faces above, does this loss let the logits settle
-# like the hinge loss, or drift apart without end like eq. 14 as printed? Write down your guess (and why: look
-# at the slope of each term far from zero), then run the same 100 steps with your loss:
+# like the hinge loss, or drift apart without end like eq. 14 as printed? Write your guess, `"settle"` or
+# `"drift apart"`, in the cell below (and why: look at the slope of each term far from zero), then run the same
+# steps as the two runs above (`D_DEMO_STEPS` of them: 100 on a CPU, 300 on a GPU) with your loss.
 
 # %%
+def predicted_bce_logits() -> str:
+    """Under the BCE loss, do the real and blurred logits "settle" or "drift apart"?"""
+    ### BEGIN SOLUTION
+    return "drift apart"  # ever more slowly: the slope of softplus shrinks far from zero but never reaches it
+    ### END SOLUTION
+
+
+# %%
+bce_logits = None
 try:
     _, vanilla_run = train_discriminator(vanilla_d_loss)
 except NotImplementedError:
@@ -585,13 +595,27 @@ else:
         gap = [r - f for r, f in zip(run["real"], run["fake"])]
         print(f"{name:>14}: loss {run['loss'][-1]:+.3f}; gap between mean real and blurred logits "
               f"{gap[len(gap) // 2]:+.2f} half-way, {gap[-1]:+.2f} at the end")
+    growth = gap[-1] / gap[len(gap) // 2]  # the BCE run's: how much the gap still grew in the second half
+    bce_logits = f"{'drift apart' if growth > 1.5 else 'settle'} (the gap grew {growth:.2f}x in the second half)"
+
+# %%
+checks.compare_prediction(predicted_bce_logits, bce_logits, what="BCE: real and blurred logits")
 
 # %% [markdown]
 # **Exercise 2 (predict, then measure).** Each logit of the PatchGAN judges a square patch of the input.
 # Write `receptive_field(layers)`: for a stack of convolutions given as `(kernel, stride)` pairs, first layer
 # first, the side in input pixels of the patch that one output position depends on. Work it out on paper first:
 # how many input pixels apart are two neighbouring positions of a layer's output, and by how much does one more
-# $k \times k$ layer widen the window? Predict the answer for pix2pix's `n_layers = 3` before you run the check.
+# $k \times k$ layer widen the window? Predict the answer for pix2pix's `n_layers = 3` (the side in pixels) in the
+# first cell below before you run the check.
+
+# %%
+def predicted_patch_side() -> int:
+    """Side in input pixels of the patch one logit of pix2pix's PatchGAN (n_layers = 3) judges."""
+    ### BEGIN SOLUTION
+    return 70
+    ### END SOLUTION
+
 
 # %%
 def receptive_field(layers: list[tuple[int, int]]) -> int:
@@ -606,7 +630,7 @@ def receptive_field(layers: list[tuple[int, int]]) -> int:
 
 
 # %%
-checks.check_receptive_field(receptive_field)
+checks.check_receptive_field(checks.with_prediction(predicted_patch_side, receptive_field))
 
 # %% [markdown]
 # Now measure it, without any formula: send the gradient of the centre logit back to the input and see which
@@ -621,6 +645,7 @@ def measured_patch(disc: nn.Module, size: int = 160) -> int:
     return int(rows.max() - rows.min() + 1)
 
 
+patch_sides = {}
 for n in (1, 2, 3, 4):
     d = losses.NLayerDiscriminator(ndf=8, n_layers=n, norm="none")  # GroupNorm would mix in every pixel's statistics
     convs = [(m.kernel_size[0], m.stride[0]) for m in d.modules() if isinstance(m, nn.Conv2d)]
@@ -628,7 +653,11 @@ for n in (1, 2, 3, 4):
         yours = receptive_field(convs)
     except NotImplementedError:
         yours = "finish exercise 2"
-    print(f"n_layers={n}: measured {measured_patch(d)} px, your formula {yours}, the package {d.receptive_field}")
+    patch_sides[n] = measured_patch(d)
+    print(f"n_layers={n}: measured {patch_sides[n]} px, your formula {yours}, the package {d.receptive_field}")
+
+# %%
+checks.compare_prediction(predicted_patch_side, patch_sides[3], what="patch side for n_layers = 3 (px)")
 
 # %% [markdown]
 # **Exercise 3 (find the bug).** Below is an attempt at taming's adaptive weight (the formula is in the section
@@ -660,18 +689,32 @@ checks.check_adaptive_weight(adaptive_weight_fixed)
 # %% [markdown]
 # **Predict, then measure.** Suppose the discriminator's logits were ten times larger (multiply its last
 # convolution by 10). What happens to $\lambda_d$, and to the adversarial push $\lambda_d \|\nabla_{last} L_G\|$
-# that the decoder's last layer receives? Decide, then run (this cell uses the package's `losses.adaptive_weight`,
-# which passes the same check):
+# that the decoder's last layer receives? Write the factor by which each changes in the cell below (10 for ten
+# times larger, 0.1 for ten times smaller), then run the measurement (it uses the package's
+# `losses.adaptive_weight`, which passes the same check):
+
+# %%
+def predicted_factors() -> dict[str, float]:
+    """The factor by which lambda_d and the adversarial push change when the logits are ten times larger."""
+    ### BEGIN SOLUTION
+    return {"lambda_d": 0.1, "adversarial push": 1.0}
+    ### END SOLUTION
+
 
 # %%
 x = train_images[:BATCH].to(device)
 x_hat, _ = model(x)
 rec = losses.l1_loss(x_hat, x)
+measured_at = {}
 for scale in (1.0, 10.0):
     g_loss = scale * losses.generator_loss(hinge_disc(x_hat))  # the same as scaling the last conv by `scale`
     lam = losses.adaptive_weight(rec, g_loss, model.last_layer, disc_weight=0.75)
     push = lam * torch.autograd.grad(g_loss, model.last_layer, retain_graph=True)[0].norm()
+    measured_at[scale] = {"lambda_d": lam.item(), "adversarial push": push.item()}
     print(f"logits x{scale:>4g}: lambda_d = {lam:.4g}, adversarial push at the last layer {push:.4g}")
+
+# %%
+checks.compare_prediction(predicted_factors, {k: measured_at[10.0][k] / measured_at[1.0][k] for k in measured_at[1.0]})
 
 # %% [markdown]
 # ## Going further
