@@ -296,14 +296,21 @@ checks.compare_prediction(predicted_pixels_seen, {name: int(mask.sum()) for name
 #
 # **Exercise 2 (predict, then measure).** Shuffle the $H \cdot W$ pixels of a feature map with a random
 # permutation, run a block, and put the output's pixels back in their original order. *Before running
-# anything, write down your prediction* for two blocks: the attention block `package` from the
-# walkthrough, and a $3\times3$ convolution. Will the result equal the block's output on the unshuffled map
-# (up to float rounding), differ a little, or differ completely?
+# anything, write your prediction in the first cell below* for two blocks: the attention block `package`
+# from the walkthrough, and a $3\times3$ convolution. Will the result `"equal"` the block's output on the
+# unshuffled map (up to float rounding), `"differ a little"`, or `"differ completely"`?
 #
 # To measure it, write `shuffle_pixels(x, perm)`: for $x$ of shape $(B, C, H, W)$ and a permutation
 # `perm` of $0 \dots HW - 1$, output pixel $i$ (in row-major order) is input pixel `perm[i]`, the same for
 # every sample and channel. Putting pixels back is then a shuffle by the inverse permutation,
 # `torch.argsort(perm)`.
+
+# %%
+def predicted_round_trip() -> dict[str, str]:
+    """For each block: "equal", "differ a little" or "differ completely"."""
+    # YOUR CODE HERE
+    raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
+
 
 # %%
 def shuffle_pixels(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
@@ -313,20 +320,25 @@ def shuffle_pixels(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
 
 
 # %%
-checks.check_shuffle_pixels(shuffle_pixels)
+checks.check_shuffle_pixels(checks.with_prediction(predicted_round_trip, shuffle_pixels))
 
 # %%
 perm = torch.randperm(h.shape[-2] * h.shape[-1])
 conv3 = nn.Conv2d(C, C, 3, padding=1)
+round_trips = {}
 try:
     with torch.no_grad():
         for name, block in [("attention block", package), ("3x3 convolution", conv3)]:
             direct = block(h)
             round_trip = shuffle_pixels(block(shuffle_pixels(h, perm)), torch.argsort(perm))
-            gap = (round_trip - direct).abs().max() / direct.abs().max()
-            print(f"{name:>16}: largest |shuffled round trip - direct| = {gap:.1e} of the output's scale")
+            gap = ((round_trip - direct).abs().max() / direct.abs().max()).item()
+            word = "equal" if gap < 1e-5 else "differ a little" if gap < 0.1 else "differ completely"
+            round_trips[name] = f"{word} ({gap:.1e} of the output's scale)"
 except NotImplementedError:
     print("finish exercise 2 to see this measurement")
+
+# %%
+checks.compare_prediction(predicted_round_trip, round_trips)
 
 # %% [markdown]
 # Compare with your prediction. What does the result say about how much an attention block knows about

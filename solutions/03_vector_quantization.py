@@ -535,14 +535,23 @@ checks.compare_prediction(predicted_revival, revival)
 # **Exercise 2 (predict, then measure).** Plain VQ starts from taming's codebook, uniform in
 # $[-1/K, 1/K]^D$, while a fresh encoder's outputs are many times longer (section 4 printed
 # the ratio).
-# *Before running anything, write down your prediction:* which codes win the $\arg\min$? All of them
-# about equally, a random few, the ones nearest the origin, or some other set?
+# *Before running anything, write your prediction in the first cell below:* which codes win the
+# $\arg\min$? How many of them: `"all"`, `"most"` or `"a few"`? And where do the winners sit in the cube:
+# `"near the origin"`, `"far from the origin"` or `"no pattern"`?
 #
 # Then turn the prediction into a rule. `winner_when_codes_are_tiny(z, codebook)` returns, for each row
 # of `z`, the index of the code that wins **in the limit where every code is much shorter than `z`**,
 # computed without any distance. The check tries codebooks of every scale and wants your limit rule
 # there too (at the data's scale it is *not* the nearest code). The cell after the check measures how
 # often the rule picks the true nearest code, and how many codes can win at all.
+
+# %%
+def predicted_winners() -> dict[str, str]:
+    """Under taming's initialisation: how many codes ever win, and where they sit."""
+    ### BEGIN SOLUTION
+    return {"how many win": "a few", "where they sit": "far from the origin"}
+    ### END SOLUTION
+
 
 # %%
 def winner_when_codes_are_tiny(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -553,7 +562,7 @@ def winner_when_codes_are_tiny(z: torch.Tensor, codebook: torch.Tensor) -> torch
 
 
 # %%
-checks.check_tiny_code_winner(winner_when_codes_are_tiny)
+checks.check_tiny_code_winner(checks.with_prediction(predicted_winners, winner_when_codes_are_tiny))
 
 # %%
 K = num_codes
@@ -570,6 +579,17 @@ try:
 except NotImplementedError:
     winners = None
     print("finish exercise 2 to see this measurement")
+
+# %%
+winner_facts = None
+if winners is not None:
+    radius, won = books["taming's ±1/K"].norm(dim=1), winners["taming's ±1/K"]
+    share, far = len(won) / K, (radius[won].mean() / radius.mean()).item()
+    where = "far from the origin" if far > 1.1 else "near the origin" if far < 0.9 else "no pattern"
+    winner_facts = {"how many win": f"{'all' if share > 0.95 else 'most' if share > 0.5 else 'a few'} "
+                                    f"({len(won)} of {K})",
+                    "where they sit": f"{where} (their mean length is {far:.2f} x the codebook's)"}
+checks.compare_prediction(predicted_winners, winner_facts)
 
 # %% [markdown]
 # Compare with what you wrote down. Where do the winners of taming's codebook sit inside its cube?
