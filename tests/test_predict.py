@@ -99,6 +99,13 @@ def test_side_by_side_per_item_with_agreement(strict, capsys):
     assert "differ completely" in rows["3x3 convolution"] and rows["3x3 convolution"].rstrip().endswith("no")
 
 
+def test_one_predicted_value_stands_beside_every_measured_row(strict, capsys):
+    checks.compare_prediction("the whole face", {"code (0, 0)": "the whole face (100%)", "code (1, 2)": "its block"})
+    rows = [line for line in capsys.readouterr().out.splitlines() if "|" in line]
+    assert len(rows) == 3, rows  # the header and one row per measured item, nothing per character of the string
+    assert "the whole face" in rows[1] and "its block" in rows[2] and rows[2].count("the whole face") == 1
+
+
 def test_side_by_side_before_anything_is_written_never_raises(strict, capsys):
     checks.compare_prediction(stub, None, what="distance")
     out = capsys.readouterr().out

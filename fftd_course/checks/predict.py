@@ -130,7 +130,9 @@ def compare_prediction(prediction: Any, measured: Any, what: str = "result",
         verdict = run_check(_name(prediction), lambda: _require(prediction))
     value = read_prediction(prediction)[1] if verdict else None
     if isinstance(measured, Mapping) or isinstance(value, Mapping):
-        keys = list(measured or {}) + [k for k in (value or {}) if k not in (measured or {})]
+        measured_keys = list(measured) if isinstance(measured, Mapping) else []
+        predicted_keys = list(value) if isinstance(value, Mapping) else []  # one value predicts every row
+        keys = measured_keys + [k for k in predicted_keys if k not in measured_keys] or [what]
     else:
         keys = [what]
 
