@@ -475,11 +475,18 @@ checks.check_training_step(training_step)
 
 # %% [markdown]
 # **Exercise 3 (predict, then measure).** The trained model turns a face into a 4×4 grid of codes, each standing
-# for an 8×8 pixel block. Replace **one** code of the grid and decode again: which pixels change? Write down a
-# prediction first: only that 8×8 block, its neighbours too, or the whole face? (Print `model.decoder`:
-# what does it contain besides convolutions?) Then write `code_influence`, which returns for every image
+# for an 8×8 pixel block. Replace **one** code of the grid and decode again: which pixels change? Write your
+# prediction in the first cell below: `"only its block"`, `"its neighbours too"` or `"the whole face"`? (Print
+# `model.decoder`: what does it contain besides convolutions?) Then write `code_influence`, which returns for every image
 # the per-pixel change, the absolute difference between the two decoded images averaged over the colour
 # channels, shape `(B, H, W)`. Leave the caller's `indices` as they were.
+
+# %%
+def predicted_reach() -> str:
+    """Which pixels change when one code changes: "only its block", "its neighbours too" or "the whole face"."""
+    # YOUR CODE HERE
+    raise NotImplementedError("Exercise: write your code here, then run the check cell below.")
+
 
 # %%
 @torch.no_grad()
@@ -490,14 +497,14 @@ def code_influence(model: ivqvae.IVQVAE, indices: torch.Tensor, row: int, col: i
 
 
 # %%
-checks.check_code_influence(code_influence)
+checks.check_code_influence(checks.with_prediction(predicted_reach, code_influence))
 
 # %% [markdown]
 # Now the measurement on the trained model: replace the top-left code, then one in the middle, by the most used
 # code, and average the change over 64 held-out faces. The dashed square is the code's own 8×8 block.
 
 # %%
-positions = [(0, 0), (1, 2)]
+positions, reach = [(0, 0), (1, 2)], {}
 try:
     maps = [code_influence(model, held_codes[:64].to(device), r, c, int(order[0])).mean(0).cpu() for r, c in positions]
 except NotImplementedError:
@@ -507,10 +514,15 @@ else:
     for ax, m, (r, c) in zip(axes, maps, positions):
         ax.imshow(m, cmap="magma"), ax.set_axis_off()
         ax.add_patch(plt.Rectangle((8 * c - 0.5, 8 * r - 0.5), 8, 8, fill=False, ls="--", color="cyan"))
-        inside = m[8 * r:8 * r + 8, 8 * c:8 * c + 8].sum() / m.sum()
+        inside, changed = m[8 * r:8 * r + 8, 8 * c:8 * c + 8].sum() / m.sum(), (m > 0.01).float().mean().item()
         ax.set_title(f"code ({r}, {c}): {inside:.0%} of the change inside its block,\n"
-                     f"{(m > 0.01).float().mean():.0%} of pixels change by > 0.01", fontsize=9)
+                     f"{changed:.0%} of pixels change by > 0.01", fontsize=9)
+        word = "only its block" if changed <= 1.5 * 64 / m.numel() else "its neighbours too" if changed < 0.5 else "the whole face"
+        reach[f"code ({r}, {c})"] = f"{word} ({changed:.0%} of pixels change by > 0.01)"
     plt.show()
+
+# %%
+checks.compare_prediction(predicted_reach, reach)
 
 # %% [markdown]
 # ## Going further
