@@ -50,9 +50,14 @@ def test_student_differs_from_solution_only_inside_marked_blocks(sol):
 @pytest.mark.parametrize("sol", SOLUTIONS, ids=lambda p: p.stem)
 def test_each_chapter_has_at_least_two_checked_exercises(sol):
     text = sol.read_text()
-    blocks = text.count(BEGIN)
+    # A prediction (a `predicted_*` function, checks.predict) is a solution block too; it is checked with the
+    # exercise it belongs to (checks.with_prediction) or shown beside its measurement (checks.compare_prediction).
+    predictions = len(re.findall(r"^def predicted_\w+\(", text, flags=re.M))
+    blocks = text.count(BEGIN) - predictions
     assert blocks >= 2, f"{sol.name} has {blocks} exercise(s)"
     assert len(re.findall(r"^checks\.check_\w+\(", text, flags=re.M)) >= blocks, "every exercise needs a check cell"
+    shown = len(re.findall(r"checks\.(?:with_prediction|compare_prediction|check_prediction)\(", text))
+    assert shown >= predictions, f"{sol.name}: every prediction is checked or shown beside its measurement"
     assert "raise NotImplementedError" not in text.split(BEGIN, 1)[1], "a solution block must hold the answer"
 
 
@@ -107,7 +112,7 @@ def test_release_twice_changes_nothing(course_copy):
 def test_check_detects_stale_student_and_unpaired_ipynb(course_copy):
     assert assignments.check(course_copy) == []
     sol = course_copy / "solutions" / "00_setup_and_tour.py"
-    sol.write_text(sol.read_text().replace("return (x + 1.0) / 2.0", "return x"))
+    sol.write_text(sol.read_text().replace("scaled = ((x + 1) * 127.5).round()", "scaled = x"))
     problems = assignments.check(course_copy)
     assert "solutions/00_setup_and_tour.ipynb: differs from its .py" in problems
     assignments.release(course_copy)

@@ -108,6 +108,33 @@ def _where(file: Any) -> str:
     return os.path.abspath(os.fspath(file))
 
 
+class _WatchedFile:
+    """A file opened for writing while the simulated disk runs: each write is one operation."""
+
+    def __init__(self, f: Any, where: str, disk: "_Disk"):
+        self._f, self._where, self._disk = f, where, disk
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+    def __enter__(self) -> "_WatchedFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+
+    def write(self, data: Any) -> int:
+        if self._disk.busy:
+            return self._f.write(data)
+        stop = self._disk.begin(f"a write to {Path(self._where).name}")
+        self._disk.dirty.add(self._where)
+        if stop:
+            self._f.write(bytes(data)[: len(data) // 2])
+            self._f.flush()
+            self._disk.stop()
+        return self._f.write(data)
+
+
 class _Disk:
     """Counts the file operations of the learner's code (opening a file for writing, writing, ``torch.save``,
     copying, renaming, deleting, ``fsync``) and stops the machine at operation ``crash_at``: a write, a copy or a
@@ -142,36 +169,9 @@ class _Disk:
         finally:
             self.busy -= 1
 
-    @contextmanager
-    def installed(self) -> Iterator["_Disk"]:
-        real = {"open": builtins.open, "os_open": os.open, "write": os.write, "replace": os.replace,
-                "rename": os.rename, "remove": os.remove, "unlink": os.unlink, "fsync": os.fsync,
-                "copyfile": shutil.copyfile, "copyfileobj": shutil.copyfileobj, "save": torch.save}
+    def _file_ops(self, real: dict) -> dict:
+        """Stand-ins that open, write and fsync files: each call is one operation that can crash."""
         disk = self
-
-        class WatchedFile:
-            def __init__(self, f: Any, where: str):
-                self._f, self._where = f, where
-
-            def __getattr__(self, name: str) -> Any:
-                return getattr(self._f, name)
-
-            def __enter__(self) -> "WatchedFile":
-                return self
-
-            def __exit__(self, *exc: object) -> None:
-                self._f.close()
-
-            def write(self, data: Any) -> int:
-                if disk.busy:
-                    return self._f.write(data)
-                stop = disk.begin(f"a write to {Path(self._where).name}")
-                disk.dirty.add(self._where)
-                if stop:
-                    self._f.write(bytes(data)[: len(data) // 2])
-                    self._f.flush()
-                    disk.stop()
-                return self._f.write(data)
 
         def opened(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
             writing = any(c in mode for c in "wax+")
@@ -185,7 +185,7 @@ class _Disk:
             if stop:  # created (or emptied), nothing written yet
                 f.close()
                 disk.stop()
-            return WatchedFile(f, where)
+            return _WatchedFile(f, where, disk)
 
         def os_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
             writing = flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
@@ -218,6 +218,12 @@ class _Disk:
                 disk.stop()
             real["fsync"](fd)
             disk.dirty.discard(disk.fd_paths.get(number, ""))
+
+        return {"open": opened, "os_open": os_open, "write": write, "fsync": fsync}
+
+    def _path_ops(self, real: dict) -> dict:
+        """Stand-ins that rename, delete, copy and torch.save: each call is one operation that can crash."""
+        disk = self
 
         def renamer(key: str) -> Callable[..., Any]:
             def rename(src: Any, dst: Any, *args: Any, **kwargs: Any) -> Any:
@@ -291,10 +297,20 @@ class _Disk:
             if stop:
                 disk.stop()
 
-        patches = [(builtins, "open", opened), (io, "open", opened), (os, "open", os_open), (os, "write", write),
-                   (os, "fsync", fsync), (os, "replace", renamer("replace")), (os, "rename", renamer("rename")),
-                   (os, "remove", deleter("remove")), (os, "unlink", deleter("unlink")),
-                   (shutil, "copyfile", copyfile), (shutil, "copyfileobj", copyfileobj), (torch, "save", save)]
+        return {"replace": renamer("replace"), "rename": renamer("rename"), "remove": deleter("remove"),
+                "unlink": deleter("unlink"), "copyfile": copyfile, "copyfileobj": copyfileobj, "save": save}
+
+    @contextmanager
+    def installed(self) -> Iterator["_Disk"]:
+        real = {"open": builtins.open, "os_open": os.open, "write": os.write, "replace": os.replace,
+                "rename": os.rename, "remove": os.remove, "unlink": os.unlink, "fsync": os.fsync,
+                "copyfile": shutil.copyfile, "copyfileobj": shutil.copyfileobj, "save": torch.save}
+        ops = {**self._file_ops(real), **self._path_ops(real)}
+        patches = [(builtins, "open", ops["open"]), (io, "open", ops["open"]), (os, "open", ops["os_open"]),
+                   (os, "write", ops["write"]), (os, "fsync", ops["fsync"]), (os, "replace", ops["replace"]),
+                   (os, "rename", ops["rename"]), (os, "remove", ops["remove"]), (os, "unlink", ops["unlink"]),
+                   (shutil, "copyfile", ops["copyfile"]), (shutil, "copyfileobj", ops["copyfileobj"]),
+                   (torch, "save", ops["save"])]
         originals = [(holder, name, getattr(holder, name)) for holder, name, _ in patches]
         try:
             for holder, name, stand_in in patches:
