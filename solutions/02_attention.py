@@ -16,20 +16,18 @@
 # %% [markdown]
 # # 02 · Self-attention over pixels
 #
-# A $3\times 3$ convolution sees a pixel's immediate neighbours; it takes many layers before one position can
-# react to another far away (say, one eye to the other). Self-attention lets every pixel look at every
-# other pixel in one step. The IVQ-VAE puts one attention block in the encoder and decoder at the
+# A $3\times 3$ convolution sees a pixel's neighbours; it takes many layers before one position can react to
+# another far away (say, one eye to the other). Self-attention lets every pixel see every other in one step. The IVQ-VAE puts one attention block in the encoder and decoder at the
 # $16\times16$ resolution, and one in the middle block at the lowest resolution (paper section 3.1.2):
 # $$Q = \mathrm{Conv}_{1\times1}(h), \quad K = \mathrm{Conv}_{1\times1}(h), \quad V = \mathrm{Conv}_{1\times1}(h), \tag{8}$$
 # $$W = \mathrm{Softmax}\Big(\frac{Q K^\top}{\sqrt{C_h}}\Big), \tag{9}$$
 # $$h_{attn} = h + \mathrm{Conv}_{1\times1}(W V), \tag{10}$$
-# three separate $1\times1$ convolutions, an $(HW \times HW)$ matrix of weights, and a residual
-# connection like chapter 01's.
+# three $1\times1$ convolutions, an $(HW \times HW)$ matrix of weights, and a residual connection.
 #
 # **In this chapter you will**
-# - build attention from scratch, equal to PyTorch's `scaled_dot_product_attention` and the package's `AttnBlock`;
+# - build attention from scratch, equal to `F.scaled_dot_product_attention` and the package's `AttnBlock`;
 # - see why the scores are divided by $\sqrt{C}$, and look at attention maps on toy faces;
-# - measure attention's time and memory from $8\times8$ to $64\times64$, and see why the paper uses it at $16\times16$;
+# - measure attention's time and memory up to $64\times64$, and see why the paper uses it at $16\times16$;
 # - settle what the paper's "multi-head" sentence means for its single-head equations, and repair that reading;
 # - predict, then measure, one output pixel's reach, and what shuffling the pixels does.
 
