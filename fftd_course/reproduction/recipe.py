@@ -76,8 +76,18 @@ QUICK = Recipe(name="quick", train_images=512, heldout_images=120, samples_per_c
                kid_subsets=50)
 
 
+def _cpu_model() -> str | None:
+    """The CPU's model name where Linux says it: another CPU may round float sums differently."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        return None
+
+
 def machine() -> dict:
-    """Where a result was measured (seconds and milliseconds depend on it)."""
+    """Where a result was measured (seconds and milliseconds depend on it, and the last digits on the CPU)."""
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_model": _cpu_model(),
             "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
