@@ -11,8 +11,9 @@ import ast
 from pathlib import Path
 
 import pytest
+from torch import nn
 
-from fftd_course import checks
+from fftd_course import blocks, checks
 
 
 SOLUTIONS = Path(__file__).resolve().parent.parent / "solutions"
@@ -59,3 +60,19 @@ def contract_tests(cases: list, stubs: dict | None = None):
         assert check(stubs.get(check, stub)).status == "not attempted"
 
     return test_reference_passes_wrong_fails_stub_not_attempted, test_strict_mode_raises_on_every_wrong_answer
+
+
+class PostActivationLayers(nn.Module):
+    """The layers of chapter 01's post-activation block (its stub), shared by the tests' answers to that exercise:
+    each answer subclasses it and writes only ``forward``."""
+
+    def __init__(self, c_in: int, c_out: int, num_groups: int = 32):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm1 = blocks.group_norm(c_out, num_groups)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.norm2 = blocks.group_norm(c_out, num_groups)
+        self.shortcut = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
+
+    def forward(self, x):
+        raise NotImplementedError

@@ -23,7 +23,7 @@ from fftd_course.evaluation import metrics
 from fftd_course.fusion import grid_to_tokens, tokens_to_grid
 from fftd_course.quantize import nearest_code  # a learner's own alias of a package function
 
-from check_contract import chapter_function
+from check_contract import PostActivationLayers, chapter_function
 
 CHAPTER_MODULES = [f"fftd_course.checks.ch{n:02d}" for n in range(12)]
 
@@ -42,15 +42,7 @@ def exercise_checks() -> dict[str, object]:
     return found
 
 
-class ResBlockShortcut(nn.Module):  # the post-activation block through the package's ResBlock.forward
-    def __init__(self, in_channels, out_channels, num_groups=32):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm1 = blocks.group_norm(out_channels, num_groups)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.norm2 = blocks.group_norm(out_channels, num_groups)
-        self.shortcut = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
-
+class ResBlockShortcut(PostActivationLayers):  # the post-activation block through the package's ResBlock.forward
     def forward(self, x):
         return blocks.swish(blocks.ResBlock.forward(self, x))
 
