@@ -66,7 +66,7 @@ class PixelDiffusion(GenerativeModel):
     def generate(self, classes: Sequence[str | int] | torch.Tensor | None = None, n: int | None = None, *,
                  num_steps: int | None = None, guidance_scale: float = 3.0, eta: float = 0.0, seed: int = 0,
                  keep_trajectory: bool = False, progress: bool = False, x_T: torch.Tensor | None = None,
-                 sampler: str = "ddim", clip_x0: bool = True) -> SampleResult:
+                 sampler: str = "ddim", clip_x0: bool = True, fast: bool = False) -> SampleResult:
         """Sample images (Algorithm 3 in pixel space); see :class:`~fftd_course.pipeline.SampleResult`.
 
         The arguments are :meth:`LatentDiffusion.generate`'s: ``classes`` (names or indices, classifier-free
@@ -76,14 +76,15 @@ class PixelDiffusion(GenerativeModel):
         step, as DDPM's own sampler does for images (``clip_denoised``): without it a small, briefly trained U-Net
         drifts to saturated colours (its epsilon at high noise is a little off, and the error grows step by step).
         ``images`` are the samples clamped to ``[-1, 1]``, ``latents`` the sampler's raw output, ``indices`` an
-        empty tensor (no codebook).
+        empty tensor (no codebook). ``fast``: as in :meth:`LatentDiffusion.generate` (on CUDA, bf16 and CUDA
+        graphs for deterministic DDIM).
         """
         c = self.unet.config
         y, x_T, generator = self._request(classes, n, num_steps, guidance_scale, eta, sampler,
                                           (c.in_channels, c.resolution, c.resolution), seed, x_T)
         x0, trajectory = self._denoise(x_T, y, classes is not None, generator, sampler=sampler, num_steps=num_steps,
                                        guidance_scale=guidance_scale, eta=eta, keep_trajectory=keep_trajectory,
-                                       progress=progress, clip_x0=clip_x0)
+                                       progress=progress, clip_x0=clip_x0, fast=fast)
         x0 = x0.contiguous().cpu()
         return SampleResult(x0.clamp(-1, 1), x0, torch.empty(0, dtype=torch.long), y, trajectory)
 

@@ -324,11 +324,12 @@ class _Sampler:
     def _alpha_bar(self, t: int) -> float:
         return 1.0 if t < 0 else float(self.diffusion.alpha_bar[t])
 
-    def _eps(self, model: Model, x: torch.Tensor, t: int, y: torch.Tensor | None, guidance_scale: float,
-             null_label: int | None, autocast_dtype: torch.dtype | None) -> torch.Tensor:
-        """``model(x, t, y)``, guided when ``guidance_scale != 1``; returned in ``x``'s (float32) dtype."""
+    def _eps(self, model: Model, x: torch.Tensor, t: int | torch.Tensor, y: torch.Tensor | None,
+             guidance_scale: float, null_label: int | None, autocast_dtype: torch.dtype | None) -> torch.Tensor:
+        """``model(x, t, y)``, guided when ``guidance_scale != 1``; returned in ``x``'s (float32) dtype.
+        ``t``: the step's timestep, a Python int or a 0-dim LongTensor on ``x``'s device (the static path)."""
         b = x.shape[0]
-        t_in = torch.full((b,), t, dtype=torch.long, device=x.device)
+        t_in = t.expand(b) if isinstance(t, torch.Tensor) else torch.full((b,), t, dtype=torch.long, device=x.device)
         x_in, y_in = x, y
         guided = guidance_scale != 1.0
         if guided:  # one batched call: conditional rows first, then the same rows with the null label
@@ -384,10 +385,72 @@ class _Sampler:
               generator: torch.Generator | None) -> torch.Tensor:
         raise NotImplementedError
 
+    def _static_update(self, x: torch.Tensor, eps: torch.Tensor, ab_t: torch.Tensor, ab_to: torch.Tensor) -> torch.Tensor:
+        """The step as tensor arithmetic on 0-dim coefficients (no noise): what :meth:`_run_static` records."""
+        raise ValueError(f"{type(self).__name__} adds fresh noise at every step; the static (CUDA graph) path "
+                         f"runs deterministic DDIM only (DDIMSampler with eta=0)")
+
+    def _run_static(self, model: Model, x: torch.Tensor, y: torch.Tensor | None, pairs: list[tuple[int, int, int]],
+                    guidance_scale: float, null_label: int | None, autocast_dtype: torch.dtype | None,
+                    clip_x0: bool, cuda_graph: bool) -> torch.Tensor:
+        """The loop of :meth:`_run` with every per-step number read **on the device** (no Python value changes
+        from one step to the next), so that one step, model call and update together, can be recorded once as a
+        CUDA graph and replayed ``len(pairs)`` times: the GPU then never waits for Python to launch a kernel.
+
+        The timesteps and the ``alpha_bar`` of both ends of every step sit in device tables; a device counter
+        ``i`` selects the step's row and is advanced inside the step. The arithmetic is :meth:`_eps`,
+        :func:`predict_x0` and the sampler's update with those 0-dim tensors in place of Python floats, so the
+        result equals :meth:`_run`'s up to float rounding (tests/test_fast_sampling.py). ``cuda_graph=False`` runs
+        the same step eagerly (any device; how the CPU tests check it).
+        """
+        self._check_inputs(x, y, guidance_scale, null_label)
+        self._static_update(x[:1], x[:1], _coef(0.5), _coef(0.25))  # refuses a sampler that draws noise
+        if cuda_graph and x.device.type != "cuda":
+            raise ValueError(f"cuda_graph=True records the sampling step as a CUDA graph: x_T must be on a CUDA "
+                             f"device, got {x.device}; leave cuda_graph False on a CPU")
+        device, dtype = x.device, _work_dtype(x.dtype)
+        t_table = torch.tensor([t_model for _, _, t_model in pairs], dtype=torch.long, device=device)
+        ab_from = torch.tensor([self._alpha_bar(t) for t, _, _ in pairs], dtype=torch.float64, device=device)
+        ab_to = torch.tensor([self._alpha_bar(t) for _, t, _ in pairs], dtype=torch.float64, device=device)
+        i = torch.zeros((), dtype=torch.long, device=device)
+        state = x.to(dtype).clone()
+        if y is not None:
+            y = y.to(device=device, dtype=torch.long)
+
+        def step() -> None:
+            eps = self._eps(model, state, t_table[i], y, guidance_scale, null_label, autocast_dtype)
+            ab_t, ab_next = ab_from[i], ab_to[i]
+            if clip_x0:  # as in _run: eps implied by the clamped x0 estimate
+                x0_hat = predict_x0(state, eps, ab_t).clamp(-1.0, 1.0)
+                eps = (state - ab_t.sqrt() * x0_hat) / (1.0 - ab_t).sqrt()
+            state.copy_(self._static_update(state, eps, ab_t, ab_next))
+            i.add_(1)
+
+        with torch.no_grad():
+            if not cuda_graph:
+                for _ in pairs:
+                    step()
+                return state
+            start = state.clone()
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):  # warm-up off the capture stream (cuBLAS workspaces, lazy init)
+                step()
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                step()
+            state.copy_(start)
+            i.zero_()
+            for _ in pairs:
+                graph.replay()
+        return state
+
     def sample(self, model: Model, x_T: torch.Tensor, y: torch.Tensor | None = None, *, guidance_scale: float = 1.0,
                null_label: int | None = None, generator: torch.Generator | None = None,
                callback: Callable[[SamplerStep], None] | None = None, progress: bool = False,
-               autocast_dtype: torch.dtype | None = None, clip_x0: bool = False) -> torch.Tensor:
+               autocast_dtype: torch.dtype | None = None, clip_x0: bool = False,
+               cuda_graph: bool = False) -> torch.Tensor:
         """Denoise ``x_T`` (any shape ``(B, ...)``) down ``timesteps`` to clean data (Algorithm 3).
 
         The step from ``timesteps[i]`` goes to ``timesteps[i + 1]``, the last one to clean data
@@ -398,9 +461,19 @@ class _Sampler:
         ``x0_hat`` to ``[-1, 1]`` before the step uses it, as DDPM's own sampler does for images
         (``clip_denoised``; diffusers' ``clip_sample``): for data known to lie in ``[-1, 1]`` (pixels, not
         latents). Returns float32 (float64 for float64 input).
+
+        ``cuda_graph=True`` (``x_T`` on a CUDA device, deterministic DDIM only, no ``callback``): one step, the
+        model call and the update, is recorded once as a CUDA graph and replayed for every step
+        (:meth:`_run_static`); the model must run with static shapes and without host synchronisation (the FFTD,
+        eager or ``torch.compile``'d in the default mode).
         """
         ts = [int(t) for t in self.timesteps]
         pairs = [(t, t_to, t) for t, t_to in zip(ts, ts[1:] + [-1])]
+        if cuda_graph:
+            if callback is not None:
+                raise ValueError("cuda_graph=True replays the recorded steps without returning to Python: it cannot "
+                                 "call a callback; sample without cuda_graph to watch the steps")
+            return self._run_static(model, x_T, y, pairs, guidance_scale, null_label, autocast_dtype, clip_x0, True)
 
         def update(x: torch.Tensor, eps: torch.Tensor, t: int, t_to: int) -> torch.Tensor:
             return self._step(x, eps, t, t_to, generator)
@@ -435,6 +508,12 @@ class DDIMSampler(_Sampler):
         noisy = self.eta > 0 and ab_to < 1.0
         noise = _randn(x.shape, generator, x.device, x.dtype) if noisy else None
         return ddim_step(x, eps, ab_t, ab_to, self.eta if noisy else 0.0, noise)
+
+    def _static_update(self, x: torch.Tensor, eps: torch.Tensor, ab_t: torch.Tensor, ab_to: torch.Tensor) -> torch.Tensor:
+        if self.eta > 0:
+            raise ValueError(f"the static (CUDA graph) path runs deterministic DDIM only: this sampler has "
+                             f"eta={self.eta}; use DDIMSampler(..., eta=0) or sample without cuda_graph")
+        return ddim_step(x, eps, ab_t, ab_to, 0.0)
 
     def invert(self, model: Model, x0: torch.Tensor, y: torch.Tensor | None = None, *, guidance_scale: float = 1.0,
                null_label: int | None = None, callback: Callable[[SamplerStep], None] | None = None,

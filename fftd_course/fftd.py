@@ -205,8 +205,11 @@ def sincos_position_embedding(dim: int, grid: int) -> torch.Tensor:
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: ``x (1 + scale) + shift`` with per-sample ``shift, scale`` of shape ``(B, D)``."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    """adaLN: ``x (1 + scale) + shift`` with per-sample ``shift, scale`` of shape ``(B, D)``.
+
+    One fused multiply-add (``addcmul``) after the ``1 + scale`` on the small ``(B, D)`` vector.
+    """
+    return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))
 
 
 class TimestepEmbedder(nn.Module):
@@ -262,8 +265,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, heads, L, D/heads)
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, L, D/heads)
         return self.dropout(self.proj(out.transpose(1, 2).reshape(b, n, d)))
 
 
@@ -286,21 +289,38 @@ class FFTDBlock(nn.Module):
     The conditioning vector ``c`` (timestep plus label embedding, ``(B, D)``) is mapped by ``adaLN_modulation``
     to six ``(B, D)`` vectors: shift, scale and gate for each branch. Both branches read ``x``; their gated
     outputs are fused (AdaptiveFusion, eq. 18-25, or an ablation's plain fusion) and added to ``x``.
+
+    ``norm_attn`` and ``norm_mlp`` are one LayerNorm without parameters (the same function): ``x`` is normalised
+    once and each branch modulates that with its own shift and scale. :class:`FFTD` computes the modulation of
+    all five blocks in one matrix product and passes each block its share as ``modulation``; a block called on
+    its own computes it from ``c``.
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, fusion: str = "adaptive", dropout: float = 0.0):
         super().__init__()
-        self.norm_attn = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, num_heads, dropout)
-        self.norm_mlp = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(dim, mlp_ratio, dropout)
         self.fuse: Fusion = make_fusion(fusion, dim)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, dim=-1)
-        a = gate_a.unsqueeze(1) * self.attn(modulate(self.norm_attn(x), shift_a, scale_a))
-        m = gate_m.unsqueeze(1) * self.mlp(modulate(self.norm_mlp(x), shift_m, scale_m))
+    @property
+    def norm_attn(self) -> nn.LayerNorm:
+        """The attention branch's LayerNorm (no parameters: the same module as :attr:`norm_mlp`)."""
+        return self.norm
+
+    @property
+    def norm_mlp(self) -> nn.LayerNorm:
+        """The feed-forward branch's LayerNorm (no parameters: the same module as :attr:`norm_attn`)."""
+        return self.norm
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, modulation: torch.Tensor | None = None) -> torch.Tensor:
+        if modulation is None:
+            modulation = self.adaLN_modulation(c)  # (B, 6D)
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = modulation.chunk(6, dim=-1)
+        h = self.norm(x)
+        a = gate_a.unsqueeze(1) * self.attn(modulate(h, shift_a, scale_a))
+        m = gate_m.unsqueeze(1) * self.mlp(modulate(h, shift_m, scale_m))
         return x + self.fuse(a, m)
 
 
@@ -313,8 +333,10 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+    def forward(self, x: torch.Tensor, c: torch.Tensor, modulation: torch.Tensor | None = None) -> torch.Tensor:
+        if modulation is None:
+            modulation = self.adaLN_modulation(c)  # (B, 2D)
+        shift, scale = modulation.chunk(2, dim=-1)
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
@@ -343,6 +365,9 @@ class FFTD(nn.Module):
         self.skip_inner = make_fusion(c.fusion, d)  # Block2 output with Block4 output (E14)
         self.skip_outer = make_fusion(c.fusion, d)  # Block1 output with Block5 output (E14)
         self.final_layer = FinalLayer(d, c.patch_size, c.in_channels)
+        # Every adaLN modulation reads the same conditioning vector: forward() runs them as one linear map over
+        # the six layers' stacked weights (the parameters stay in their layers). Widths, known now:
+        self._modulation_sizes = [m.adaLN_modulation[-1].out_features for m in (*self.blocks, self.final_layer)]
         self.initialize_weights()
 
     @property
@@ -394,6 +419,15 @@ class FFTD(nn.Module):
     def _up(self, h: torch.Tensor, level: int) -> torch.Tensor:
         return grid_to_tokens(self.upsample[level](tokens_to_grid(h)))  # eq. 17: (B, L, D) -> (B, 4L, D)
 
+    def modulations(self, cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Every block's adaLN output and the final layer's, ``(B, 6D)`` x 5 and ``(B, 2D)``, from one matrix
+        product: ``SiLU(cond)`` times the six ``adaLN_modulation`` layers' weights stacked. Equal to calling each
+        layer on ``cond``, with one kernel where there were six (and one SiLU where there were six)."""
+        layers = [m.adaLN_modulation[-1] for m in (*self.blocks, self.final_layer)]
+        weight = torch.cat([layer.weight for layer in layers])
+        bias = torch.cat([layer.bias for layer in layers])
+        return F.linear(F.silu(cond), weight, bias).split(self._modulation_sizes, dim=-1)
+
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         self.check_inputs(x_t, t, y)
         c = self.config
@@ -401,12 +435,13 @@ class FFTD(nn.Module):
             y = torch.full_like(t, c.null_label)
         x = self.x_embedder(patchify(x_t, c.patch_size)) + self.pos_embed  # (B, C, H, W) -> (B, L, D)
         cond = self.t_embedder(t) + self.y_embedder(y)  # (B, D)
+        mod = self.modulations(cond)  # each block's shifts, scales and gates, and the final layer's
         levels = c.levels
-        h1 = self.blocks[0](x, cond)  # grid g
-        h2 = self.blocks[1](self._down(h1, 0) if levels >= 1 else h1, cond)  # g/2
-        h3 = self.blocks[2](self._down(h2, 1) if levels >= 2 else h2, cond)  # g/4
-        h4 = self.blocks[3](self._up(h3, 1) if levels >= 2 else h3, cond)  # g/2
+        h1 = self.blocks[0](x, cond, mod[0])  # grid g
+        h2 = self.blocks[1](self._down(h1, 0) if levels >= 1 else h1, cond, mod[1])  # g/2
+        h3 = self.blocks[2](self._down(h2, 1) if levels >= 2 else h2, cond, mod[2])  # g/4
+        h4 = self.blocks[3](self._up(h3, 1) if levels >= 2 else h3, cond, mod[3])  # g/2
         h4 = self.skip_inner(h2, h4)
-        h5 = self.blocks[4](self._up(h4, 0) if levels >= 1 else h4, cond)  # g
+        h5 = self.blocks[4](self._up(h4, 0) if levels >= 1 else h4, cond, mod[4])  # g
         h5 = self.skip_outer(h1, h5)
-        return unpatchify(self.final_layer(h5, cond), c.patch_size, c.in_channels)  # (B, L, p*p*C) -> (B, C, H, W)
+        return unpatchify(self.final_layer(h5, cond, mod[5]), c.patch_size, c.in_channels)  # (B, L, p*p*C) -> (B, C, H, W)

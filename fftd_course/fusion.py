@@ -167,27 +167,35 @@ class AdaptiveFusion(Fusion):
         with torch.no_grad():
             self.s.zero_()
 
-    def channel_weights(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        """``w_channel``, ``(B, 1, D)``: one weight per channel of ``x1`` (eq. 18-20)."""
-        x = torch.cat([x1, x2], dim=-1)  # x1 || x2: (B, L, 2D)
+    def channel_weights(self, x1: torch.Tensor, x2: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """``w_channel``, ``(B, 1, D)``: one weight per channel of ``x1`` (eq. 18-20). ``x``: ``x1 || x2`` if the
+        caller has it already."""
+        x = torch.cat([x1, x2], dim=-1) if x is None else x  # x1 || x2: (B, L, 2D)
         p_avg = x.mean(dim=1)  # eq. 18, pooled over the tokens: (B, 2D)
         p_max = x.amax(dim=1)  # eq. 18 as intended (E1): a max pool, not a second mean
         p_channel = torch.cat([p_avg, p_max], dim=-1)  # eq. 19: (B, 4D)
         return torch.sigmoid(self.channel_gate(p_channel)).unsqueeze(1)  # eq. 20: (B, 1, D)
 
-    def spatial_weights(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        """``w_spatial``, ``(B, L, 1)``: one weight per token of ``x2`` (eq. 21-22)."""
-        x_spatial = tokens_to_grid(torch.cat([x1, x2], dim=-1))  # eq. 21: (B, 2D, sqrt L, sqrt L)
+    def spatial_weights(self, x1: torch.Tensor, x2: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """``w_spatial``, ``(B, L, 1)``: one weight per token of ``x2`` (eq. 21-22). ``x``: ``x1 || x2`` if the
+        caller has it already."""
+        x = torch.cat([x1, x2], dim=-1) if x is None else x
+        x_spatial = tokens_to_grid(x)  # eq. 21: (B, 2D, sqrt L, sqrt L)
         w = torch.sigmoid(self.spatial_gate(x_spatial))  # eq. 22: (B, 1, sqrt L, sqrt L)
         return grid_to_tokens(w)  # (B, L, 1)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        """``x_fused = w_channel LN(x1) + w_spatial LN(x2) + s Linear(x1 || x2)`` (eq. 23-25)."""
+        """``x_fused = w_channel LN(x1) + w_spatial LN(x2) + s Linear(x1 || x2)`` (eq. 23-25).
+
+        ``x1 || x2`` is built once and read by both gates and the residual path; the two products and sums of
+        eq. 25 are two fused multiply-adds (``addcmul``).
+        """
         self._check(x1, x2)
         _grid_side(x1.shape[1])
-        x_channel = self.channel_weights(x1, x2) * self.norm1(x1)  # eq. 23
-        x_spatial = self.spatial_weights(x1, x2) * self.norm2(x2)  # eq. 24
-        return x_channel + x_spatial + self.s * self.proj(torch.cat([x1, x2], dim=-1))  # eq. 25
+        x = torch.cat([x1, x2], dim=-1)  # x1 || x2: (B, L, 2D)
+        x_channel = self.channel_weights(x1, x2, x) * self.norm1(x1)  # eq. 23
+        x_fused = torch.addcmul(x_channel, self.spatial_weights(x1, x2, x), self.norm2(x2))  # eq. 23 + eq. 24
+        return torch.addcmul(x_fused, self.s, self.proj(x))  # + s Linear(x1 || x2), eq. 25
 
 
 def make_fusion(kind: str, dim: int) -> Fusion:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fftd_course import diffusion, fftd
-from fftd_course.fftd import FFTD, FFTDConfig, get_config
+from fftd_course.fftd import FFTD, FFTDConfig, get_config, patchify, unpatchify
 
 FUSIONS = ("adaptive", "add", "concat")
 VARIANTS = list(itertools.product([1, 2, 4], [True, False], FUSIONS))
@@ -187,3 +187,37 @@ def test_forward_compiles_as_one_graph(patch, multires, kind):
     torch.testing.assert_close(got, model(x, t, y))
     assert compiled(x, t, None).shape == x.shape
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("name, overrides", [("toy", {}), ("toy", {"fusion": "concat", "multires": False}),
+                                             ("paper-p2", {})])
+def test_the_batched_adaln_forward_equals_calling_every_block_on_its_own(name, overrides):
+    """FFTD.forward computes the six adaLN modulations in one product (issue 19); each block and the final layer,
+    called on the conditioning vector alone, must give the same prediction."""
+    torch.manual_seed(0)
+    model = FFTD(get_config(name, **overrides)).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # adaLN-Zero starts at zero: make every modulation matter
+            p.add_(0.05 * torch.randn_like(p))
+    c = model.config
+    x = torch.randn(3, c.in_channels, c.input_size, c.input_size)
+    t, y = torch.tensor([0, 250, 499]), torch.tensor([0, 1, c.null_label])
+    cond = model.t_embedder(t) + model.y_embedder(y)
+    layers = [m.adaLN_modulation for m in (*model.blocks, model.final_layer)]
+    for got, layer in zip(model.modulations(cond), layers):
+        torch.testing.assert_close(got, layer(cond))
+    h = model.x_embedder(patchify(x, c.patch_size)) + model.pos_embed
+    n = c.levels
+    h1 = model.blocks[0](h, cond)
+    h2 = model.blocks[1](model._down(h1, 0) if n >= 1 else h1, cond)
+    h3 = model.blocks[2](model._down(h2, 1) if n >= 2 else h2, cond)
+    h4 = model.skip_inner(h2, model.blocks[3](model._up(h3, 1) if n >= 2 else h3, cond))
+    h5 = model.skip_outer(h1, model.blocks[4](model._up(h4, 0) if n >= 1 else h4, cond))
+    want = unpatchify(model.final_layer(h5, cond), c.patch_size, c.in_channels)
+    torch.testing.assert_close(model(x, t, y), want)
+
+
+def test_both_branch_norms_of_a_block_are_one_parameter_free_layernorm():
+    block = FFTD("toy").blocks[0]
+    assert block.norm_attn is block.norm_mlp is block.norm
+    assert not list(block.norm.parameters())
