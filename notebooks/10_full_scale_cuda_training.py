@@ -361,21 +361,29 @@ print(f"generated vs real: {fid_model}; real vs real: {fid_floor}")
 # ## 5. Sampling speed beside the paper's Table 3
 #
 # Table 3 (`docs/PAPER.md`) times 50 to 500 DDIM steps per image on an RTX 4070 Super; we time one image at a
-# time (the paper gives no batch size), with guidance when the model has classes.
+# time (the paper gives no batch size), with guidance when the model has classes. On a CUDA device the cell also
+# times `generate(..., fast=True)`: every DDIM step, model call and update, recorded once as a CUDA graph and
+# replayed, under bf16 autocast (decoding stays float32). One image per call is where that helps most: each step
+# is hundreds of small kernels, and the graph launches them all at once instead of one Python call at a time.
 
 # %%
 paper_ms = {50: 851, 100: 1140, 200: 1431, 500: 4026}     # Table 3, ms per image, 256 px, RTX 4070 Super
 one = [0] if generator.num_classes else None
-ours_ms = {}
+modes = (False, True) if device.type == "cuda" else (False,)  # fast=True changes nothing off CUDA
+ours_ms = {fast: {} for fast in modes}
+for fast in modes:
+    generator.sample(one, n=None if one else 1, num_steps=2, seed=2, fast=fast)  # warm-up: first-call costs out of the timing
+    for steps in paper_ms:
+        with Stopwatch(device) as clock:
+            generator.sample(one, n=None if one else 1, num_steps=steps, seed=2, fast=fast)
+        ours_ms[fast][steps] = 1000 * clock.seconds
+print(f"{'DDIM steps':>10}{'paper (ms)':>12}{'this machine (ms)':>19}" + (f"{'fast=True (ms)':>16}" if True in ours_ms else ""))
 for steps in paper_ms:
-    with Stopwatch(device) as clock:
-        generator.sample(one, n=None if one else 1, num_steps=steps, seed=2)
-    ours_ms[steps] = 1000 * clock.seconds
-print(f"{'DDIM steps':>10}{'paper (ms)':>12}{'this machine (ms)':>19}")
-for steps in paper_ms:
-    print(f"{steps:>10}{paper_ms[steps]:>12}{ours_ms[steps]:>19.0f}")
-print(f"500 steps / 50 steps: paper {paper_ms[500] / paper_ms[50]:.1f}x, this machine {ours_ms[500] / ours_ms[50]:.1f}x")
-name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU, 1 thread"
+    print(f"{steps:>10}{paper_ms[steps]:>12}{ours_ms[False][steps]:>19.0f}"
+          + (f"{ours_ms[True][steps]:>16.0f}" if True in ours_ms else ""))
+print(f"500 steps / 50 steps: paper {paper_ms[500] / paper_ms[50]:.1f}x, "
+      f"this machine {ours_ms[False][500] / ours_ms[False][50]:.1f}x")
+name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU, 1 thread (fast=True needs CUDA: not timed)"
 print(f"this machine: {name}; FFTD {stage2.model} ({sum(p.numel() for p in generator.fftd.parameters()):,} "
       f"parameters), images of {stage1.resolution} px")
 
@@ -384,8 +392,8 @@ print(f"this machine: {name}; FFTD {stage2.model} ({sum(p.numel() for p in gener
 # 2), image size and hardware. Compare the ratios: each DDIM step is one FFTD call (two with guidance), so a time
 # dominated by the steps grows tenfold from 50 to 500. A ratio well below 10, as in the paper's column, means much
 # of the time is not the steps (decoding 256 px, or a fixed overhead: the paper does not say how it timed). Large
-# batches, bf16 and `torch.compile` cut the time per image by orders of magnitude; `python -m fftd_course bench`
-# measures this machine, and `docs/BENCHMARKS.md` collects GPU numbers.
+# batches, bf16, `torch.compile` and CUDA graphs cut the time per image by orders of magnitude;
+# `python -m fftd_course bench` measures this machine, and `docs/BENCHMARKS.md` collects GPU numbers.
 
 # %% [markdown]
 # ## Exercises

@@ -205,7 +205,8 @@ checks.compare_prediction(predicted_table2, best_row(2), what="the lowest mean K
 # tokens let the model say more about each latent position. At toy scale all three models train for the
 # same number of steps, far from convergence, so a model that *learns faster per step* can win where the
 # paper's converged models would not: the verdicts answer "after this much training", not "at the end".
-#
+
+# %% [markdown]
 # **Row by row:** patch 4 (one token for the whole latent) generates worst, and patch 2 beats it beyond
 # the noise: **agrees**. Patch 1 and patch 2 have the same KID to within a small fraction of their
 # standard error: the paper's step from patch 2 to patch 1 is **inside the noise** here. Patch 1 trains
@@ -237,7 +238,8 @@ checks.compare_prediction(predicted_table3, best_row(3), what="the lowest mean K
 # quality *per unit of cost*; a toy U-Net on 32 px images is cheap enough to train longer than our FFTD, so
 # read the verdicts beside the costs. The milliseconds are this machine's, for all the images of one row at once, measured while
 # two workers shared the 2 cores: the paper's (851 ms for 50 steps) are for its 256 px model.
-#
+
+# %% [markdown]
 # **Row by row:** the FFTD's KID does not move from 10 DDIM steps to 500: every step count is inside the
 # noise of every other, so the paper's claims that 500 steps beat 50 and 100 are **inside the noise**
 # here, while the milliseconds grow with the steps. The paper's steep fall of FID with more steps does not
@@ -245,7 +247,8 @@ checks.compare_prediction(predicted_table3, best_row(3), what="the lowest mean K
 # discretisation: the live cell below shows the samples themselves still change with the step count. The
 # pixel-space baseline has a **lower** KID and a much higher class accuracy than the FFTD at any step
 # count, at a far higher cost per image: the claim that the FFTD beats it **disagrees** at toy scale.
-#
+
+# %% [markdown]
 # The timings in the table are this machine's (one thread per worker). Re-run the cheap part live: the
 # committed toy generator (`pipeline.load_toy()`, trained longer than the reproduction's models), one
 # seed, eight faces per class, sampled from the **same** starting noise with more and more DDIM steps.
@@ -291,7 +294,8 @@ checks.compare_prediction(predicted_table4, lower(4, "ours500", "baseline1000"),
 # %% [markdown]
 # Per class, each FID and KID has a third of the samples and a third of the reference: their error bars
 # are wider, and a per-class verdict needs a larger difference to count.
-#
+
+# %% [markdown]
 # **Row by row:** overall, both baselines (1000 and 500 steps) have a lower KID than the FFTD: the
 # paper's central claim **disagrees** at toy scale. Per class it splits: the baseline is better on cats
 # (**disagrees**), the two are inside the noise on dogs, and the FFTD is better on wild animals
@@ -369,7 +373,8 @@ checks.compare_prediction(predicted_table7, best_row(7, worst=True, rows=ablated
 # Two measures per row: how well the autoencoder reconstructs (L1, reconstruction KID), and how well an
 # FFTD trained on its latents generates. They need not agree: a decoder can reconstruct well from
 # latents that are hard to model, and the paper's claim is about the second.
-#
+
+# %% [markdown]
 # **Row by row:** without residual connections the autoencoder barely trains (the largest L1, and on some
 # seeds a large part of the codebook unused), and generation on its latents is far worse: **agrees**. Without
 # attention nothing measurable changes: **inside the noise** (at a 4×4 latent, attention mixes sixteen
@@ -485,12 +490,14 @@ display(Markdown(reproduction.summary_markdown(reproduction.summary())))
 # "Inside the noise" is not "the paper is wrong": it says three toy seeds cannot separate the two rows.
 # "Disagrees" at toy scale says the ordering depends on the scale, the training budget or the data, which
 # is worth knowing before spending GPU days on the 256 px run (chapter 10's presets).
-#
+
+# %% [markdown]
 # In short: at toy scale the paper's claims about AdaptiveFusion, the hourglass and attention (Tables 7,
 # 8, 9) fall inside the noise; the claims about compression and against the pixel-space baseline (Tables
 # 1, 3, 4) mostly disagree; and the clearest agreements are the ones a practitioner would expect (residual
 # connections help, one token for a whole latent is too few, more tokens cost time).
-#
+
+# %% [markdown]
 # ## Going further
 #
 # - **More seeds.** `python -m fftd_course reproduce --table 9 --seeds 5 --jobs 2` adds seeds 3 and 4 to
